@@ -1,0 +1,20 @@
+"""Registered modalities. Importing this package registers text, image and audio."""
+
+from . import audio, image, text  # noqa: F401  (registration side effect)
+from .base import (
+    AdapterOutput,
+    Modality,
+    get_modality,
+    parse_options,
+    register_modality,
+    registered_modalities,
+)
+
+__all__ = [
+    "AdapterOutput",
+    "Modality",
+    "get_modality",
+    "parse_options",
+    "register_modality",
+    "registered_modalities",
+]

@@ -1,0 +1,163 @@
+"""Audio: wav2vec-style conv stem on raw 16 kHz audio, conv positional stack, 1D relative buckets
+(spec §2.3).
+
+Two deliberate differences from the official code, neither changing a single-clip result:
+
+* The conv stem runs as im2col GEMMs on a channels-last layout (the same maths as ``Conv1d``
+  followed by a LayerNorm over channels, without the transposes), which keeps it near GEMM peak.
+* Batches are batch-invariant by default: padded frames are zeroed before every block of the
+  conv positional stack, so a clip's embedding does not depend on its batch-mates. Set the option
+  ``official_padding_leak=True`` (or the attribute of the same name) to reproduce the official
+  behaviour, where the stack reads the padded frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import OFFICIAL_AUDIO_STEM
+from ..errors import InputError
+from ..model.relpos import token_buckets, token_num_buckets
+from ..processing.audio import AudioProcessor, stem_frames
+from .base import Modality, register_modality, trunc_normal_
+
+
+class ConvStem(nn.Module):
+    """Blocks of Conv1d (no bias) -> LayerNorm over channels -> GELU, run as im2col GEMMs."""
+
+    def __init__(self, spec: list[tuple[int, int, int]], eps: float = 1e-5):
+        super().__init__()
+        self.spec = [tuple(s) for s in spec]
+        c_in = 1
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for c, k, s in self.spec:
+            self.convs.append(nn.Conv1d(c_in, c, k, stride=s, bias=False))
+            self.norms.append(nn.LayerNorm(c, eps=eps))
+            c_in = c
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, S] -> [B, T, C]."""
+        x = wave.unsqueeze(-1)  # B, S, 1 (channels last)
+        for (c, k, s), conv, norm in zip(self.spec, self.convs, self.norms):
+            cols = x.unfold(1, k, s)  # B, T', C_in, k
+            b, t = cols.shape[:2]
+            w = conv.weight.reshape(c, -1)  # C_out, C_in * k (same order as cols)
+            x = F.gelu(norm(F.linear(cols.reshape(b, t, -1), w)))
+        return x
+
+
+class ConvPositions(nn.Module):
+    """``depth`` blocks of grouped Conv1d -> LayerNorm (no affine) -> GELU; output = positions."""
+
+    def __init__(self, dim: int, depth: int, width: int, groups: int, eps: float = 1e-5):
+        super().__init__()
+        k = max(3, width // depth)
+        self.trim = 1 if k % 2 == 0 else 0
+        self.convs = nn.ModuleList(
+            [nn.Conv1d(dim, dim, k, padding=k // 2, groups=groups) for _ in range(depth)]
+        )
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, T, D]; pad: [B, T] frames to treat as absent (zeroed before every conv)."""
+        keep = None if pad is None else (~pad).unsqueeze(-1).to(x.dtype)
+        for conv in self.convs:
+            if keep is not None:
+                x = x * keep
+            y = conv(x.transpose(1, 2))
+            if self.trim:
+                y = y[:, :, : -self.trim]
+            x = F.gelu(F.layer_norm(y.transpose(1, 2), (y.shape[1],), eps=self.eps))
+        return x
+
+
+@dataclass
+class AudioOptions:
+    stem: list[list[int]] = field(default_factory=lambda: [list(s) for s in OFFICIAL_AUDIO_STEM])
+    conv_pos_depth: int = 5
+    conv_pos_width: int = 95
+    conv_pos_groups: int = 16
+    bucket_size: int = 512
+    sample_rate: int = 16000
+    max_seconds: float = 15.0
+    min_seconds: float = 1.0
+    official_padding_leak: bool = False
+
+
+@register_modality
+class AudioModality(Modality):
+    name = "audio"
+    Options = AudioOptions
+    input_keys = ("waveform", "padding_mask")
+
+    def __init__(self, config, options: AudioOptions):
+        super().__init__(config, options)
+        d = config.dim
+        spec = [tuple(s) for s in options.stem]
+        self.stem = ConvStem(spec, eps=config.norm_eps)
+        self.stem_norm = nn.LayerNorm(spec[-1][0], eps=config.norm_eps)
+        self.stem_proj = nn.Linear(spec[-1][0], d)
+        self.conv_pos = ConvPositions(
+            d, options.conv_pos_depth, options.conv_pos_width, options.conv_pos_groups, config.norm_eps
+        )
+        self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, d))
+        self.mask_embedding = nn.Parameter(torch.zeros(1, d))  # kept for checkpoint parity; unused
+        self.official_padding_leak = options.official_padding_leak
+
+    def num_buckets(self) -> int:
+        return token_num_buckets(self.options.bucket_size)
+
+    def bucket_table(self) -> torch.Tensor:
+        return token_buckets(self.options.bucket_size)
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """[B, S] waveform -> [B, T, D] frame features."""
+        if waveform.dim() != 2:
+            raise InputError(f"waveform must be [B, samples], got {tuple(waveform.shape)}")
+        if stem_frames(waveform.shape[1], self.stem.spec) < 1:
+            raise InputError(f"audio of {waveform.shape[1]} samples is too short for the conv stem")
+        x = self.stem(waveform.to(self.cls_embedding.dtype))
+        return self.stem_proj(self.stem_norm(x))
+
+    def embed(
+        self, waveform: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.features(waveform)
+        b, t = feats.shape[:2]
+        if padding_mask is not None and padding_mask.shape != (b, t + 1):
+            raise InputError(
+                f"audio padding_mask has shape {tuple(padding_mask.shape)}; the waveform makes "
+                f"{t} frames, so it must be ({b}, {t + 1}) (CLS slot first)"
+            )
+        frame_pad = None if padding_mask is None else padding_mask[:, 1:]
+        leak = self.official_padding_leak or frame_pad is None or not bool(frame_pad.any())
+        pos = self.conv_pos(feats, None if leak else frame_pad)
+        x = torch.cat([self.cls_embedding.expand(b, -1, -1), feats], dim=1)
+        x = x + torch.cat([self.cls_pos_embed.expand(b, -1, -1), pos], dim=1)
+        return x, padding_mask
+
+    def forward(self, waveform: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        return self.output(*self.embed(waveform, padding_mask))
+
+    @classmethod
+    def make_processor(cls, options: AudioOptions) -> AudioProcessor:
+        return AudioProcessor(
+            [tuple(s) for s in options.stem],
+            options.sample_rate,
+            options.max_seconds,
+            options.min_seconds,
+        )
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        trunc_normal_(self.cls_pos_embed)
+        trunc_normal_(self.mask_embedding)
+        for conv in self.stem.convs:
+            nn.init.kaiming_normal_(conv.weight)
+        for conv in self.conv_pos.convs:
+            conv.reset_parameters()

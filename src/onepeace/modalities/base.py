@@ -1,0 +1,146 @@
+"""The modality plug-in contract.
+
+A modality is one class, registered under its name, that owns everything specific to it:
+
+* its options (a dataclass, stored under ``ModelConfig.modalities[name]``),
+* its adapter (this module's ``forward``: processed tensors -> token embeddings + padding mask),
+* its relative-position scheme (``bucket_table`` and the learned ``rel_tables``),
+* its processor (raw inputs -> the tensors ``forward`` takes), via ``make_processor``.
+
+The encoder gives every registered modality its own FFN in every layer, its own final norm and
+projection; it never branches on a modality's name. A new modality is one more file that subclasses
+:class:`Modality` and calls :func:`register_modality`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+
+@dataclass
+class AdapterOutput:
+    """What an adapter hands the shared encoder."""
+
+    name: str
+    x: torch.Tensor  # [B, N, D], CLS first
+    padding_mask: torch.Tensor | None  # [B, N] bool, True = padding; None = no padding
+    rel_bias: Callable[[int], torch.Tensor] | None  # table index -> [H,N,N] or [B,H,N,N]
+    num_tables: int = 1
+
+
+class Modality(nn.Module):
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    #: keys of the processed batch that ``forward`` takes, in order
+    input_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: ModelConfig, options: Any):
+        super().__init__()
+        self.config = config
+        self.options = options
+        d, h = config.dim, config.heads
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, d))
+        n_tables = config.layers if config.per_layer_rel_tables else 1
+        n_buckets = self.num_buckets()
+        self.rel_tables = nn.ModuleList(
+            [nn.Embedding(n_buckets, h) for _ in range(n_tables)] if n_buckets else []
+        )
+        self._buckets: dict[torch.device, torch.Tensor] = {}
+
+    # ---- relative positions -------------------------------------------------------------
+    def num_buckets(self) -> int:
+        """Rows of each relative-position table (0: the modality uses no relative bias)."""
+        return 0
+
+    def bucket_table(self) -> torch.Tensor:
+        """int64 [M, M] bucket index for every (query, key) pair of a CLS-prefixed sequence."""
+        raise NotImplementedError
+
+    def buckets(self, n: int, device: torch.device) -> torch.Tensor:
+        table = self._buckets.get(device)
+        if table is None:
+            table = self.bucket_table().to(device)
+            self._buckets[device] = table
+        if n > table.shape[0]:
+            raise ValueError(
+                f"{self.name}: sequence of {n} tokens exceeds the {table.shape[0]} positions of "
+                "its relative-position table"
+            )
+        return table[:n, :n]
+
+    def relative_bias(self, n: int, table: int = 0, positions: torch.Tensor | None = None):
+        """[H, n, n] additive attention bias from table ``table``.
+
+        With ``positions`` ([B, n] original indices of kept tokens) the bias is gathered at the
+        tokens' true positions: [B, H, n, n].
+        """
+        weight = self.rel_tables[table].weight
+        if positions is None:
+            idx = self.buckets(n, weight.device)
+            return weight[idx].permute(2, 0, 1)
+        full = self.buckets(int(positions.max()) + 1, weight.device)
+        idx = full[positions[:, :, None], positions[:, None, :]]  # B, n, n
+        return weight[idx].permute(0, 3, 1, 2)
+
+    def output(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> AdapterOutput:
+        n = x.shape[1]
+        if padding_mask is not None and not bool(padding_mask.any()):
+            padding_mask = None
+        rel = (lambda t: self.relative_bias(n, t)) if len(self.rel_tables) else None
+        return AdapterOutput(self.name, x, padding_mask, rel, max(1, len(self.rel_tables)))
+
+    # ---- processing ---------------------------------------------------------------------
+    @classmethod
+    def make_processor(cls, options: Any) -> Any:
+        raise NotImplementedError
+
+    # ---- init ---------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Official init for the adapter's own tensors (spec §4.7)."""
+        trunc_normal_(self.cls_embedding)
+        for t in self.rel_tables:
+            nn.init.zeros_(t.weight)
+
+
+def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """The official init: normal(0, std) truncated at ±std (one sigma)."""
+    return nn.init.trunc_normal_(t, mean=0.0, std=std, a=-std, b=std)
+
+
+_REGISTRY: dict[str, type[Modality]] = {}
+
+
+def register_modality(cls: type[Modality]) -> type[Modality]:
+    """Class decorator: make a modality available to configs under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_modalities() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_modality(name: str) -> type[Modality]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown modality {name!r}; registered: {registered_modalities()}")
+    return _REGISTRY[name]
+
+
+def parse_options(name: str, data: dict[str, Any] | Any) -> Any:
+    cls = get_modality(name).Options
+    if isinstance(data, cls):
+        return data
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data or {}) - known)
+    if unknown:
+        raise ConfigError(f"unknown {name} options {unknown}; known: {sorted(known)}")
+    return cls(**(data or {}))

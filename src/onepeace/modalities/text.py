@@ -1,0 +1,70 @@
+"""Text: GPT-2 BPE token embedding + learned absolute positions + 1D relative buckets (spec §2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..model.relpos import token_buckets, token_num_buckets
+from ..processing.text import TextProcessor
+from ..processing.tokenizer import PAD_ID, VOCAB_SIZE
+from .base import Modality, register_modality, trunc_normal_
+
+
+@dataclass
+class TextOptions:
+    vocab_size: int = VOCAB_SIZE
+    max_positions: int = 514  # rows of the absolute position table (CLS at 0)
+    bucket_size: int = 256
+    context_length: int = 70  # BPE tokens kept before </s>
+    pad_id: int = PAD_ID
+
+
+@register_modality
+class TextModality(Modality):
+    name = "text"
+    Options = TextOptions
+    input_keys = ("tokens",)
+
+    def __init__(self, config, options: TextOptions):
+        super().__init__(config, options)
+        self.embed_tokens = nn.Embedding(options.vocab_size, config.dim)
+        self.embed_positions = nn.Embedding(options.max_positions, config.dim)
+
+    def num_buckets(self) -> int:
+        return token_num_buckets(self.options.bucket_size)
+
+    def bucket_table(self) -> torch.Tensor:
+        return token_buckets(self.options.bucket_size)
+
+    def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token + position embeddings with the CLS prepended, and the padding mask."""
+        if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32):
+            raise InputError(f"text tokens must be an integer [B, L] tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        b, n = tokens.shape[0], tokens.shape[1] + 1
+        if n > self.options.max_positions:
+            raise InputError(
+                f"text of {n - 1} tokens is longer than the {self.options.max_positions - 1} "
+                "positions the model has"
+            )
+        x = torch.cat([self.cls_embedding.expand(b, -1, -1), self.embed_tokens(tokens)], dim=1)
+        x = x + self.embed_positions.weight[:n]
+        pad = torch.cat([tokens.new_zeros(b, 1, dtype=torch.bool), tokens.eq(self.options.pad_id)], 1)
+        return x, pad
+
+    def forward(self, tokens: torch.Tensor):
+        return self.output(*self.embed(tokens))
+
+    @classmethod
+    def make_processor(cls, options: TextOptions) -> TextProcessor:
+        return TextProcessor(options.context_length)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        trunc_normal_(self.embed_tokens.weight)
+        trunc_normal_(self.embed_positions.weight)
+        with torch.no_grad():
+            self.embed_tokens.weight[self.options.pad_id].zero_()

@@ -1,0 +1,19 @@
+"""Per-modality GeGLU feed-forward with sub-LN (spec §3.4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GeGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, sub_norm: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.wi_0 = nn.Linear(dim, hidden, bias=False)
+        self.wi_1 = nn.Linear(dim, hidden, bias=False)
+        self.sub_norm = nn.LayerNorm(hidden, eps=eps) if sub_norm else nn.Identity()
+        self.wo = nn.Linear(hidden, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.sub_norm(F.gelu(self.wi_0(x)) * self.wi_1(x)))

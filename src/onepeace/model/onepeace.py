@@ -1,0 +1,240 @@
+"""The ONE-PEACE model: modality adapters -> shared encoder -> per-modality norms/projections/heads."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError, InputError
+from ..modalities import get_modality, parse_options
+from .encoder import Encoder, EncoderOutput
+from .heads import ClassifyHead
+
+log = logging.getLogger(__name__)
+
+
+class OnePeace(nn.Module):
+    """ONE-PEACE. Build with :func:`onepeace.create_model` or :meth:`from_pretrained`.
+
+    ``model.embed(text=[...], image=[...], audio=[...])`` is the everyday entry point; the lower
+    level ``encode(text={"tokens": ...}, image={"pixels": ...})`` takes processed tensors and fuses
+    the given modalities into one sequence (text first) when more than one is given.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.modality_names = list(config.modalities)
+        self.options = {m: parse_options(m, config.modalities[m]) for m in self.modality_names}
+        self.adapters = nn.ModuleDict(
+            {m: get_modality(m)(config, self.options[m]) for m in self.modality_names}
+        )
+        self.encoder = Encoder(config, self.modality_names)
+        self.proj = nn.ModuleDict(
+            {m: nn.Linear(config.dim, config.dim) for m in self.modality_names} if config.projection else {}
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07))) if config.logit_scale else None
+        self.head = None
+        if config.head is not None:
+            if config.head.feature_source not in self.modality_names:
+                raise ConfigError(
+                    f"head feature_source {config.head.feature_source!r} is not one of the "
+                    f"model's modalities {self.modality_names}"
+                )
+            self.head = ClassifyHead(config.dim, config.heads, config.head, config.norm_eps)
+        self._processor = None
+
+    # ------------------------------------------------------------------ construction helpers
+    def reset_parameters(self) -> None:
+        """The official from-scratch init (spec §4.7)."""
+        from ..modalities.base import trunc_normal_
+
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for layer in self.encoder.layers:
+            if layer.gamma_1 is not None:
+                nn.init.constant_(layer.gamma_1, self.config.layer_scale_init)
+                nn.init.constant_(layer.gamma_2, self.config.layer_scale_init)
+        for a in self.adapters.values():
+            a.reset_parameters()
+        if self.logit_scale is not None:
+            with torch.no_grad():
+                self.logit_scale.fill_(math.log(1 / 0.07))
+        if self.head is not None and self.head.pool is not None:
+            trunc_normal_(self.head.pool.q)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from ..processing import Processor
+
+            self._processor = Processor(self.config)
+        return self._processor
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ tensor-level API
+    def _to_model(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in batch.items():
+            if torch.is_floating_point(v):
+                v = v.to(device=self.device, dtype=self.dtype)
+            else:
+                v = v.to(self.device)
+            out[k] = v
+        return out
+
+    def adapt(self, name: str, batch: dict[str, torch.Tensor]):
+        if name not in self.adapters:
+            raise InputError(f"this model has no {name} branch; it has {self.modality_names}")
+        a = self.adapters[name]
+        batch = self._to_model(batch)
+        return a(*[batch.get(k) for k in a.input_keys])
+
+    def encode(self, return_layer_states: bool = False, **inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Run the encoder on processed inputs; several modalities are fused (model order)."""
+        names = [m for m in self.modality_names if inputs.get(m) is not None]
+        unknown = sorted(set(k for k, v in inputs.items() if v is not None) - set(names))
+        if unknown:
+            raise InputError(f"this model has no {unknown} branch; it has {self.modality_names}")
+        if not names:
+            raise InputError("nothing to encode: give at least one modality")
+        parts = [self.adapt(m, inputs[m]) for m in names]
+        sizes = {p.x.shape[0] for p in parts}
+        if len(sizes) > 1:
+            raise InputError(f"fused inputs need equal batch sizes, got {sorted(sizes)}")
+        return self.encoder(parts, return_layer_states=return_layer_states)
+
+    forward = encode
+
+    def project(self, name: str, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Retrieval embedding from final features: proj(CLS), L2-normalised."""
+        if name not in self.proj:
+            raise ConfigError(
+                "this model has no embedding projections (a classification or vision-branch "
+                "checkpoint); use classify() or encode() instead"
+            )
+        z = self.proj[name](features[:, 0])
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def embed_batch(self, name: str, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        out = self.encode(**{name: batch})
+        return self.project(name, out.features[name], normalize)
+
+    def classify_batch(self, **inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the classification head on processed (possibly fused) inputs."""
+        if self.head is None:
+            raise ConfigError("this model has no classification head; convert a fine-tuned checkpoint")
+        out = self.encode(**inputs)
+        src = self.config.head.feature_source
+        if src not in out.features:
+            raise InputError(f"the head pools {src} tokens: give a {src} input")
+        return self.head(out.features[src], out.padding_masks[src])
+
+    def logit_scale_exp(self) -> torch.Tensor:
+        """exp(logit_scale) clamped to [1, 100], as in training."""
+        return self.logit_scale.clamp(0, math.log(100)).exp()
+
+    # ------------------------------------------------------------------ raw-input API
+    def _batches(self, items: Sequence[Any], batch_size: int):
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        for i in range(0, len(items), batch_size):
+            yield items[i : i + batch_size]
+
+    @torch.inference_mode()
+    def embed(
+        self,
+        text: Sequence[str] | str | None = None,
+        image: Sequence[Any] | None = None,
+        audio: Sequence[Any] | None = None,
+        *,
+        batch_size: int = 16,
+        normalize: bool = True,
+        **others: Sequence[Any] | None,
+    ) -> dict[str, torch.Tensor]:
+        """L2-normalised embeddings per modality, rows in input order (float32, on the CPU)."""
+        given = {"text": text, "image": image, "audio": audio, **others}
+        result = {}
+        for name, items in given.items():
+            if items is None:
+                continue
+            if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Sequence):
+                items = [items]
+            proc = self.processor.get(name)
+            rows = [
+                self.embed_batch(name, proc(list(chunk)), normalize).float().cpu()
+                for chunk in self._batches(list(items), batch_size)
+            ]
+            result[name] = torch.cat(rows) if rows else torch.empty(0, self.config.dim)
+        if not result:
+            raise InputError("nothing to embed: pass text=, image= or audio=")
+        return result
+
+    @torch.inference_mode()
+    def classify(self, *, batch_size: int = 16, **inputs: Sequence[Any] | None) -> torch.Tensor:
+        """Head logits for raw inputs; several modalities given together are fused pairwise."""
+        inputs = {k: ([v] if isinstance(v, (str, bytes, os.PathLike)) else list(v)) for k, v in inputs.items() if v is not None}
+        if not inputs:
+            raise InputError("nothing to classify")
+        lengths = {len(v) for v in inputs.values()}
+        if len(lengths) > 1:
+            raise InputError("fused inputs need the same number of items per modality")
+        n = lengths.pop()
+        out = []
+        for i in range(0, n, batch_size):
+            batch = {k: self.processor.get(k)(v[i : i + batch_size]) for k, v in inputs.items()}
+            out.append(self.classify_batch(**batch).float().cpu())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def ground(self, image: Sequence[Any], text: Sequence[str]) -> torch.Tensor:
+        """Boxes (x0, y0, x1, y1) in original pixels for (image, text) pairs (grounding models)."""
+        image = [image] if not isinstance(image, (list, tuple)) else list(image)
+        text = [text] if isinstance(text, str) else list(text)
+        if len(image) != len(text):
+            raise InputError(f"ground() needs one text per image, got {len(image)} images and {len(text)} texts")
+        if self.head is None or self.config.head.num_classes != 4:
+            raise ConfigError("ground() needs a grounding checkpoint (a 4-output head)")
+        img = self.processor.get("image")(image)
+        logits = self.classify_batch(text=self.processor.get("text")(text), image=img).float().cpu()
+        wh = img["sizes"].float()
+        scale = torch.stack([wh[:, 0], wh[:, 1], wh[:, 0], wh[:, 1]], dim=1)
+        return logits.sigmoid() * scale
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
+                        device: str | torch.device = "cpu") -> OnePeace:
+        from ..checkpoints.format import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
+                        max_shard_bytes: int = 4 * 1024**3) -> None:
+        from ..checkpoints.format import save_pretrained
+
+        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)

@@ -1,0 +1,111 @@
+"""Audio preprocessing identical to the official hub (spec §6.2).
+
+Any format soundfile reads, any rate and channel count -> 16 kHz mono (channel mean, soxr HQ as
+librosa 0.10 does, length fixed to ceil(n * ratio)), whole-clip normalisation, *then* the length
+cap, clips under the minimum tiled. Arrays and tensors are taken as 16 kHz mono unless a rate is
+given as ``(array, rate)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .inputs import describe, open_binary
+
+
+def stem_frames(num_samples: int, stem: list[tuple[int, int, int]] | list[list[int]]) -> int:
+    """Frames the conv stem makes from ``num_samples`` (no padding in the convs)."""
+    t = num_samples
+    for _, k, s in stem:
+        t = (t - k) // s + 1
+    return t
+
+
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """librosa 0.10 ``resample(res_type='soxr_hq')``: soxr HQ, then pad/trim to ceil(n*ratio)."""
+    if sr == target:
+        return wav
+    out = soxr.resample(wav, sr, target, quality="HQ")
+    n = int(math.ceil(wav.shape[-1] * float(target) / sr))
+    if out.shape[-1] < n:
+        out = np.pad(out, (0, n - out.shape[-1]))
+    return np.ascontiguousarray(out[:n], dtype=np.float32)
+
+
+def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
+    """Any accepted audio input -> float32 mono waveform at ``sample_rate``."""
+    rate = sample_rate
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)):
+        item, rate = item
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        a = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        if a.ndim == 2:  # channels x samples (torch style) or samples x channels
+            a = a.mean(axis=0) if a.shape[0] < a.shape[1] else a.mean(axis=1)
+        if a.ndim != 1:
+            raise InputError(f"audio array of shape {a.shape} is not [samples] or 2-D channels")
+        wav = a.astype(np.float32)
+    else:
+        stream = open_binary(item, "audio")
+        try:
+            data, rate = sf.read(stream, dtype="float32", always_2d=True)
+        except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
+            raise InputError(
+                f"cannot decode audio {describe(item)}: {e}. Give a wav/flac/ogg/mp3 file"
+            ) from None
+        wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if wav.size == 0:
+        raise InputError(f"audio {describe(item)} has no samples")
+    if not np.isfinite(wav).all():
+        raise InputError(f"audio {describe(item)} contains NaN or infinite samples")
+    return resample(np.ascontiguousarray(wav), int(rate), sample_rate)
+
+
+class AudioProcessor:
+    """Batch of clips -> ``{"waveform": [B, S], "padding_mask": [B, T+1]}`` (True = padding)."""
+
+    def __init__(
+        self,
+        stem: list[tuple[int, int, int]],
+        sample_rate: int = 16000,
+        max_seconds: float = 15.0,
+        min_seconds: float = 1.0,
+    ):
+        self.stem = [tuple(s) for s in stem]
+        self.sample_rate = sample_rate
+        self.max_samples = int(sample_rate * max_seconds)
+        self.min_samples = int(sample_rate * min_seconds)
+
+    def one(self, item: Any) -> torch.Tensor:
+        wav = torch.from_numpy(load_audio(item, self.sample_rate))
+        wav = F.layer_norm(wav, wav.shape)  # statistics of the whole clip, before the cap
+        if wav.numel() > self.max_samples:
+            wav = wav[: self.max_samples]
+        if wav.numel() < self.min_samples:
+            wav = wav.repeat(math.ceil(self.min_samples / wav.numel()))[: self.min_samples]
+        if stem_frames(wav.numel(), self.stem) < 1:
+            raise InputError(f"audio {describe(item)} is too short for the conv stem")
+        return wav
+
+    def collate(self, wavs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        longest = max(w.numel() for w in wavs)
+        frames = [stem_frames(w.numel(), self.stem) for w in wavs]
+        t_max = stem_frames(longest, self.stem)
+        wave = torch.zeros(len(wavs), longest)
+        mask = torch.ones(len(wavs), t_max + 1, dtype=torch.bool)
+        for i, (w, t) in enumerate(zip(wavs, frames)):
+            wave[i, : w.numel()] = w
+            mask[i, : t + 1] = False
+        return {"waveform": wave, "padding_mask": mask}
+
+    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise InputError("no audio given")
+        return self.collate([self.one(i) for i in items])

@@ -1,0 +1,99 @@
+"""Image preprocessing identical to the official hub (spec §6.1).
+
+RGB, square bicubic resize of the PIL image (no crop, aspect not kept), [0, 1], CLIP mean/std.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from .inputs import describe, open_binary
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_image(item: Any) -> Image.Image:
+    """Any accepted image input -> an RGB PIL image. Raises InputError naming the input."""
+    if isinstance(item, Image.Image):
+        img = item
+    elif isinstance(item, (np.ndarray, torch.Tensor)):
+        img = _from_array(item)
+    else:
+        stream = open_binary(item, "image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(stream)
+                img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(
+                f"image {describe(item)} is too large to decode safely (over "
+                f"{Image.MAX_IMAGE_PIXELS} pixels; a possible decompression bomb). Downscale it "
+                "first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
+            raise InputError(f"cannot decode image {describe(item)}: {e}") from None
+    try:
+        return img.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot convert image {describe(item)} to RGB: {e}") from None
+
+
+def _from_array(arr: np.ndarray | torch.Tensor) -> Image.Image:
+    """HxW, HxWxC numpy arrays or CxHxW / HxW tensors; uint8, or float in [0, 1]."""
+    if isinstance(arr, torch.Tensor):
+        t = arr.detach().cpu()
+        if t.dim() == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        arr = t.numpy()
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or 0 in a.shape:
+        raise InputError(f"image array of shape {a.shape} is not HxW or HxWx{{1,3,4}}")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+            raise InputError(f"image array has unsupported dtype {a.dtype}")
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError("image array contains NaN or infinite values")
+        if a.min() < 0 or a.max() > 1:
+            raise InputError(
+                "float image arrays must hold values in [0, 1] (use uint8 for 0..255 data)"
+            )
+        a = np.round(a * 255.0).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+class ImageProcessor:
+    """Batch of images -> ``{"pixels": [B, 3, S, S]}``; ``sizes`` gives original (width, height)."""
+
+    def __init__(self, image_size: int = 256):
+        self.image_size = image_size
+        self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+    def one(self, item: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+        img = load_image(item)
+        size = img.size
+        s = self.image_size
+        img = img.resize((s, s), Image.BICUBIC)
+        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        t = t.float().div(255.0)
+        return (t - self._mean) / self._std, size
+
+    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise InputError("no images given")
+        out = [self.one(i) for i in items]
+        return {
+            "pixels": torch.stack([t for t, _ in out]),
+            "sizes": torch.tensor([s for _, s in out], dtype=torch.long),
+        }

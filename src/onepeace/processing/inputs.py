@@ -1,0 +1,60 @@
+"""Turning the many accepted input kinds into something a decoder can read, with clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from ..errors import InputError
+
+
+def describe(item: Any) -> str:
+    """A short name for an input, for error messages."""
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"<{len(item)} bytes>"
+    name = getattr(item, "name", None)
+    if isinstance(name, str):
+        return name
+    shape = getattr(item, "shape", None)
+    if shape is not None:
+        return f"<{type(item).__name__} of shape {tuple(shape)}>"
+    return f"<{type(item).__name__}>"
+
+
+def open_binary(item: Any, kind: str) -> io.IOBase:
+    """A readable binary stream for a path, bytes or file object; clear error otherwise."""
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.exists(path):
+            raise InputError(f"{kind} file not found: {path}")
+        if os.path.isdir(path):
+            raise InputError(f"{kind} input is a directory, not a file: {path}")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InputError(f"cannot read {kind} file {path}: {e.strerror or e}") from None
+        if not data:
+            raise InputError(f"{kind} file is empty: {path}")
+        return io.BytesIO(data)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        if not len(item):
+            raise InputError(f"{kind} input is empty (0 bytes)")
+        return io.BytesIO(bytes(item))
+    if hasattr(item, "read"):
+        try:
+            data = item.read()
+        except Exception as e:  # noqa: BLE001 - any reader failure is the input's fault
+            raise InputError(f"cannot read {kind} input {describe(item)}: {e}") from None
+        if isinstance(data, str):
+            raise InputError(f"{kind} file object {describe(item)} is open in text mode; open it with 'rb'")
+        if not data:
+            raise InputError(f"{kind} input {describe(item)} is empty")
+        return io.BytesIO(data)
+    raise InputError(
+        f"unsupported {kind} input {describe(item)}: give a path, bytes, a binary file object, "
+        "a numpy array or a torch tensor"
+    )
