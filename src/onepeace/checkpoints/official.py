@@ -116,7 +116,7 @@ def map_key(key: str) -> str | None:
         g = mt.groupdict()
         if "k" in g and g["k"] is not None:
             g["k-1"] = str(int(g["k"]) - 1)
-        return re.sub(r"\{([\w-]+)\}", lambda x: g[x.group(1)], dst)
+        return re.sub(r"\{([\w-]+)\}", lambda x, g=g: g[x.group(1)], dst)
     raise KeyError(key)
 
 

@@ -9,6 +9,7 @@ global (functions, ``eval``, ``os.system``, code objects...) is refused with a
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -106,7 +107,7 @@ def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *_: A
     if isinstance(storage, tuple):  # (source, dtype) from persistent_load
         source, dtype = storage
     elif isinstance(storage, torch.storage.TypedStorage):
-        source, dtype = storage.untyped(), storage.dtype
+        source, dtype = storage._untyped_storage, storage.dtype
     else:
         raise CheckpointError(f"unexpected tensor storage {type(storage).__name__} in checkpoint")
     return LazyTensor(source, dtype, offset, tuple(size), tuple(stride))
@@ -125,8 +126,18 @@ def _np_scalar(dtype: Any, data: bytes = b"") -> Any:
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+def _reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
+    # protocol-2 object creation; only ever for inert stand-ins and plain containers
+    if isinstance(cls, type) and issubclass(cls, Stub):
+        return cls()
+    if cls in (dict, list, set, tuple, OrderedDict):
+        return cls() if state is None else cls(state)
+    raise CheckpointError(f"refusing to reconstruct {cls!r} from a checkpoint")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "defaultdict"): lambda *args: {},  # its factory is never called: a plain dict
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -145,6 +156,11 @@ class _Unpickler(pickle.Unpickler):
         self.path, self.archive, self.prefix = path, archive, prefix
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 (Python 2) names
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) == ("copyreg", "_reconstructor"):
+            return _reconstructor
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:

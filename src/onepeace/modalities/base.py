@@ -68,7 +68,8 @@ class Modality(nn.Module):
     def buckets(self, n: int, device: torch.device) -> torch.Tensor:
         table = self._buckets.get(device)
         if table is None:
-            table = self.bucket_table().to(device)
+            with torch.inference_mode(False):  # a cached table must stay usable under autograd
+                table = self.bucket_table().to(device)
             self._buckets[device] = table
         if n > table.shape[0]:
             raise ValueError(

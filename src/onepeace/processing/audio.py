@@ -9,6 +9,7 @@ given as ``(array, rate)``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,9 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
         try:
             data, rate = sf.read(stream, dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
+            reason = re.sub(r"^Error opening <[^>]*>: ", "", str(e)).rstrip(".")
             raise InputError(
-                f"cannot decode audio {describe(item)}: {e}. Give a wav/flac/ogg/mp3 file"
+                f"cannot decode audio {describe(item)}: {reason}. Give a wav/flac/ogg/mp3 file"
             ) from None
         wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if wav.size == 0:

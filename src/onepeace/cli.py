@@ -1,0 +1,197 @@
+"""The ``onepeace`` command line: convert, embed, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+
+import numpy as np
+import torch
+
+from .errors import OnePeaceError
+
+
+def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
+    if not path.endswith(".npz"):
+        path += ".npz"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OnePeaceError(f"output directory does not exist: {parent}")
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _print_similarity(emb: dict[str, torch.Tensor], labels: dict[str, list[str]]) -> None:
+    names = list(emb)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            sim = emb[a] @ emb[b].T
+            print(f"\n{a} x {b} cosine similarity (rows: {a}, columns: {b})")
+            cols = [_short(x) for x in labels[b]]
+            width = max(8, *(len(c) for c in cols))
+            rows = [_short(x) for x in labels[a]]
+            rw = max(len(r) for r in rows)
+            print(" " * rw + "  " + "  ".join(c.rjust(width) for c in cols))
+            for r, line in zip(rows, sim.tolist()):
+                print(r.ljust(rw) + "  " + "  ".join(f"{v:+.4f}".rjust(width) for v in line))
+    if len(names) == 1:
+        print(f"\n{names[0]}: {len(labels[names[0]])} embeddings of size {emb[names[0]].shape[1]}")
+
+
+def _short(s: str, n: int = 28) -> str:
+    s = os.path.basename(s) if os.path.sep in s else s
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints.official import convert
+
+    labels = None
+    if args.labels:
+        labels = _read_labels(args.labels)
+    config = convert(args.src, args.dst, args.dict, dtype=args.dtype, labels=labels)
+    head = f", head: {config.head.num_classes} outputs pooling {config.head.feature_source}" if config.head else ""
+    print(
+        f"converted {args.src} -> {args.dst} ({', '.join(config.modalities)}; {config.layers} layers, "
+        f"dim {config.dim}{head})"
+    )
+    return 0
+
+
+def _read_labels(path: str) -> list[str]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise OnePeaceError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    if path.endswith(".json"):
+        data = json.loads(text)
+        if isinstance(data, dict):  # {"0": "label", ...} or {"label": 0, ...}
+            if all(str(k).isdigit() for k in data):
+                return [data[k] for k in sorted(data, key=int)]
+            return [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
+        return [str(x) for x in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _load_model(path: str, dtype: str | None):
+    from .model.onepeace import OnePeace
+
+    return OnePeace.from_pretrained(path, dtype=dtype)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    if not (args.text or args.image or args.audio):
+        raise OnePeaceError("nothing to embed: give --text, --image or --audio (each may repeat)")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    model = _load_model(args.model, args.dtype)
+    if args.official_padding_leak and "audio" in model.adapters:
+        model.adapters["audio"].official_padding_leak = True
+    inputs = {k: v for k, v in (("text", args.text), ("image", args.image), ("audio", args.audio)) if v}
+    emb = model.embed(batch_size=args.batch_size, **inputs)
+    if args.out:
+        _atomic_savez(args.out, **{k: v.numpy().astype(np.float32) for k, v in emb.items()})
+        print(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in emb.items())} to {args.out}")
+    _print_similarity(emb, inputs)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .config import list_presets
+    from .factory import create_model
+
+    if args.model in list_presets():
+        model = create_model(args.model, device="meta")
+    else:
+        from .checkpoints.format import load_config
+
+        model = create_model(load_config(args.model), device="meta", init=False)
+    print(model.config.to_json())
+    print(f"parameters: {model.num_parameters():,}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .factory import create_model
+
+    torch.manual_seed(args.seed)
+    samples = resources.files("onepeace").joinpath("assets", "samples")
+    images = sorted(str(p) for p in samples.iterdir() if str(p).endswith(".png"))
+    sounds = sorted(str(p) for p in samples.iterdir() if str(p).endswith(".wav"))
+    texts = ["a red circle", "a blue square", "a green triangle", "a pure tone", "static noise", "a rising chirp"]
+    # layer scale 0.1 instead of the official 1e-6, so that untrained layers visibly act
+    model = create_model(args.preset, layer_scale_init=0.1)
+    print(f"onepeace demo: preset {args.preset!r} ({model.num_parameters():,} parameters, random init, seed {args.seed})")
+    print("The weights are untrained, so the similarities only show the pipeline working end to end.")
+    emb = model.embed(text=texts, image=images, audio=sounds)
+    _print_similarity(emb, {"text": texts, "image": images, "audio": sounds})
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        model.save_pretrained(args.out)
+        print(f"\nsaved the model to {args.out}; next: onepeace embed --model {args.out} --text 'a red circle' --image {images[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onepeace", description="ONE-PEACE: vision, audio and language in one space")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert an official ONE-PEACE .pt checkpoint to an onepeace directory")
+    c.add_argument("src", help="official checkpoint (one-peace.pt, finetune_*.pt, or the vision-branch .pkl)")
+    c.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    c.add_argument("--dict", help="the official dict.txt (needed for checkpoints with a text branch)")
+    c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored precision (default fp32)")
+    c.add_argument("--labels", help="class names for a classification head (.txt one per line, or .json)")
+    c.set_defaults(func=cmd_convert)
+
+    e = sub.add_parser("embed", help="embed texts, images and audio; print cross-modal similarities")
+    e.add_argument("--model", required=True, help="an onepeace model directory")
+    e.add_argument("--text", action="append", default=[], help="a text (repeatable)")
+    e.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    e.add_argument("--audio", action="append", default=[], help="an audio file (repeatable)")
+    e.add_argument("--out", help="write float32 arrays text/image/audio to this .npz")
+    e.add_argument("--dtype", choices=["fp32", "bf16"], help="compute precision (default: as stored)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--threads", type=int, help="torch CPU threads")
+    e.add_argument("--official-padding-leak", action="store_true",
+                   help="reproduce the official batch-dependent audio padding (off: batch-invariant)")
+    e.set_defaults(func=cmd_embed)
+
+    i = sub.add_parser("info", help="print the config and parameter count of a model directory or preset")
+    i.add_argument("model")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="embed the bundled sample inputs with a small model")
+    d.add_argument("--preset", default="tiny")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", help="also save the model here")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except OnePeaceError as e:
+        print(f"onepeace {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
