@@ -66,7 +66,7 @@ def test_fused_encoding_returns_each_modality():
 
 def test_other_image_resolutions_interpolate_positions():
     m = onepeace.create_model("tiny", layers=1, modalities={"image": {"image_size": 384}})
-    x = m.adapters["image"].embed(torch.randn(1, 3, 384, 384))
+    x, _ = m.adapters["image"].embed(torch.randn(1, 3, 384, 384))
     assert x.shape == (1, 577, 128)
     assert m.adapters["image"].rel_tables[0].weight.shape[0] == 47 * 47 + 3
     with pytest.raises(InputError, match="384x384"):

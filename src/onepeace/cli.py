@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -142,6 +143,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.trainer import run
+
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"train.output={json.dumps(args.output)}")
+    result = run(load_config(args.config, overrides))
+    if os.environ.get("RANK", "0") == "0":
+        final = result.get("final", {})
+        print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        for pair, m in result.get("retrieval", {}).items():
+            print(f"{pair:>14}  R@1 {m['R@1']:5.1f}  (chance {m['chance']:.1f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onepeace", description="ONE-PEACE: vision, audio and language in one space")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
@@ -177,10 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", help="also save the model here")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("pretrain", help="pretrain (one process, or under torchrun --nproc-per-node N)")
+    t.add_argument("config", help="a TOML recipe (see configs/)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
+    t.add_argument("--output", help="run directory (same as train.output=...)")
+    t.set_defaults(func=cmd_pretrain)
+
+    from .data.cli import add_data_parser
+
+    add_data_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # allow `onepeace pretrain CONFIG --optim.lr=1e-4` as well as `optim.lr=1e-4`
+    argv = [a[2:] if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else a for a in argv]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -22,8 +22,9 @@ from torch import nn
 from ..config import OFFICIAL_AUDIO_STEM
 from ..errors import InputError
 from ..model.relpos import token_buckets, token_num_buckets
+from ..pretrain.masking import span_keep
 from ..processing.audio import AudioProcessor, stem_frames
-from .base import Modality, register_modality, trunc_normal_
+from .base import AdapterOutput, Modality, register_modality, trunc_normal_
 
 
 class ConvStem(nn.Module):
@@ -143,6 +144,36 @@ class AudioModality(Modality):
 
     def forward(self, waveform: torch.Tensor, padding_mask: torch.Tensor | None = None):
         return self.output(*self.embed(waveform, padding_mask))
+
+    def valid_mask(self, waveform: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if padding_mask is not None:
+            return ~padding_mask
+        t = stem_frames(waveform.shape[1], self.stem.spec)
+        return torch.ones(waveform.shape[0], t + 1, dtype=torch.bool, device=waveform.device)
+
+    def max_tokens(self) -> int:
+        return 1026
+
+    def sample_keep(self, inputs, ratio, gen, complement=None):
+        """data2vec-style span masking (never complementary)."""
+        return span_keep(self.valid_mask(*inputs), ratio, gen)
+
+    def forward_kept(self, positions: torch.Tensor, waveform: torch.Tensor,
+                     padding_mask: torch.Tensor | None = None):
+        """Stem on the whole clip, frames gathered, then the conv positions on the compacted
+        sequence (as the official pretraining does)."""
+        feats = self.features(waveform)
+        b = feats.shape[0]
+        pad = positions.lt(0)
+        frames = (positions[:, 1:] - 1).clamp(min=0)
+        kept = feats.gather(1, frames[..., None].expand(-1, -1, feats.shape[-1]))
+        frame_pad = pad[:, 1:]
+        pos = self.conv_pos(kept, frame_pad if bool(frame_pad.any()) else None)
+        x = torch.cat([self.cls_embedding.expand(b, -1, -1), kept], dim=1)
+        x = x + torch.cat([self.cls_pos_embed.expand(b, -1, -1), pos], dim=1)
+        idx = positions.clamp(min=0)
+        rel = lambda t: self.relative_bias(idx.shape[1], t, idx)  # noqa: E731
+        return AdapterOutput(self.name, x, pad if bool(pad.any()) else None, rel, max(1, len(self.rel_tables)))
 
     @classmethod
     def make_processor(cls, options: AudioOptions) -> AudioProcessor:

@@ -92,6 +92,37 @@ class Modality(nn.Module):
         idx = full[positions[:, :, None], positions[:, None, :]]  # B, n, n
         return weight[idx].permute(0, 3, 1, 2)
 
+    # ---- masking (pretraining) ------------------------------------------------------------
+    def valid_mask(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """[B, N] bool: True for real tokens (CLS included) of the processed inputs."""
+        raise NotImplementedError
+
+    def sample_keep(self, inputs: tuple, ratio: float, gen: torch.Generator,
+                    complement: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, N] bool keep-mask hiding ``ratio`` of the tokens; with ``complement`` (another keep
+        mask of the same inputs) kept tokens come from those it hid. Default: uniform tokens."""
+        from ..pretrain.masking import random_keep
+
+        allowed = None if complement is None else ~complement
+        return random_keep(self.valid_mask(*inputs), ratio, gen, allowed)
+
+    def max_tokens(self) -> int:
+        """Longest sequence (CLS included) the modality produces; sizes decoder positions."""
+        raise NotImplementedError
+
+    def forward_kept(self, positions: torch.Tensor, *inputs: torch.Tensor) -> AdapterOutput:
+        """Only the tokens at ``positions`` ([B, K] sorted kept indices, -1 = padding), with their
+        relative bias gathered at their true positions (MAE-style encoder input)."""
+        x, _ = self.embed(*inputs)
+        return self.gather_output(x, positions)
+
+    def gather_output(self, x: torch.Tensor, positions: torch.Tensor) -> AdapterOutput:
+        pad = positions.lt(0)
+        idx = positions.clamp(min=0)
+        x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+        rel = (lambda t: self.relative_bias(idx.shape[1], t, idx)) if len(self.rel_tables) else None
+        return AdapterOutput(self.name, x, pad if bool(pad.any()) else None, rel, max(1, len(self.rel_tables)))
+
     def output(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> AdapterOutput:
         n = x.shape[1]
         if padding_mask is not None and not bool(padding_mask.any()):

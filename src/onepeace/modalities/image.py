@@ -78,7 +78,7 @@ class ImageModality(Modality):
         t = t.to(table.dtype).permute(0, 2, 3, 1).reshape(grid * grid, -1)
         return torch.cat([cls, t], dim=0)
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, None]:
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise InputError(f"pixels must be [B, 3, S, S], got {tuple(pixels.shape)}")
         h, w = pixels.shape[-2:]
@@ -89,10 +89,16 @@ class ImageModality(Modality):
             )
         x = self.stem(pixels.to(self.pos_embed.dtype))
         x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1), x], dim=1)
-        return x + self.positions(self.grid)
+        return x + self.positions(self.grid), None
 
     def forward(self, pixels: torch.Tensor):
-        return self.output(self.embed(pixels), None)
+        return self.output(*self.embed(pixels))
+
+    def valid_mask(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.ones(pixels.shape[0], self.grid**2 + 1, dtype=torch.bool, device=pixels.device)
+
+    def max_tokens(self) -> int:
+        return self.grid**2 + 1
 
     @classmethod
     def make_processor(cls, options: ImageOptions) -> ImageProcessor:

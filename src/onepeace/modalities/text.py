@@ -9,8 +9,9 @@ from torch import nn
 
 from ..errors import InputError
 from ..model.relpos import token_buckets, token_num_buckets
+from ..pretrain.masking import random_keep, word_keep
 from ..processing.text import TextProcessor
-from ..processing.tokenizer import PAD_ID, VOCAB_SIZE
+from ..processing.tokenizer import PAD_ID, VOCAB_SIZE, default_bpe
 from .base import Modality, register_modality, trunc_normal_
 
 
@@ -33,6 +34,7 @@ class TextModality(Modality):
         super().__init__(config, options)
         self.embed_tokens = nn.Embedding(options.vocab_size, config.dim)
         self.embed_positions = nn.Embedding(options.max_positions, config.dim)
+        self._word_start: torch.Tensor | None = None
 
     def num_buckets(self) -> int:
         return token_num_buckets(self.options.bucket_size)
@@ -57,6 +59,36 @@ class TextModality(Modality):
 
     def forward(self, tokens: torch.Tensor):
         return self.output(*self.embed(tokens))
+
+    def valid_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        cls = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
+        return torch.cat([cls, tokens.ne(self.options.pad_id)], 1)
+
+    def max_tokens(self) -> int:
+        return self.options.max_positions
+
+    def word_starts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N] (CLS-prefixed): tokens whose GPT-2 piece starts with a space begin a word."""
+        if self._word_start is None:
+            bpe = default_bpe()
+            table = torch.zeros(self.options.vocab_size, dtype=torch.bool)
+            for piece, i in bpe.encoder.items():
+                if i < table.numel() and piece.startswith("\u0120"):
+                    table[i] = True
+            self._word_start = table
+        ws = self._word_start.to(tokens.device)[tokens.clamp(0, self.options.vocab_size - 1)]
+        return torch.cat([torch.zeros_like(ws[:, :1]), ws], 1)
+
+    def sample_keep(self, inputs, ratio, gen, complement=None):
+        """Whole-word masking; with ``complement``, token-level over the caption tokens (never the
+        CLS or ``</s>``), keeping first what the other mask hid (the official joint text mask)."""
+        (tokens,) = inputs
+        valid = self.valid_mask(tokens)
+        if complement is not None:
+            eos = torch.zeros_like(valid)
+            eos[torch.arange(valid.shape[0]), valid.sum(1) - 1] = True
+            return random_keep(valid, ratio, gen, ~complement, fixed=eos)
+        return word_keep(valid, self.word_starts(tokens), ratio, gen)
 
     @classmethod
     def make_processor(cls, options: TextOptions) -> TextProcessor:

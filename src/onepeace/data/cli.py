@@ -1,0 +1,128 @@
+"""``onepeace data ...``: build tar shards from a manifest, and check that a source decodes.
+
+The main CLI calls :func:`add_data_parser` on its subparsers; each subcommand sets ``func`` to a
+``cmd_*(args) -> int``, and bad input raises :class:`onepeace.OnePeaceError` subclasses (printed
+as one line by the main CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..errors import InputError
+
+MAX_SKIP_LINES = 20
+
+
+def data_shards(
+    manifest: str,
+    out_dir: str,
+    samples_per_shard: int = 1000,
+    prefix: str = "shard",
+    overwrite: bool = False,
+    skip_missing: bool = False,
+) -> int:
+    """Pack a manifest's samples into tar shards; prints the counts. Returns the exit code."""
+    from .manifest import read_manifest
+    from .shards import write_shards_stats
+
+    samples = read_manifest(manifest)
+    if not samples:
+        raise InputError(f"manifest {manifest} has no samples")
+    stats = write_shards_stats(
+        samples, out_dir, samples_per_shard, prefix, overwrite=overwrite, skip_missing=skip_missing
+    )
+    skipped = f", skipped {stats.skipped} with missing files" if stats.skipped else ""
+    print(f"wrote {stats.samples} samples in {len(stats.paths)} shards to {out_dir}{skipped}")
+    return 0
+
+
+def _load_config(model: str | None) -> Any:
+    from ..config import ModelConfig, list_presets
+
+    if model is None:
+        return ModelConfig()  # the official processors (256 px images, 16 kHz audio)
+    if model in list_presets():
+        from ..config import get_preset
+
+        return get_preset(model)
+    if os.path.isdir(model):
+        from ..checkpoints.format import load_config
+
+        return load_config(model)
+    raise InputError(f"--model {model!r} is neither a preset ({', '.join(list_presets())}) nor a model directory")
+
+
+def data_check(source: str, model: str | None = None, limit: int | None = None, train: bool = False) -> int:
+    """Decode every sample of a source (manifest, shard, directory or glob) in this process and
+    print ok / skipped counts and the first skipped samples. Returns 0 when nothing was skipped,
+    1 otherwise; raises when the source itself is unusable or no sample decodes."""
+    from .dataset import PairDataset
+
+    skips: list[tuple[str, str]] = []
+
+    def on_skip(sample_id: str, reason: str) -> None:
+        if len(skips) < MAX_SKIP_LINES:
+            print(f"skipped {sample_id}: {reason}", file=sys.stderr)
+        skips.append((sample_id, reason))
+
+    ds = PairDataset(source, _load_config(model), train=train, shuffle=False, repeat=False,
+                     rank=0, world_size=1, on_skip=on_skip)
+    kinds: dict[str, int] = {}
+    for sample in ds:
+        kind = "image" if "image" in sample else "audio"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if limit is not None and ds.ok >= limit:
+            break
+    if len(skips) > MAX_SKIP_LINES:
+        print(f"... and {len(skips) - MAX_SKIP_LINES} more skipped", file=sys.stderr)
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"{source}: ok {ds.ok}" + (f" ({detail})" if detail else "") + f", skipped {ds.skipped}")
+    if ds.ok == 0:
+        raise InputError(f"no sample of {source} could be decoded ({ds.skipped} skipped)")
+    return 0 if ds.skipped == 0 else 1
+
+
+def cmd_data_shards(args: argparse.Namespace) -> int:
+    return data_shards(args.manifest, args.out_dir, args.samples_per_shard, args.prefix,
+                       overwrite=args.overwrite, skip_missing=args.skip_missing)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    return data_check(args.source, model=args.model, limit=args.limit, train=args.train)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``data shards`` and ``data check`` on the main CLI's subparsers."""
+    p = subparsers.add_parser("data", help="training data: build tar shards from a manifest, check a data source")
+    sub = p.add_subparsers(dest="data_command", required=True)
+
+    s = sub.add_parser("shards", help="pack a JSONL manifest into WebDataset-layout tar shards")
+    s.add_argument("manifest", help="JSONL manifest: {\"image\"|\"audio\": path, \"text\": caption} per line")
+    s.add_argument("out_dir", help="output directory (created if absent)")
+    s.add_argument("--samples-per-shard", type=_positive, default=1000, help="samples per shard (default 1000)")
+    s.add_argument("--prefix", default="shard", help="shard file prefix (default: shard -> shard-000000.tar)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
+    s.add_argument("--skip-missing", action="store_true", help="skip samples whose media file is missing")
+    s.set_defaults(func=cmd_data_shards)
+
+    c = sub.add_parser("check", help="decode every sample of a source; print ok/skipped counts")
+    c.add_argument("source", help="a .jsonl manifest, a .tar shard, a directory of shards, or a quoted glob")
+    c.add_argument("--model", help="preset name or model directory whose processors to use (default: official)")
+    c.add_argument("--limit", type=_positive, help="stop after this many good samples")
+    c.add_argument("--train", action="store_true", help="apply the training augmentation too")
+    c.set_defaults(func=cmd_data_check)
+    return p

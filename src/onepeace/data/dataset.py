@@ -1,0 +1,387 @@
+"""Streaming (text, image) / (text, audio) pairs for training, split by rank and by worker.
+
+``PairDataset`` reads a JSONL manifest or WebDataset-layout tar shards and yields processed
+samples; ``collate_pairs`` batches them into the model's input dicts; ``make_loader`` wires both
+into a :class:`torch.utils.data.DataLoader`.
+
+Splitting: every (rank, DataLoader worker) pair is a *slot*, ``slot = rank * workers + worker``
+of ``world_size * workers``. A manifest is permuted with the epoch's seed (the same permutation
+on every rank) and slot ``k`` takes positions ``k, k + n, k + 2n, ...``. Shards are permuted the
+same way and dealt out whole when there are at least as many shards as slots; with fewer shards
+every slot reads them all and keeps every n-th sample. Either way no two slots ever see the same
+sample. (Whole-shard dealing can give ranks unequal sample counts; with finite epochs under DDP,
+balance the shard sizes or use ``repeat=True`` and a fixed number of steps.)
+
+Bad samples (missing, empty or corrupt files, unreadable shards, invalid records) are skipped:
+counted in ``dataset.skipped`` (per process: each DataLoader worker holds its own copy), logged
+as a warning naming the sample, and passed to ``on_skip(sample_id, reason)`` when given.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config import ModelConfig, get_preset
+from ..errors import InputError
+from ..processing import Processor
+from ..processing.image import load_image
+from .augment import random_resized_crop, to_normalized_tensor
+from .manifest import read_manifest
+from .shards import decode_record, iter_shard
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def resolve_source(source: Source) -> tuple[str, list[Any]]:
+    """``("manifest", samples)`` or ``("shards", paths)`` for a manifest path, a .tar path, a
+    directory of .tar files, a glob of .tar files, or a list of .tar paths."""
+    if isinstance(source, (list, tuple)):
+        paths = [os.fspath(p) for p in source]
+        if not paths:
+            raise InputError("empty list of shards")
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise InputError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return "shards", paths
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"data source must be a path, a glob or a list of shard paths, got {type(source).__name__}")
+    src = os.fspath(source)
+    if os.path.isdir(src):
+        paths = sorted(glob.glob(os.path.join(glob.escape(src), "*.tar")))
+        if not paths:
+            raise InputError(f"no .tar shards in directory {src}")
+        return "shards", paths
+    if os.path.isfile(src):
+        if src.endswith(".tar"):
+            return "shards", [src]
+        return "manifest", read_manifest(src)
+    if glob.has_magic(src):
+        paths = sorted(p for p in glob.glob(src) if os.path.isfile(p))
+        if not paths:
+            raise InputError(f"no files match {src}")
+        manifests = [p for p in paths if not p.endswith(".tar")]
+        if manifests:
+            raise InputError(f"a glob source must match .tar shards only; it matched {manifests[0]}")
+        return "shards", paths
+    raise InputError(f"data source not found: {src} (give a .jsonl manifest, a .tar shard, a directory of shards or a glob)")
+
+
+def _config(config: ModelConfig | str) -> ModelConfig:
+    if isinstance(config, str):
+        return get_preset(config)
+    if not isinstance(config, ModelConfig):
+        raise InputError(f"config must be an onepeace.ModelConfig or a preset name, got {type(config).__name__}")
+    return config
+
+
+def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """WebDataset-style shuffle buffer: keep ``size`` items, emit a random one per new arrival."""
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = rng.randrange(len(buf))
+        buf[j], item = item, buf[j]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class PairDataset(IterableDataset):
+    """Processed ``{"text": str, "image": [3, S, S]}`` or ``{"text": str, "audio": [samples]}``
+    samples (plus ``"label"`` when the record has one).
+
+    ``train=True``: images get the official RandomResizedCrop (``scale``, ``ratio``, bicubic) ->
+    ToTensor -> CLIP Normalize; ``train=False``: the plain square bicubic resize of
+    ``ImageProcessor``. Audio always goes through ``AudioProcessor.one`` (normalise -> cap ->
+    tile). ``shuffle`` defaults to ``train``; ``repeat=True`` streams forever (epoch after epoch,
+    each with its own permutation), else one epoch per iteration. Call :meth:`set_epoch` before
+    iterating each epoch (with ``persistent_workers=False``, the DataLoader default, workers
+    get a fresh copy of the dataset per epoch). ``rank`` / ``world_size`` are used when
+    ``torch.distributed`` is not initialised.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        config: ModelConfig | str,
+        train: bool = True,
+        *,
+        seed: int = 0,
+        shuffle: bool | None = None,
+        repeat: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_buffer: int = 1000,
+        scale: tuple[float, float] = (0.9, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        on_skip: Callable[[str, str], None] | None = None,
+    ):
+        super().__init__()
+        self.config = _config(config)
+        if "text" not in self.config.modalities:
+            raise InputError("PairDataset needs a model config with a text branch (captions are text)")
+        self.kind, items = resolve_source(source)
+        self._samples: list[dict[str, Any]] = items if self.kind == "manifest" else []
+        self._shards: list[str] = items if self.kind == "shards" else []
+        if self.kind == "manifest":
+            if not items:
+                raise InputError(f"manifest {os.fspath(source)} has no samples")
+            kinds = {k for s in items for k in ("image", "audio") if k in s}
+            for k in sorted(kinds):
+                if k not in self.config.modalities:
+                    raise InputError(f"the manifest has {k} samples but the model config has no {k} branch")
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.repeat = bool(repeat)
+        self.rank = rank
+        self.world_size = world_size
+        if shuffle_buffer < 1:
+            raise InputError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.on_skip = on_skip
+        self.epoch = 0
+        self.skipped = 0  # samples skipped by *this* process (each worker has its own count)
+        self.ok = 0  # samples produced by this process
+        self._proc: Processor | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_proc"] = None  # rebuilt lazily in each worker
+        return state
+
+    @property
+    def processor(self) -> Processor:
+        if self._proc is None:
+            self._proc = Processor(self.config)
+        return self._proc
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples in the manifest (all ranks together); None for shards."""
+        return len(self._samples) if self.kind == "manifest" else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rank_world(self) -> tuple[int, int]:
+        """Explicit ``rank``/``world_size`` win (e.g. an evaluation every rank runs in full);
+        otherwise the torch.distributed group's, otherwise a single process."""
+        if self.rank is not None or self.world_size is not None:
+            rank = 0 if self.rank is None else int(self.rank)
+            world = 1 if self.world_size is None else int(self.world_size)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        if world < 1 or not 0 <= rank < world:
+            raise InputError(f"invalid rank {rank} for world size {world}")
+        return rank, world
+
+    def slot(self) -> tuple[int, int]:
+        """(this process's slot, number of slots): rank x DataLoader worker."""
+        rank, world = self._rank_world()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def _skip(self, sample_id: str, reason: Any) -> None:
+        self.skipped += 1
+        log.warning("skipping sample %s: %s", sample_id, reason)
+        if self.on_skip is not None:
+            self.on_skip(str(sample_id), str(reason))
+
+    # -- iteration --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, total = self.slot()
+        epoch = self.epoch
+        while True:
+            produced = 0
+            for sample in self._epoch(epoch, slot, total):
+                produced += 1
+                yield sample
+            if not self.repeat:
+                return
+            if produced == 0:
+                log.warning(
+                    "slot %d of %d got no usable samples in epoch %d; stopping its stream", slot, total, epoch
+                )
+                return
+            epoch += 1
+
+    def _epoch(self, epoch: int, slot: int, total: int) -> Iterator[dict[str, Any]]:
+        order_rng = random.Random(f"onepeace-order:{self.seed}:{epoch}")
+        aug_rng = random.Random(f"onepeace-aug:{self.seed}:{epoch}:{slot}")
+        if self.kind == "manifest":
+            order = list(range(len(self._samples)))
+            if self.shuffle:
+                order_rng.shuffle(order)
+            for i in order[slot::total]:
+                out = self._process(self._samples[i], aug_rng)
+                if out is not None:
+                    yield out
+            return
+        shards = list(self._shards)
+        if self.shuffle:
+            order_rng.shuffle(shards)
+        if len(shards) >= total:
+            raw = self._read(shards[slot::total], 0, 1)
+        else:
+            raw = self._read(shards, slot, total)
+        if self.shuffle:
+            raw = _buffer_shuffle(raw, self.shuffle_buffer, random.Random(f"onepeace-buf:{self.seed}:{epoch}:{slot}"))
+        for sample in raw:
+            try:
+                rec = decode_record(sample)
+            except InputError as e:
+                self._skip(f"{sample.get('__shard__')}:{sample.get('__key__')}", e)
+                continue
+            out = self._process(rec, aug_rng)
+            if out is not None:
+                yield out
+
+    def _read(self, shards: list[str], slot: int, total: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of ``shards``, keeping the ``slot``-th of every ``total`` (count runs across
+        shards; every slot reads the same shards in the same order, so the split is exact)."""
+        n = 0
+        for path in shards:
+            try:
+                for sample in iter_shard(path):
+                    if n % total == slot:
+                        yield sample
+                    n += 1
+            except InputError as e:
+                self._skip(path, e)
+
+    def _process(self, rec: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
+        kind = "image" if "image" in rec else "audio"
+        src = rec[kind]
+        sample_id = rec.get("id") or (src if isinstance(src, str) else "?")
+        proc = self.processor.get(kind)  # a model without this branch is a setup error: raise
+        try:
+            if kind == "image" and self.train:
+                img = random_resized_crop(load_image(src), proc.image_size, self.scale, self.ratio, rng)
+                media = to_normalized_tensor(img)
+            elif kind == "image":
+                media = proc.one(src)[0]
+            else:
+                media = proc.one(src)
+        except Exception as e:  # noqa: BLE001 - one bad file must never end a training run
+            self._skip(sample_id, e)
+            return None
+        out: dict[str, Any] = {"text": rec["text"], kind: media}
+        if rec.get("label") is not None:
+            out["label"] = int(rec["label"])
+        self.ok += 1
+        return out
+
+
+def collate_pairs(samples: Sequence[dict[str, Any]], processor: Processor | ModelConfig) -> dict[str, Any]:
+    """Per-sample dicts -> ``{"text": {"tokens"}, "image": {"pixels"}}`` or
+    ``{"text": ..., "audio": {"waveform", "padding_mask"}}``, plus ``"label"`` (LongTensor [B])."""
+    if not samples:
+        raise InputError("cannot collate an empty batch")
+    if isinstance(processor, ModelConfig):
+        processor = Processor(processor)
+    kinds = []
+    for i, s in enumerate(samples):
+        ks = [k for k in ("image", "audio") if k in s]
+        if len(ks) != 1 or "text" not in s:
+            raise InputError(f"batch sample {i} must have 'text' and exactly one of 'image' or 'audio'; keys: {sorted(s)}")
+        kinds.append(ks[0])
+    if len(set(kinds)) > 1:
+        raise InputError(
+            f"a batch mixes image and audio samples ({kinds.count('image')} image, {kinds.count('audio')} audio); "
+            "each batch pairs text with one modality: keep image and audio data in separate "
+            "manifests / shard sets and use one loader per modality"
+        )
+    kind = kinds[0]
+    batch: dict[str, Any] = {"text": processor.get("text")([s["text"] for s in samples])}
+    if kind == "image":
+        batch["image"] = {"pixels": torch.stack([s["image"] for s in samples])}
+    else:
+        batch["audio"] = processor.get("audio").collate([s["audio"] for s in samples])
+    labels = [s.get("label") for s in samples]
+    if any(lb is not None for lb in labels):
+        if any(lb is None for lb in labels):
+            raise InputError(f"{labels.count(None)} of {len(labels)} samples in the batch have no label; label all or none")
+        batch["label"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+class PairCollator:
+    """Picklable ``collate_fn``: builds its :class:`Processor` lazily in each worker."""
+
+    def __init__(self, config: ModelConfig | str):
+        self.config = _config(config)
+        self._proc: Processor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_proc": None}
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if self._proc is None:
+            self._proc = Processor(self.config)
+        return collate_pairs(samples, self._proc)
+
+
+def make_loader(
+    source: Source,
+    config: ModelConfig | str,
+    batch_size: int,
+    num_workers: int = 0,
+    train: bool = True,
+    seed: int = 0,
+    *,
+    repeat: bool = False,
+    shuffle: bool | None = None,
+    drop_last: bool | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+    **dataset_kwargs: Any,
+) -> DataLoader:
+    """A DataLoader over a :class:`PairDataset` with :func:`collate_pairs` batching.
+
+    ``drop_last`` defaults to ``train`` (each worker drops its own last partial batch). Reach
+    the dataset as ``loader.dataset`` (e.g. ``loader.dataset.set_epoch(e)`` before each epoch).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if num_workers < 0:
+        raise InputError(f"num_workers must be >= 0, got {num_workers}")
+    ds = PairDataset(
+        source, config, train, seed=seed, shuffle=shuffle, repeat=repeat, rank=rank,
+        world_size=world_size, **dataset_kwargs,
+    )
+    extra: dict[str, Any] = {}
+    if num_workers > 0 and prefetch_factor is not None:
+        extra["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=PairCollator(ds.config),
+        drop_last=train if drop_last is None else drop_last,
+        pin_memory=pin_memory,
+        **extra,
+    )
+
+
+__all__ = ["PairCollator", "PairDataset", "collate_pairs", "make_loader", "resolve_source"]

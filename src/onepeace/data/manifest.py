@@ -1,0 +1,104 @@
+"""JSONL manifests: one training pair per line.
+
+Each line is a JSON object with exactly one media field and a caption::
+
+    {"image": "images/cat.jpg", "text": "a cat on a mat"}
+    {"audio": "clips/dog.flac", "text": "a dog barks", "label": 3, "id": "dog-0001"}
+
+``label`` (an int) and ``id`` (a string) are optional; any other field is kept as metadata.
+Relative media paths are resolved against the manifest's own directory, so a manifest and its
+files can be moved together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import InputError
+
+MEDIA_KEYS = ("image", "audio")
+
+
+def validate_sample(sample: Any, where: str) -> str:
+    """Check one manifest/shard record; returns its modality. ``where`` names it in errors."""
+    if not isinstance(sample, dict):
+        raise InputError(f"{where}: a sample must be a JSON object, got {type(sample).__name__}")
+    media = [k for k in MEDIA_KEYS if k in sample]
+    if len(media) != 1:
+        what = "both 'image' and 'audio'" if media else "no 'image' or 'audio' field"
+        raise InputError(f"{where}: a sample needs exactly one of 'image' or 'audio'; it has {what}")
+    kind = media[0]
+    path = sample[kind]
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise InputError(f"{where}: '{kind}' must be a non-empty path string, got {path!r}")
+    if "text" not in sample:
+        raise InputError(f"{where}: missing the 'text' field (the caption)")
+    if not isinstance(sample["text"], str):
+        raise InputError(f"{where}: 'text' must be a string, got {type(sample['text']).__name__}")
+    if "label" in sample and (isinstance(sample["label"], bool) or not isinstance(sample["label"], int)):
+        raise InputError(f"{where}: 'label' must be an integer, got {sample['label']!r}")
+    if "id" in sample and not isinstance(sample["id"], str):
+        raise InputError(f"{where}: 'id' must be a string, got {sample['id']!r}")
+    return kind
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL manifest; media paths come back absolute. Blank lines are ignored.
+
+    Raises :class:`InputError` naming ``file:line`` for bad JSON or a missing/invalid field.
+    Media files are *not* opened here (a missing file is the dataset's business: it is skipped).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"manifest not found: {path}" if not os.path.exists(path) else f"manifest is not a file: {path}")
+    base = os.path.dirname(os.path.abspath(path))
+    samples: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    sample = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                kind = validate_sample(sample, where)
+                media = os.fspath(sample[kind])
+                sample[kind] = os.path.normpath(os.path.join(base, os.path.expanduser(media)))
+                samples.append(sample)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"cannot read manifest {path}: {e.strerror or e}") from None
+    return samples
+
+
+def write_manifest(path: str | os.PathLike, samples: Iterable[dict[str, Any]]) -> int:
+    """Write samples as JSONL, atomically (temp file + ``os.replace``). Returns the line count.
+
+    Samples are validated first (same rules as :func:`read_manifest`); paths are written as
+    given, so relative ones are relative to the manifest's directory when read back.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"output directory does not exist: {parent}")
+    lines = []
+    for i, sample in enumerate(samples):
+        kind = validate_sample(sample, f"sample {i}")
+        row = dict(sample)
+        row[kind] = os.fspath(row[kind])
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return len(lines)

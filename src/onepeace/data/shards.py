@@ -1,0 +1,374 @@
+"""WebDataset-layout tar shards, written and read with :mod:`tarfile` only.
+
+A sample is a run of consecutive tar members sharing a key: ``{key}.{ext}`` holds the media bytes
+(the original file, copied as-is, or PNG / 16 kHz FLAC for in-memory arrays) and ``{key}.json``
+holds the caption and metadata (``{"text": ..., "label": ..., "id": ..., ...}``). Shards are
+named ``{prefix}-000000.tar``, ``{prefix}-000001.tar``, ... and each is written to a temporary
+name first, then renamed, so a crash never leaves a half-written shard under a real name.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .manifest import MEDIA_KEYS, read_manifest
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "image")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "oga", "opus", "aif", "aiff", "audio")
+EXTS = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS}
+AUDIO_RATE = 16000
+
+
+@dataclass
+class ShardStats:
+    """What a shard writer did: shard paths, samples written, samples skipped (missing files)."""
+
+    paths: list[str] = field(default_factory=list)
+    samples: int = 0
+    skipped: int = 0
+
+
+def shard_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:06d}.tar"
+
+
+def sniff_ext(data: bytes) -> str | None:
+    """The file type of media bytes from their magic number, or None."""
+    head = bytes(data[:16])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return None
+
+
+def _pick_ext(kind: str, data: bytes, filename: str | None = None) -> str:
+    """Extension for a member: the file's own when it is a known one for the modality, else the
+    sniffed type, else the generic ``image`` / ``audio`` (the reader decodes by content anyway)."""
+    if filename:
+        ext = os.path.splitext(filename)[1].lower().lstrip(".")
+        if ext in EXTS[kind]:
+            return ext
+    ext = sniff_ext(data)
+    return ext if ext in EXTS[kind] else kind
+
+
+def _encode_image(item: Any) -> bytes:
+    from PIL import Image
+
+    from ..processing.image import load_image
+
+    if isinstance(item, Image.Image):
+        img = item if item.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16") else item.convert("RGB")
+    else:
+        img = load_image(item)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _encode_audio(item: Any) -> bytes:
+    """Array / tensor / ``(array, rate)`` -> 16 kHz mono FLAC (16-bit). Clips louder than full
+    scale are scaled down (the model normalises every clip, so the gain does not matter)."""
+    import soundfile as sf
+
+    from ..processing.audio import load_audio
+
+    wav = load_audio(item, AUDIO_RATE)
+    peak = float(np.abs(wav).max())
+    if peak > 1.0:
+        wav = wav / peak
+    buf = io.BytesIO()
+    sf.write(buf, wav, AUDIO_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _media_bytes(kind: str, item: Any) -> tuple[bytes, str]:
+    """(bytes, extension) for one media value of a sample."""
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{kind} file not found: {path}")
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            raise FileNotFoundError(f"{kind} file is empty: {path}")
+        return data, _pick_ext(kind, data, path)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+        if not data:
+            raise InputError(f"{kind} bytes are empty")
+        return data, _pick_ext(kind, data)
+    if kind == "image":
+        return _encode_image(item), "png"
+    if isinstance(item, (np.ndarray, torch.Tensor, tuple)):
+        return _encode_audio(item), "flac"
+    raise InputError(
+        f"unsupported {kind} value of type {type(item).__name__}: give a path, bytes, "
+        + ("a PIL image or an array" if kind == "image" else "an array or (array, sample_rate)")
+    )
+
+
+def _sample_record(sample: Any, index: int) -> tuple[str, Any, dict[str, Any]]:
+    """(kind, media value, json metadata) of one in-memory sample, with clear errors."""
+    where = f"sample {index}"
+    if not isinstance(sample, dict):
+        raise InputError(f"{where}: a sample must be a dict, got {type(sample).__name__}")
+    media = [k for k in MEDIA_KEYS if k in sample]
+    if len(media) != 1:
+        raise InputError(f"{where}: a sample needs exactly one of 'image' or 'audio', it has {media or 'neither'}")
+    kind = media[0]
+    meta = {k: v for k, v in sample.items() if k != kind}
+    if not isinstance(meta.get("text"), str):
+        raise InputError(f"{where}: 'text' must be a string caption, got {meta.get('text')!r}")
+    label = meta.get("label")
+    if "label" in meta and (isinstance(label, bool) or not isinstance(label, (int, np.integer))):
+        raise InputError(f"{where}: 'label' must be an integer, got {label!r}")
+    if "label" in meta:
+        meta["label"] = int(label)
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: metadata is not JSON-serialisable: {e}") from None
+    return kind, sample[kind], meta
+
+
+def _existing_shards(out_dir: str, prefix: str) -> list[str]:
+    pat = os.path.join(glob.escape(out_dir), f"{glob.escape(prefix)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")
+    return sorted(glob.glob(pat))
+
+
+class _ShardWriter:
+    def __init__(self, out_dir: str, prefix: str, samples_per_shard: int):
+        self.out_dir, self.prefix, self.per = out_dir, prefix, samples_per_shard
+        self.stats = ShardStats()
+        self._tar: tarfile.TarFile | None = None
+        self._tmp = self._final = ""
+        self._in_shard = 0
+
+    def _open(self) -> None:
+        self._final = os.path.join(self.out_dir, shard_name(self.prefix, len(self.stats.paths)))
+        self._tmp = f"{self._final}.tmp-{os.getpid()}"
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+        self._in_shard = 0
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        info.mtime = 0  # reproducible shards
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, key: str, ext: str, media: bytes, meta: dict[str, Any]) -> None:
+        if self._tar is None:
+            self._open()
+        self._add(f"{key}.{ext}", media)
+        self._add(f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        self._in_shard += 1
+        self.stats.samples += 1
+        if self._in_shard >= self.per:
+            self.close()
+
+    def close(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._tar = None
+        os.replace(self._tmp, self._final)
+        self.stats.paths.append(self._final)
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            try:
+                self._tar.close()
+            finally:
+                self._tar = None
+                if os.path.exists(self._tmp):
+                    os.remove(self._tmp)
+
+
+def write_shards_stats(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    samples_per_shard: int = 1000,
+    prefix: str = "shard",
+    *,
+    overwrite: bool = False,
+    skip_missing: bool = False,
+) -> ShardStats:
+    """:func:`write_shards_from_samples`, returning a :class:`ShardStats` (paths and counts)."""
+    out_dir = os.fspath(out_dir)
+    if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
+        raise InputError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}")
+    if not prefix or os.sep in prefix or "." in prefix:
+        raise InputError(f"shard prefix must be a plain name without '.' or '{os.sep}', got {prefix!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"shard output is not a directory: {out_dir}")
+    os.makedirs(out_dir, exist_ok=True)
+    old = _existing_shards(out_dir, prefix)
+    if old and not overwrite:
+        raise InputError(
+            f"{out_dir} already holds {len(old)} shard(s) named {prefix}-*.tar; choose another "
+            "directory or prefix, or overwrite them (overwrite=True / --overwrite)"
+        )
+    writer = _ShardWriter(out_dir, prefix, samples_per_shard)
+    try:
+        for i, sample in enumerate(samples):
+            kind, item, meta = _sample_record(sample, i)
+            try:
+                media, ext = _media_bytes(kind, item)
+            except (FileNotFoundError, OSError) as e:
+                msg = str(e) if isinstance(e, FileNotFoundError) else f"cannot read {kind} {item}: {e.strerror or e}"
+                if not skip_missing:
+                    raise InputError(f"sample {i}: {msg} (skip such samples with skip_missing=True / --skip-missing)") from None
+                log.warning("skipping sample %d: %s", i, msg)
+                writer.stats.skipped += 1
+                continue
+            writer.write(f"{writer.stats.samples:09d}", ext, media, meta)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if writer.stats.samples == 0:
+        raise InputError("no samples to write" + (f" ({writer.stats.skipped} skipped)" if writer.stats.skipped else ""))
+    stale = sorted(set(old) - set(writer.stats.paths))
+    for p in stale:  # overwrite=True: shards of an earlier, longer run would otherwise be read too
+        os.remove(p)
+    return writer.stats
+
+
+def write_shards_from_samples(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    samples_per_shard: int = 1000,
+    prefix: str = "shard",
+    *,
+    overwrite: bool = False,
+    skip_missing: bool = False,
+) -> list[str]:
+    """Write samples (dicts with ``text`` and one of ``image`` / ``audio``) as tar shards.
+
+    A media value may be a path (bytes copied as-is), raw bytes (copied; extension sniffed), a
+    PIL image or an image array (encoded as PNG), or an audio array / tensor, optionally as
+    ``(array, sample_rate)`` (resampled and encoded as 16 kHz FLAC; bare arrays are taken as
+    16 kHz). Every other key (``text``, ``label``, ``id``, ...) goes into ``{key}.json``.
+    Returns the shard paths. Existing ``{prefix}-*.tar`` in ``out_dir`` are an error unless
+    ``overwrite``; a missing media file is an error unless ``skip_missing``.
+    """
+    return write_shards_stats(
+        samples, out_dir, samples_per_shard, prefix, overwrite=overwrite, skip_missing=skip_missing
+    ).paths
+
+
+def write_shards(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    samples_per_shard: int = 1000,
+    prefix: str = "shard",
+    *,
+    overwrite: bool = False,
+    skip_missing: bool = False,
+) -> list[str]:
+    """Pack the samples of a JSONL manifest into tar shards (media bytes copied as-is)."""
+    samples = read_manifest(manifest_path)
+    if not samples:
+        raise InputError(f"manifest {os.fspath(manifest_path)} has no samples")
+    return write_shards_from_samples(
+        samples, out_dir, samples_per_shard, prefix, overwrite=overwrite, skip_missing=skip_missing
+    )
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yield the samples of one shard as ``{"__key__", "__shard__", ext: bytes, ...}``.
+
+    Members are grouped by key (the member name up to the first dot of its base name) as
+    WebDataset does; the ``json`` member stays raw bytes (see :func:`decode_record`). A corrupt or
+    truncated tar raises :class:`InputError` naming the shard, after the samples read before it.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"shard not found: {path}")
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                d, base = os.path.split(member.name)
+                if "." not in base or base.startswith("."):
+                    continue
+                stem, ext = base.split(".", 1)
+                key = f"{d}/{stem}" if d else stem
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__shard__": path}
+                current[ext.lower()] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise InputError(f"corrupt or truncated shard {path}: {e}") from None
+    if current is not None:
+        yield current
+
+
+def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
+    """A raw shard sample -> a record like a manifest line, the media as bytes:
+    ``{"text": str, "image" | "audio": bytes, "label"?: int, "id": str, ...}``."""
+    where = f"{sample.get('__shard__', '?')}:{sample.get('__key__', '?')}"
+    if "json" not in sample:
+        raise InputError(f"sample {where} has no .json member (caption)")
+    try:
+        meta = json.loads(sample["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"sample {where}: invalid .json member ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("text"), str):
+        raise InputError(f"sample {where}: .json member has no 'text' string")
+    found = [(kind, ext) for kind in MEDIA_KEYS for ext in EXTS[kind] if ext in sample]
+    if not found:
+        other = sorted(k for k in sample if not k.startswith("__") and k != "json")
+        raise InputError(f"sample {where} has no image or audio member (members: {other or 'none'})")
+    kinds = {k for k, _ in found}
+    if len(kinds) > 1:
+        raise InputError(f"sample {where} has both image and audio members")
+    kind, ext = found[0]
+    label = meta.get("label")
+    if "label" in meta and (isinstance(label, bool) or not isinstance(label, int)):
+        raise InputError(f"sample {where}: 'label' must be an integer, got {label!r}")
+    rec = dict(meta)
+    rec[kind] = sample[ext]
+    rec.setdefault("id", where)
+    return rec

@@ -1,0 +1,125 @@
+"""Training configuration: TOML recipe files under ``configs/`` with ``--key=value`` overrides."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomllib
+
+from ..errors import ConfigError
+from ..pretrain.objective import ObjectiveConfig
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    init: str = ""  # an onepeace model directory to start from (e.g. stage 1's output)
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    reset_logit_scale: bool = False
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # JSONL manifest, directory of .tar shards, or a glob
+    eval: list[str] = field(default_factory=list)  # held-out manifests (with labels) for retrieval
+    batch_size: int = 32  # per rank and micro-step
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+    max_steps: int = 1000
+    clip_norm: float = 3.0
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainSection:
+    output: str = "runs/pretrain"
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard)
+    activation_checkpointing: bool = False
+    trainable: list[str] = field(default_factory=list)  # fnmatch patterns; empty = everything
+    log_every: int = 10
+    eval_every: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    progress: bool = True
+    threads: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        out = cls()
+        for sec_name, values in data.items():
+            if not hasattr(out, sec_name):
+                raise ConfigError(f"unknown config section [{sec_name}]; known: {[f.name for f in dataclasses.fields(cls)]}")
+            sec = getattr(out, sec_name)
+            known = {f.name for f in dataclasses.fields(sec)}
+            for k, v in values.items():
+                if k not in known:
+                    raise ConfigError(f"unknown key {sec_name}.{k}; known: {sorted(known)}")
+                cur = getattr(sec, k)
+                if isinstance(cur, dict) and isinstance(v, dict):
+                    v = {**cur, **v}  # partial dict overrides keep the other entries
+                setattr(sec, k, copy.deepcopy(v))
+        return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text  # a bare string
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """A TOML recipe plus ``section.key=value`` overrides (values in TOML syntax; bare strings ok)."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"invalid TOML in {path}: {e}") from None
+    for item in overrides or []:
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[leaf] = _parse_value(value)
+    return TrainConfig.from_dict(data)

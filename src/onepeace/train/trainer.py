@@ -1,0 +1,289 @@
+"""The pretraining loop: one process or ``torchrun --nproc-per-node N``; DDP or FSDP2; bf16
+autocast; activation checkpointing; accumulation and clipping; AdamW with no-decay groups and
+layer-wise lr decay; warmup + cosine; DCP checkpoints; JSONL metrics; zero-shot retrieval eval.
+
+Determinism: the masks and drop path of micro-step ``i`` on rank ``r`` come from generators
+seeded by (seed, i, r), and the data order from (seed, epoch), so a run killed at any point and
+resumed from its last checkpoint reproduces the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError
+from ..factory import create_model
+from ..model.onepeace import OnePeace
+from ..pretrain.model import PretrainModel
+from ..tasks.retrieval import retrieval_metrics
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
+from .optim import lr_at, param_groups, set_lr
+
+log = logging.getLogger(__name__)
+
+
+def _branch_patterns(m: str) -> list[str]:
+    return [f"model.adapters.{m}.*", f"model.encoder.layers.*.ffns.{m}.*", f"model.encoder.norms.{m}.*",
+            f"model.proj.{m}.*", f"decoder_embed.{m}.*", f"mask_token.{m}", f"decoder_pos.{m}.*",
+            f"mask_head.{m}.*", f"decoder.layers.*.ffns.{m}.*", f"decoder.norms.{m}.*"]
+
+
+def select_trainable(pm: PretrainModel, used: set[str], patterns: list[str]) -> list[str]:
+    """Freeze branches of modalities the objective does not use, then everything that matches no
+    ``patterns`` (when given). Returns the trainable parameter names."""
+    unused = [p for m in pm.model.modality_names if m not in used for p in _branch_patterns(m)]
+    names = []
+    for name, p in pm.named_parameters():
+        off = any(fnmatch.fnmatchcase(name, pat) for pat in unused)
+        if patterns and not any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+            off = True
+        p.requires_grad_(not off)
+        if not off:
+            names.append(name)
+    if not names:
+        raise ConfigError(f"train.trainable {patterns} matches no parameter")
+    return names
+
+
+def _seed_for(seed: int, micro_step: int, rank: int) -> int:
+    return (seed * 1_000_003 + micro_step * 7_919 + rank * 104_729) % (2**62)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.info: DistInfo = init_distributed()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
+        if not cfg.data.train:
+            raise ConfigError("data.train is empty: point it at a JSONL manifest or a shard directory")
+        torch.manual_seed(cfg.train.seed)
+        if cfg.model.init:
+            model = OnePeace.from_pretrained(cfg.model.init, dtype="fp32")
+            if cfg.model.overrides:
+                log.warning("model.overrides are ignored when model.init is set")
+        else:
+            model = create_model(cfg.model.preset, **cfg.model.overrides)
+        if cfg.model.reset_logit_scale and model.logit_scale is not None:
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(1 / 0.07))
+        o = cfg.objective.other
+        if o not in model.modality_names or "text" not in model.modality_names:
+            raise ConfigError(f"the objective pairs text with {o!r}; the model has {model.modality_names}")
+        self.pm = PretrainModel(model)
+        self.pm.reset_decoder_parameters()
+        self.trainable = select_trainable(self.pm, {"text", o}, cfg.train.trainable)
+        self.pm.to(self.info.device).train()
+        if cfg.train.activation_checkpointing:
+            enable_activation_checkpointing(self.pm.model.encoder)
+            enable_activation_checkpointing(self.pm.decoder)
+        self.module = parallelize(self.pm, cfg.train.parallel, self.info)
+        oc = cfg.optim
+        groups = param_groups(self.module, oc.weight_decay, oc.layer_decay, model.config.layers)
+        self.optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
+        self.out = cfg.train.output
+        self.ckpt_dir = os.path.join(self.out, "checkpoints")
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        self.start_step = 0
+        found = ckpt.latest(self.ckpt_dir)
+        if found is not None:
+            self.start_step = ckpt.load(found[1], self.module, self.optimizer)
+            if self.info.is_main:
+                log.info("resumed from %s (step %d)", found[1], self.start_step)
+        if self.info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            self._truncate_metrics(self.start_step)
+            with open(os.path.join(self.out, "train_config.json"), "w") as f:
+                json.dump(cfg.to_dict(), f, indent=1)
+        from ..data.dataset import make_loader
+
+        self.loader = make_loader(cfg.data.train, model.config, cfg.data.batch_size, cfg.data.num_workers,
+                                  train=True, seed=cfg.train.seed, repeat=True,
+                                  rank=self.info.rank, world_size=self.info.world)
+
+    # ------------------------------------------------------------------ helpers
+    def _truncate_metrics(self, step: int) -> None:
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.metrics_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.metrics_path)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _mean(self, values: dict[str, float]) -> dict[str, float]:
+        if not self.info.distributed:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.info.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.info.world for k, v in zip(keys, t.tolist())}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Zero-shot retrieval on the eval manifests: each modality <-> text, and every pair of
+        non-text modalities (emergent), relevance by label."""
+        if not self.cfg.data.eval:
+            return {}
+        from ..data.dataset import make_loader
+
+        was = self.pm.training
+        self.pm.eval()
+        emb: dict[str, list] = {}
+        for source in self.cfg.data.eval:
+            loader = make_loader(source, self.pm.model.config, self.cfg.data.batch_size, 0, train=False,
+                                 repeat=False, rank=0, world_size=1)
+            for batch in loader:
+                (m,) = [k for k in batch if k not in ("text", "label")]
+                if "label" not in batch:
+                    raise ConfigError(f"eval manifest {source} needs a 'label' per sample")
+                with self._autocast():
+                    zm = self.module("embed", m, batch[m]).float().cpu()
+                    zt = self.module("embed", "text", batch["text"]).float().cpu()
+                emb.setdefault(m, []).append((zm, batch["label"].cpu()))
+                emb.setdefault(f"text@{m}", []).append((zt, batch["label"].cpu()))
+        self.pm.train(was)
+        cat = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v])) for k, v in emb.items()}
+        out = {}
+        mods = [k for k in cat if not k.startswith("text@")]
+        for m in mods:
+            (zm, lm), (zt, lt) = cat[m], cat[f"text@{m}"]
+            out[f"{m}->text"] = retrieval_metrics(zm, zt, lm, lt)
+            out[f"text->{m}"] = retrieval_metrics(zt, zm, lt, lm)
+        for a in mods:
+            for b in mods:
+                if a != b:
+                    out[f"{a}->{b}"] = retrieval_metrics(cat[a][0], cat[b][0], cat[a][1], cat[b][1])
+        return out
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> dict[str, Any]:
+        cfg, oc, info = self.cfg, self.cfg.optim, self.info
+        self._tb = None
+        if info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(self.out, "tb"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional
+                self._tb = None
+        warmup = oc.warmup_steps or int(oc.warmup_ratio * oc.max_steps)
+        data = iter(self.loader)
+        accum = max(1, oc.grad_accum)
+        for _ in range(self.start_step * accum):  # fast-forward to the resumed position
+            next(data)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        bar = None
+        if info.is_main and cfg.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=oc.max_steps, initial=self.start_step, desc="pretrain", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        t0, samples = time.perf_counter(), 0
+        for step in range(self.start_step, oc.max_steps):
+            lr = lr_at(step, oc.lr, oc.min_lr, warmup, oc.max_steps)
+            set_lr(self.optimizer, lr)
+            sums: dict[str, float] = {}
+            for micro in range(accum):
+                batch = next(data)
+                seed = _seed_for(cfg.train.seed, step * accum + micro, info.rank)
+                gen = torch.Generator().manual_seed(seed)
+                torch.manual_seed(seed + 1)  # drop path
+                sync = micro == accum - 1 or not hasattr(self.module, "no_sync")
+                ctx = contextlib.nullcontext() if sync else self.module.no_sync()
+                with ctx:
+                    with self._autocast():
+                        out = self.module("loss", batch, cfg.objective, gen)
+                    (out["loss"] / accum).backward()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
+                samples += batch["text"]["tokens"].shape[0] * info.world
+            gnorm = torch.nn.utils.clip_grad_norm_(params, oc.clip_norm) if oc.clip_norm > 0 else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # official clamp of the temperature after each update
+                ls = self.pm.model.logit_scale
+                if ls is not None and not hasattr(ls, "placements"):
+                    ls.clamp_(0, math.log(100))
+            done = step + 1
+            if done % max(1, cfg.train.log_every) == 0 or done == oc.max_steps:
+                last = self._mean(sums)
+                rate = samples / max(1e-9, time.perf_counter() - t0)
+                rec = {"step": done, "lr": lr, **{k: round(v, 6) for k, v in last.items()},
+                       "samples_per_s": round(rate, 2), "skipped": getattr(self.loader.dataset, "skipped", 0)}
+                if gnorm is not None:
+                    rec["grad_norm"] = round(float(gnorm), 4)
+                self._log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.3f}", sps=f"{rate:.1f}")
+                t0, samples = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != oc.max_steps:
+                self._log({"step": done, "retrieval": self.evaluate()})
+            if cfg.train.save_every and done % cfg.train.save_every == 0 and done != oc.max_steps:
+                ckpt.save(self.ckpt_dir, done, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
+        if bar is not None:
+            bar.close()
+        ckpt.save(self.ckpt_dir, oc.max_steps, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
+        result: dict[str, Any] = {"final": last}
+        if cfg.data.eval:
+            result["retrieval"] = self.evaluate()
+            self._log({"step": oc.max_steps, "retrieval": result["retrieval"]})
+        self.save_model(os.path.join(self.out, "model"))
+        if self._tb is not None:
+            self._tb.close()
+        return result
+
+    def save_model(self, path: str) -> None:
+        """The trained encoder in our format (loadable by ``onepeace embed``)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.info.is_main:
+            sd = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+            model = create_model(self.pm.model.config, device="meta", init=False)
+            model.load_state_dict(sd, assign=True)
+            model.save_pretrained(path)
+        barrier()
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    from .distributed import shutdown
+
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown()

@@ -1,0 +1,103 @@
+"""The bundled demo set (src/onepeace/assets/demo): present, well-formed, split as documented."""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onepeace.data import demo
+
+DEMO = resources.files("onepeace").joinpath("assets", "demo")
+
+
+def test_files_present_and_small():
+    total = 0
+    for name in ("digits.npz", "speech.npz", "README.md"):
+        p = Path(str(DEMO.joinpath(name)))
+        assert p.is_file(), name
+        total += p.stat().st_size
+    assert total <= 10 * 1024 * 1024, f"demo assets are {total / 1e6:.1f} MB"
+
+
+def test_raw_layout_and_dtypes():
+    with DEMO.joinpath("digits.npz").open("rb") as f, np.load(f) as z:
+        assert z["images"].dtype == np.uint8 and z["images"].shape == (5000, 28, 28)
+        assert z["labels"].dtype == np.uint8 and z["labels"].shape == (5000,)
+        assert z["split"].dtype == np.uint8 and set(np.unique(z["split"])) == {0, 1}
+    with DEMO.joinpath("speech.npz").open("rb") as f, np.load(f) as z:
+        n = len(z["labels"])
+        assert 300 <= n <= 800
+        assert z["audio"].dtype == np.int16 and z["audio"].ndim == 1
+        off = z["offsets"]
+        assert off.dtype == np.int64 and off.shape == (n + 1,)
+        assert off[0] == 0 and off[-1] == len(z["audio"]) and np.all(np.diff(off) > 0)
+        for k, dt in (
+            ("labels", np.uint8),
+            ("split", np.uint8),
+            ("voice", np.uint8),
+            ("speed", np.uint16),
+            ("pitch", np.uint8),
+        ):
+            assert z[k].dtype == dt and z[k].shape == (n,), k
+        assert z["voices"].dtype.kind == "U" and z["voice"].max() < len(z["voices"])
+        assert int(z["sample_rate"]) == demo.SAMPLE_RATE
+
+
+@pytest.mark.parametrize("split,n", [("train", 4000), ("test", 1000), (None, 5000)])
+def test_digits(split, n):
+    images, labels = demo.load_digits(split)
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (n,)
+    assert np.array_equal(np.bincount(labels, minlength=10), np.full(10, n // 10))
+    assert images.max() == 255 and images.mean() > 10  # real ink, not blank
+
+
+def test_digit_splits_disjoint():
+    tr, _ = demo.load_digits("train")
+    te, _ = demo.load_digits("test")
+    a = {x.tobytes() for x in tr}
+    assert not any(x.tobytes() in a for x in te)
+
+
+def test_speech():
+    seen = {}
+    for split in ("train", "test"):
+        waves, labels, voices = demo.load_speech(split)
+        assert len(waves) == len(labels) == len(voices) > 0
+        assert set(labels.tolist()) == set(range(10))
+        # every voice says every digit
+        for v in set(voices.tolist()):
+            assert sorted(labels[voices == v].tolist()) == list(range(10)), v
+        for w in waves:
+            assert w.dtype == np.float32 and w.ndim == 1
+            assert np.isfinite(w).all() and np.abs(w).max() <= 1.0
+            assert 0.2 <= len(w) / demo.SAMPLE_RATE <= 2.5
+            assert np.sqrt(np.mean(w**2)) > 0.01  # not silent
+        seen[split] = set(voices.tolist())
+    assert seen["train"].isdisjoint(seen["test"])
+    # held-out voices use espeak-ng variants (speaker timbres) never heard in training
+    variant = lambda v: v.split("+")[1]  # noqa: E731
+    assert {variant(v) for v in seen["train"]}.isdisjoint({variant(v) for v in seen["test"]})
+    n_all = len(demo.load_speech(None)[0])
+    assert n_all == sum(len(demo.load_speech(s)[0]) for s in ("train", "test"))
+
+
+def test_captions():
+    assert demo.DIGIT_WORDS[7] == "seven" and len(demo.DIGIT_WORDS) == 10
+    assert len(demo.IMAGE_TEMPLATES) >= 4 and len(demo.AUDIO_TEMPLATES) >= 4
+    rng = np.random.default_rng(0)
+    caps = {demo.image_captions(3, rng) for _ in range(200)}
+    assert len(caps) == len(demo.IMAGE_TEMPLATES) and all("three" in c for c in caps)
+    r = random.Random(0)
+    caps = {demo.audio_captions(np.uint8(9), r) for _ in range(200)}
+    assert len(caps) == len(demo.AUDIO_TEMPLATES) and all("nine" in c for c in caps)
+    assert demo.eval_caption(0, "image") == demo.eval_caption(0, "image")
+    assert "zero" in demo.eval_caption(0, "audio")
+    with pytest.raises(ValueError):
+        demo.eval_caption(10)
+    with pytest.raises(ValueError):
+        demo.load_digits("val")
