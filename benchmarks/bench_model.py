@@ -191,7 +191,21 @@ def machine_facts() -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "threads": THREADS,
+        **git_facts(),
     }
+
+
+def git_facts() -> dict[str, Any]:
+    """The commit measured, and whether src/ differed from it (others may be editing)."""
+    root = HERE.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": head or None, "src_uncommitted_changes": len(dirty.splitlines()) if head else None}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_convert_then_embed_writes_npz_in_input_order(tmp_path, capsys, ref_out,
 
 
 def test_demo_runs_and_saves(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert main(["demo", "--samples", "--save", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "text x image cosine similarity" in out and (tmp_path / "d" / "config.json").exists()
     assert main(["info", str(tmp_path / "d")]) == 0
@@ -56,7 +56,7 @@ def test_errors_are_one_line_with_nonzero_exit(args, message):
 
 
 def test_bad_inputs_via_cli(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert main(["demo", "--samples", "--save", str(tmp_path / "d")]) == 0
     capsys.readouterr()
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     assert main(["embed", "--model", str(tmp_path / "d"), "--image", str(tmp_path / "bad.jpg")]) == 2

@@ -123,6 +123,28 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.samples:
+        return _demo_samples(args)
+    from .demo import PAIRS, run_demo
+
+    print("onepeace demo: pretraining a tiny ONE-PEACE on handwritten digits (stage 1, image-text) and")
+    print("spoken digits (stage 2, audio-text); audio and images never meet in training.\n")
+    m = run_demo(args.out, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps)
+    print("\nzero-shot retrieval on held-out digits and unseen voices (relevant = same digit)")
+    print(f"{'':>14}  {'R@1':>6}  {'chance':>6}  {'x chance':>8}")
+    for pair in PAIRS:
+        r = m["retrieval"][pair]
+        note = "   <- emergent: never trained on audio-image pairs" if pair == "audio->image" else ""
+        print(f"{pair:>14}  {r['R@1']:6.1f}  {r['chance']:6.1f}  {r['R@1'] / r['chance']:8.1f}{note}")
+    print(f"\nmetrics: {os.path.join(args.out, 'metrics.json')}   plot: {m['plot']}")
+    print(f"model:   {m['model']}")
+    print("\nnext, embed your own inputs with it:")
+    print(f"  onepeace embed --model {m['model']} --text 'someone saying seven' --text 'a handwritten digit seven' "
+          "--audio your_recording.wav --image your_digit.png")
+    return 0
+
+
+def _demo_samples(args: argparse.Namespace) -> int:
     from .factory import create_model
 
     torch.manual_seed(args.seed)
@@ -132,14 +154,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     texts = ["a red circle", "a blue square", "a green triangle", "a pure tone", "static noise", "a rising chirp"]
     # layer scale 0.1 instead of the official 1e-6, so that untrained layers visibly act
     model = create_model(args.preset, layer_scale_init=0.1)
-    print(f"onepeace demo: preset {args.preset!r} ({model.num_parameters():,} parameters, random init, seed {args.seed})")
+    print(f"onepeace demo --samples: preset {args.preset!r} ({model.num_parameters():,} parameters, random init)")
     print("The weights are untrained, so the similarities only show the pipeline working end to end.")
     emb = model.embed(text=texts, image=images, audio=sounds)
     _print_similarity(emb, {"text": texts, "image": images, "audio": sounds})
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        model.save_pretrained(args.out)
-        print(f"\nsaved the model to {args.out}; next: onepeace embed --model {args.out} --text 'a red circle' --image {images[0]}")
+    if args.save:
+        model.save_pretrained(args.save)
+        print(f"\nsaved the model to {args.save}")
     return 0
 
 
@@ -189,10 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("demo", help="embed the bundled sample inputs with a small model")
-    d.add_argument("--preset", default="tiny")
+    d = sub.add_parser("demo", help="the laptop demo: tri-modal pretraining on bundled digits (~5 min)")
+    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", help="also save the model here")
+    d.add_argument("--stage1-steps", type=int, help="override stage 1's step count")
+    d.add_argument("--stage2-steps", type=int, help="override stage 2's step count")
+    d.add_argument("--samples", action="store_true", help="instead: embed the bundled samples with an untrained model")
+    d.add_argument("--preset", default="tiny", help="model preset for --samples")
+    d.add_argument("--save", help="with --samples: save the untrained model here")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("pretrain", help="pretrain (one process, or under torchrun --nproc-per-node N)")

@@ -117,7 +117,10 @@ class AudioModality(Modality):
         return token_buckets(self.options.bucket_size)
 
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
-        """[B, S] waveform -> [B, T, D] frame features."""
+        """[B, S] waveform -> [B, T, D] frame features (memoised inside :meth:`caching`)."""
+        return self.cached(waveform, self._features)
+
+    def _features(self, waveform: torch.Tensor) -> torch.Tensor:
         if waveform.dim() != 2:
             raise InputError(f"waveform must be [B, samples], got {tuple(waveform.shape)}")
         if stem_frames(waveform.shape[1], self.stem.spec) < 1:

@@ -14,6 +14,7 @@ projection; it never branches on a modality's name. A new modality is one more f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,30 @@ class Modality(nn.Module):
             [nn.Embedding(n_buckets, h) for _ in range(n_tables)] if n_buckets else []
         )
         self._buckets: dict[torch.device, torch.Tensor] = {}
+
+    # ---- memoising expensive stems within one training step ----------------------------
+    @contextlib.contextmanager
+    def caching(self):
+        """Within this block, ``cached(x, fn)`` computes ``fn(x)`` once per input tensor: a
+        pretraining step encodes the same batch several times (unmasked, masked, joint), and the
+        stem's output is the same each time. Gradients flow through every use."""
+        self._cache = {}
+        try:
+            yield self
+        finally:
+            self._cache = None
+
+    def cached(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            return fn(x)
+        hit = cache.get(id(x))
+        # reuse only the same tensor, and never a no-grad result where a gradient is needed
+        if hit is not None and hit[0] is x and (hit[1].requires_grad or not torch.is_grad_enabled()):
+            return hit[1]
+        out = fn(x)
+        cache[id(x)] = (x, out)
+        return out
 
     # ---- relative positions -------------------------------------------------------------
     def num_buckets(self) -> int:

@@ -9,6 +9,7 @@ One deliberate difference: the decoder masks padded keys (the official decoder a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -116,7 +117,10 @@ def _forward(self: PretrainModel, kind: str, *args, **kwargs):
     if kind == "loss":
         from .objective import compute_losses
 
-        return compute_losses(self, *args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            for a in self.model.adapters.values():
+                stack.enter_context(a.caching())
+            return compute_losses(self, *args, **kwargs)
     if kind == "embed":
         name, batch = args
         return self.model.embed_batch(name, batch)
