@@ -135,3 +135,38 @@ def test_short_training_on_demo_digits_lowers_the_loss(tmp_path):
     run(load_config(_config(tmp_path, data, str(tmp_path / "short"), steps=24, save_every=0)))
     losses = _losses(tmp_path / "short")
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3
+
+
+def test_align_a_new_modality_trains_only_its_branch(tmp_path):
+    """The "align a new modality" recipe: extend a text+image model with an audio branch and train
+    only that branch (audio stands in for any registered plug-in)."""
+    import numpy as np
+
+    import onepeace
+    from onepeace.data.shards import write_shards_from_samples
+    from onepeace.train.config import load_config
+    from onepeace.train.trainer import Trainer
+
+    base = onepeace.create_model("tiny", layers=2, modalities={"text": {}, "image": {"image_size": 32}})
+    base.save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    write_shards_from_samples(({"audio": rng.standard_normal(8000).astype(np.float32), "text": f"sound {i % 3}"}
+                               for i in range(16)), tmp_path / "pairs")
+    recipe = os.path.join(os.path.dirname(__file__), "..", "configs", "align_new_modality.toml")
+    text = open(recipe).read().replace("NEW", "audio")
+    (tmp_path / "new.toml").write_text(text)
+    cfg = load_config(str(tmp_path / "new.toml"), [
+        f'model.init="{tmp_path / "base"}"',
+        'model.add_modalities={audio={stem=[[32,10,5],[32,3,2],[32,3,2],[32,3,2],[32,3,2],[32,2,2],[32,2,2]]}}',
+        f'data.train="{tmp_path / "pairs"}"', "data.batch_size=8", "optim.max_steps=2", "train.save_every=0",
+        f'train.output="{tmp_path / "run"}"', "train.progress=false"])
+    tr = Trainer(cfg)
+    assert tr.trainable and all(
+        n.startswith(("model.adapters.audio.", "model.proj.audio.", "model.encoder.norms.audio.", "decoder",
+                      "mask_", "model.logit_scale")) or ".ffns.audio." in n for n in tr.trainable)
+    before = {k: v.clone() for k, v in tr.pm.model.state_dict().items()}
+    tr.fit()
+    after = onepeace.OnePeace.from_pretrained(tmp_path / "run" / "model").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".audio." in f".{k}." or k == "logit_scale" for k in changed)
+    assert "adapters.image.stem.conv1.weight" not in changed and "encoder.layers.0.attn.q_proj.weight" not in changed

@@ -20,6 +20,8 @@ class ModelSection:
     init: str = ""  # an onepeace model directory to start from (e.g. stage 1's output)
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
     reset_logit_scale: bool = False
+    # new modality branches to add to an ``init`` model (name -> options), freshly initialised
+    add_modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

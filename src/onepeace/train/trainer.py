@@ -57,6 +57,21 @@ def select_trainable(pm: PretrainModel, used: set[str], patterns: list[str]) -> 
     return names
 
 
+def add_modalities(model: OnePeace, new: dict[str, dict[str, Any]]) -> OnePeace:
+    """A copy of ``model`` with extra modality branches (adapter, an FFN per layer, final norm,
+    projection), freshly initialised; every existing weight is kept."""
+    clash = sorted(set(new) & set(model.modality_names))
+    if clash:
+        raise ConfigError(f"model.add_modalities: the model already has {clash}")
+    config = model.config.replace(modalities={**model.config.modalities, **new})
+    bigger = create_model(config)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    stray = [k for k in missing if not any(f".{m}." in f".{k}." for m in new)]
+    if stray or unexpected:
+        raise ConfigError(f"cannot extend the model: missing {stray[:5]}, unexpected {unexpected[:5]}")
+    return bigger.train()
+
+
 def _seed_for(seed: int, micro_step: int, rank: int) -> int:
     return (seed * 1_000_003 + micro_step * 7_919 + rank * 104_729) % (2**62)
 
@@ -76,7 +91,11 @@ class Trainer:
             model = OnePeace.from_pretrained(cfg.model.init, dtype="fp32")
             if cfg.model.overrides:
                 log.warning("model.overrides are ignored when model.init is set")
+            if cfg.model.add_modalities:
+                model = add_modalities(model, cfg.model.add_modalities)
         else:
+            if cfg.model.add_modalities:
+                raise ConfigError("model.add_modalities needs model.init (the model to extend)")
             model = create_model(cfg.model.preset, **cfg.model.overrides)
         if cfg.model.reset_logit_scale and model.logit_scale is not None:
             with torch.no_grad():
