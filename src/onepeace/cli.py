@@ -180,6 +180,73 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topk_lines(probs: torch.Tensor, labels: list[str], k: int) -> list[str]:
+    k = min(k, probs.shape[-1])
+    vals, idx = probs.topk(k)
+    return [", ".join(f"{labels[i]} {v:.4f}" for v, i in zip(vs.tolist(), ix.tolist())) for vs, ix in zip(vals, idx)]
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from .tasks.zeroshot import parse_labels, zero_shot
+
+    if not (args.image or args.audio):
+        raise OnePeaceError("give --image or --audio inputs to classify (each may repeat)")
+    labels = parse_labels(args.labels)
+    model = _load_model(args.model, args.dtype)
+    probs = zero_shot(model, labels, templates=args.template or None, batch_size=args.batch_size,
+                      image=args.image or None, audio=args.audio or None)
+    for name, items in (("image", args.image), ("audio", args.audio)):
+        if items:
+            for item, line in zip(items, _topk_lines(probs[name], labels, args.top_k)):
+                print(f"{item}: {line}")
+    if args.out:
+        _atomic_savez(args.out, **{k: v.numpy().astype(np.float32) for k, v in probs.items()}, labels=np.array(labels))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks.evaluate import evaluate_retrieval
+
+    model = _load_model(args.model, args.dtype)
+    m = evaluate_retrieval(model, args.data, args.query, args.gallery, args.batch_size)
+    print(f"{args.query} -> {args.gallery}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({f"{args.query}->{args.gallery}": m}, f, indent=2)
+        os.replace(tmp, args.out)
+    return 0
+
+
+def cmd_ground(args: argparse.Namespace) -> int:
+    model = _load_model(args.model, args.dtype)
+    boxes = model.ground(list(args.image), list(args.text))
+    for img, txt, b in zip(args.image, args.text, boxes.tolist()):
+        print(json.dumps({"image": img, "text": txt, "box": [round(v, 3) for v in b]}))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    if not (args.image or args.audio):
+        raise OnePeaceError("give --image or --audio inputs (each may repeat)")
+    model = _load_model(args.model, args.dtype)
+    if args.official_padding_leak and "audio" in model.adapters:
+        model.adapters["audio"].official_padding_leak = True
+    head = model.config.head
+    if head is None:
+        raise OnePeaceError(f"{args.model} has no classification head (convert a fine-tuned checkpoint)")
+    inputs = {k: v for k, v in (("image", args.image), ("audio", args.audio), ("text", args.text)) if v}
+    logits = model.classify(batch_size=args.batch_size, **inputs)
+    labels = head.labels or [str(i) for i in range(head.num_classes)]
+    items = args.image or args.audio
+    probs = logits.sigmoid() if args.multi_label else logits.softmax(-1)
+    for item, line in zip(items, _topk_lines(probs, labels, args.top_k)):
+        print(f"{item}: {line}")
+    if args.out:
+        _atomic_savez(args.out, logits=logits.numpy().astype(np.float32))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onepeace", description="ONE-PEACE: vision, audio and language in one space")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress and warnings")
@@ -225,6 +292,52 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
     t.add_argument("--output", help="run directory (same as train.output=...)")
     t.set_defaults(func=cmd_pretrain)
+
+    z = sub.add_parser("zeroshot", help="zero-shot classification of images or audio by class names")
+    z.add_argument("--model", required=True)
+    z.add_argument("--labels", required=True, help="a file (one per line, or .json) or a,b,c")
+    z.add_argument("--image", action="append", default=[])
+    z.add_argument("--audio", action="append", default=[])
+    z.add_argument("--template", action="append", default=[],
+                   help="prompt with {} for the label (repeatable; default: ensemble per modality, "
+                        "'This is a sound of {}.' for audio)")
+    z.add_argument("--top-k", type=int, default=5)
+    z.add_argument("--out", help="write probabilities per modality to this .npz")
+    z.add_argument("--dtype", choices=["fp32", "bf16"])
+    z.add_argument("--batch-size", type=int, default=16)
+    z.set_defaults(func=cmd_zeroshot)
+
+    ev = sub.add_parser("eval", help="evaluation: `onepeace eval retrieval ...`")
+    evs = ev.add_subparsers(dest="eval_command", required=True)
+    r = evs.add_parser("retrieval", help="R@1/5/10 and mean rank between two modalities, emergent pairs too")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", action="append", required=True, help="JSONL manifest or shards (repeatable)")
+    r.add_argument("--query", required=True, help="text, image or audio")
+    r.add_argument("--gallery", required=True, help="text, image or audio")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--dtype", choices=["fp32", "bf16"])
+    r.add_argument("--out", help="write the metrics as JSON")
+    r.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("ground", help="visual grounding: the box (x0, y0, x1, y1) in pixels, as JSON")
+    g.add_argument("--model", required=True, help="a converted grounding checkpoint")
+    g.add_argument("--image", action="append", required=True)
+    g.add_argument("--text", action="append", required=True, help="one expression per --image")
+    g.add_argument("--dtype", choices=["fp32", "bf16"])
+    g.set_defaults(func=cmd_ground)
+
+    k = sub.add_parser("classify", help="top-k labels of a fine-tuned classifier (e.g. VGGSound)")
+    k.add_argument("--model", required=True)
+    k.add_argument("--image", action="append", default=[])
+    k.add_argument("--audio", action="append", default=[])
+    k.add_argument("--text", action="append", default=[], help="paired text for fused (vl/al) heads")
+    k.add_argument("--top-k", type=int, default=5)
+    k.add_argument("--multi-label", action="store_true", help="sigmoid scores instead of softmax")
+    k.add_argument("--out", help="write the logits to this .npz (key 'logits')")
+    k.add_argument("--dtype", choices=["fp32", "bf16"])
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--official-padding-leak", action="store_true")
+    k.set_defaults(func=cmd_classify)
 
     from .data.cli import add_data_parser
 
