@@ -33,24 +33,22 @@ def build_data(root: str, seed: int = 0) -> dict[str, str]:
     from .data.shards import write_shards_from_samples
 
     rng = random.Random(seed)
+    sources = {
+        "image": (lambda split: load_digits(split), image_captions),
+        "audio": (lambda split: load_speech(split)[:2], audio_captions),
+    }
     out = {}
     for split in ("train", "test"):
-        imgs, labels = load_digits(split)
-        cap = (lambda lab: image_captions(lab, rng)) if split == "train" else (lambda lab: eval_caption(lab, "image"))
-        path = os.path.join(root, f"image-{split}")
-        if not os.path.isdir(path):
-            write_shards_from_samples(
-                ({"image": im, "text": cap(lab), "label": int(lab), "id": f"img{split}{i}"}
-                 for i, (im, lab) in enumerate(zip(imgs, labels))), path, samples_per_shard=5000)
-        out[f"image-{split}"] = path
-        waves, labels, _ = load_speech(split)
-        cap = (lambda lab: audio_captions(lab, rng)) if split == "train" else (lambda lab: eval_caption(lab, "audio"))
-        path = os.path.join(root, f"audio-{split}")
-        if not os.path.isdir(path):
-            write_shards_from_samples(
-                ({"audio": w, "text": cap(lab), "label": int(lab), "id": f"aud{split}{i}"}
-                 for i, (w, lab) in enumerate(zip(waves, labels))), path, samples_per_shard=5000)
-        out[f"audio-{split}"] = path
+        for m, (load, caption) in sources.items():
+            items, labels = load(split)
+            path = os.path.join(root, f"{m}-{split}")
+            if not os.path.isdir(path):
+                # training captions vary by template; evaluation uses one fixed prompt per digit
+                cap = (lambda lab, c=caption: c(lab, rng)) if split == "train" else (lambda lab, m=m: eval_caption(lab, m))
+                write_shards_from_samples(
+                    ({m: x, "text": cap(lab), "label": int(lab), "id": f"{m}-{split}-{i}"}
+                     for i, (x, lab) in enumerate(zip(items, labels))), path, samples_per_shard=5000)
+            out[f"{m}-{split}"] = path
     return out
 
 
