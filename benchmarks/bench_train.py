@@ -57,7 +57,7 @@ IMAGE_SIZE = {"tiny": 32, "base": 64, "large": 64}
 THROUGHPUT = {
     "full": {
         "tiny": {"batch": 32, "max_steps": 12, "log_every": 4, "avg_lines": 2, "timeout": 300},
-        "base": {"batch": 4, "max_steps": 9, "log_every": 3, "avg_lines": 2, "timeout": 420},
+        "base": {"batch": 4, "max_steps": 12, "log_every": 4, "avg_lines": 2, "timeout": 420},
     },
     "quick": {
         "tiny": {"batch": 16, "max_steps": 6, "log_every": 2, "avg_lines": 2, "timeout": 240},
@@ -65,11 +65,12 @@ THROUGHPUT = {
 }
 #: memory workloads: batch per rank, steps, per-run timeout
 MEMORY = {
-    "full": {"sizes": ["large", "base"], "batch": 2, "max_steps": 3, "timeout": 480},
-    "quick": {"sizes": ["tiny"], "batch": 2, "max_steps": 3, "timeout": 240},
+    "full": {"batch": 2, "max_steps": 3, "timeout": {"tiny": 240, "base": 360, "large": 600}},
+    "quick": {"batch": 2, "max_steps": 3, "timeout": {"tiny": 240, "base": 360, "large": 600}},
 }
 SHARD_SAMPLES, SHARDS, SHARD_IMAGE_PX = 64, 4, 72
 BYTES_PER_PARAM_ADAMW_FP32 = 16  # weight + grad + 2 AdamW moments
+EXIT_GRACE_S = 45  # a worker that has written its results gets this long to tear down and exit
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +218,13 @@ def worker_main(spec_path: str) -> None:
     tmp = Path(spec["result_dir"]) / f"rank{rank}.json.tmp"
     tmp.write_text(json.dumps(res))
     os.replace(tmp, Path(spec["result_dir"]) / f"rank{rank}.json")
+    # a rare hang in the process-group teardown was seen once (tiny, DDP): dump the stacks into the
+    # log and exit instead of waiting for the parent's timeout (the results are written already)
+    import faulthandler
+
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
     shutdown()
+    faulthandler.cancel_dump_traceback_later()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,8 +253,19 @@ def train_overrides(size: str, batch: int, max_steps: int, log_every: int, threa
 
 
 def launch(label: str, *, nproc: int, threads: int, overrides: list[str], work: Path, timeout: float,
-           rss_limit: float, wait: float = 0.0) -> dict[str, Any]:
-    """Run one training job in fresh processes; return the ranks' results and the rank-0 metrics."""
+           rss_limit: float, wait: float = 0.0, need: int = 0, wait_mem: float = 0.0) -> dict[str, Any]:
+    """Run one training job in fresh processes; return the ranks' results and the rank-0 metrics.
+
+    ``need``: predicted bytes (all ranks); wait up to ``wait_mem`` s for that much + 1 GB to be free.
+    """
+    t0 = time.time()
+    while mem_available() - GB < need and time.time() - t0 < wait_mem:
+        print(f"  (waiting for memory: {mem_available() / GB:.1f} GB available, {need / GB:.1f} GB + 1 GB "
+              "wanted)", flush=True)
+        time.sleep(15)
+    if mem_available() - GB < need:
+        return {"error": f"not run: {mem_available() / GB:.1f} GB available after waiting {wait_mem:.0f} s, "
+                         f"predicted need {need / GB:.1f} GB + 1 GB", "predicted_bytes_all_ranks": need}
     run_dir = work / label
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -274,13 +292,17 @@ def launch(label: str, *, nproc: int, threads: int, overrides: list[str], work: 
     with open(log_path, "w") as logf:
         p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                              cwd=str(HERE.parent))
-        killed = None
+        killed, all_written = None, None
         while p.poll() is None:
             time.sleep(0.5)
             rss = tree_rss(p.pid)
             max_tree = max(max_tree, rss)
+            if all_written is None and all((run_dir / f"rank{k}.json").exists() for k in range(nproc)):
+                all_written = time.time()
             if rss > rss_limit:
                 killed = f"summed RSS {rss / GB:.1f} GB above the limit {rss_limit / GB:.1f} GB"
+            elif all_written is not None and time.time() - all_written > EXIT_GRACE_S + 30:
+                killed = f"did not exit within {EXIT_GRACE_S + 30} s of writing its results"
             elif time.time() - t0 > timeout:
                 killed = f"timeout after {timeout:.0f} s"
             if killed:
@@ -294,18 +316,15 @@ def launch(label: str, *, nproc: int, threads: int, overrides: list[str], work: 
     info["cpu_busy_after"] = r(cpu_busy(), 3)
     info["max_sampled_tree_rss_bytes"] = max_tree
     info["log"] = str(log_path)
-    if killed or p.returncode != 0:
-        info["error"] = killed or f"exit status {p.returncode}"
+    written = all((run_dir / f"rank{k}.json").exists() for k in range(nproc))
+    if not written or (killed or "").startswith("summed RSS"):
+        info["error"] = killed or (f"exit status {p.returncode}" if p.returncode else "a rank wrote no result")
         info["log_tail"] = tail(log_path)
         return info
-    ranks = []
-    for k in range(nproc):
-        f = run_dir / f"rank{k}.json"
-        if not f.exists():
-            info["error"] = f"rank {k} wrote no result"
-            info["log_tail"] = tail(log_path)
-            return info
-        ranks.append(json.loads(f.read_text()))
+    if killed or p.returncode != 0:  # the results were written; the teardown failed or hung
+        info["exit_problem"] = killed or f"exit status {p.returncode} after writing the results"
+        info["log_tail"] = tail(log_path)
+    ranks = [json.loads((run_dir / f"rank{k}.json").read_text()) for k in range(nproc)]
     info["ranks"] = ranks
     mpath = run_dir / "out" / "metrics.jsonl"
     info["metrics"] = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()] \
@@ -331,7 +350,7 @@ def rate_of(run: dict[str, Any], avg_lines: int) -> dict[str, Any]:
 def slim(run: dict[str, Any]) -> dict[str, Any]:
     """What a launch's entry keeps in the JSON."""
     out = {k: run[k] for k in ("loadavg_before", "cpu_busy_before", "cpu_busy_after", "waited_for_idle_s",
-                               "wall_s", "error", "log_tail") if k in run}
+                               "wall_s", "error", "exit_problem", "log_tail", "predicted_bytes_all_ranks") if k in run}
     if "ranks" in run:
         out["peak_rss_bytes_per_rank"] = [x["peak_rss_bytes"] for x in run["ranks"]]
         out["init_s"] = run["ranks"][0]["init_s"]
@@ -353,8 +372,9 @@ def part_throughput(args, work: Path, data: Path, results: dict) -> None:
             ("ddp_2_procs_1_thread", 2, 1, b),
             ("ddp_2_procs_1_thread_half_batch", 2, 1, b // 2),
         ]
+        params_pm = pretrain_params(size)[1]
         entry: dict[str, Any] = {
-            "image_size": IMAGE_SIZE[size], "per_rank_batch": b, "max_steps": w["max_steps"],
+            "image_size": IMAGE_SIZE[size], "per_rank_batch": b, "pretrain_params": params_pm, "max_steps": w["max_steps"],
             "log_every": w["log_every"], "averaged_log_lines": w["avg_lines"], "runs": {}}
         res[size] = entry
         for label, nproc, threads, batch in configs:
@@ -362,8 +382,10 @@ def part_throughput(args, work: Path, data: Path, results: dict) -> None:
                   flush=True)
             ov = train_overrides(size, batch, w["max_steps"], w["log_every"], threads,
                                  "ddp", data)
+            need = predicted_need("one_proc" if nproc == 1 else "ddp_2_procs", params_pm, None)
             run = launch(f"tp-{size}-{label}", nproc=nproc, threads=threads, overrides=ov, work=work,
-                         timeout=w["timeout"], rss_limit=args.rss_limit, wait=args.wait_idle)
+                         timeout=w["timeout"], rss_limit=args.rss_limit, wait=args.wait_idle,
+                         need=need, wait_mem=args.wait_mem)
             e = {"processes": nproc, "threads_per_process": threads, "per_rank_batch": batch,
                  "global_batch": batch * nproc, **slim(run)}
             if "error" not in run:
@@ -401,43 +423,63 @@ def part_throughput(args, work: Path, data: Path, results: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # Part 2: memory per rank
 # ------------------------------------------------------------------------------------------------
+def pretrain_params(size: str) -> tuple[int, int]:
+    """(encoder parameters, PretrainModel parameters incl. the decoder) of the benchmark's model, on meta."""
+    import torch
+
+    import onepeace
+    from onepeace.pretrain.model import PretrainModel
+
+    model = onepeace.create_model(size, device="meta", init=False,
+                                  modalities={"text": {}, "image": {"image_size": IMAGE_SIZE[size]}})
+    with torch.device("meta"):
+        pm = PretrainModel(model)
+    return model.num_parameters(), sum(p.numel() for p in pm.parameters())
+
+
+def predicted_need(label: str, params: int, one_proc_peak: int | None) -> int:
+    """Bytes that a memory run needs, summed over its ranks (a guard, not a figure)."""
+    state = BYTES_PER_PARAM_ADAMW_FP32 * params  # fp32 weights, grads and 2 AdamW moments
+    if label == "one_proc":
+        return int(state + 2.5 * GB)
+    if label == "fsdp_2_procs":  # half the state per rank, after each rank built the full model
+        return int(2 * (max(state / 2, 4 * params) + 2.0 * GB))
+    # DDP: the whole state on each rank plus gradient buckets (a copy of the grads)
+    base = one_proc_peak if one_proc_peak else state + 2.5 * GB
+    return int(2 * (base + 4 * params))
+
+
 def part_memory(args, work: Path, data: Path, results: dict) -> None:
     mode = "quick" if args.quick else "full"
     m = MEMORY[mode]
     res = results.setdefault("memory", {})
     for size in args.mem_sizes:
-        import onepeace
-
-        meta = onepeace.create_model(size, device="meta", init=False,
-                                     modalities={"text": {}, "image": {"image_size": IMAGE_SIZE[size]}})
-        params_model = meta.num_parameters()
+        params_model, params_pm = pretrain_params(size)
         entry: dict[str, Any] = {"image_size": IMAGE_SIZE[size], "per_rank_batch": m["batch"],
-                                 "steps": m["max_steps"], "encoder_params": params_model, "runs": {}}
+                                 "steps": m["max_steps"], "encoder_params": params_model,
+                                 "pretrain_params": params_pm, "runs": {}}
         res[size] = entry
         for label, nproc, threads, parallel in (("one_proc", 1, 2, "ddp"), ("fsdp_2_procs", 2, 1, "fsdp"),
                                                 ("ddp_2_procs", 2, 1, "ddp")):
-            one = entry["runs"].get("one_proc", {})
-            if label == "ddp_2_procs" and "peak_rss_bytes_per_rank" in one:
-                # DDP keeps the whole model, its grads and AdamW state on each rank, plus gradient
-                # buckets (a copy of the grads): about the one-process peak + 4 bytes per parameter
-                params_pm = one.get("params_local") or params_model
-                need = 2 * (one["peak_rss_bytes_per_rank"][0] + 4 * params_pm)
-                budget = min(args.mem_budget, mem_available() - 1e9)
-                if need > budget:
-                    entry["runs"][label] = {
-                        "skipped": f"predicted {need / GB:.1f} GB for 2 ranks (each: the one-process peak "
-                                   f"+ 4 bytes/parameter of gradient buckets) > budget {budget / GB:.1f} GB",
-                        "predicted_peak_rss_bytes_per_rank": int(need / 2)}
-                    print(f"[{now()}] memory {size}: {label} skipped: {entry['runs'][label]['skipped']}",
-                          flush=True)
-                    continue
-            print(f"[{now()}] memory {size}: {label} (batch {m['batch']} per rank, {m['max_steps']} steps)",
-                  flush=True)
+            one = entry["runs"].get("one_proc", {}).get("max_peak_rss_bytes")
+            need = predicted_need(label, params_pm, one)
+            if need > args.mem_budget:
+                why = "one-process peak + 4 bytes/parameter of gradient buckets" if label == "ddp_2_procs" \
+                    else "16 bytes/parameter + runtime"
+                entry["runs"][label] = {
+                    "skipped": f"predicted {need / GB:.1f} GB summed over the ranks (each: {why}) > "
+                               f"--mem-budget-gb {args.mem_budget / GB:.1f}",
+                    "predicted_peak_rss_bytes_per_rank": int(need / nproc)}
+                print(f"[{now()}] memory {size}: {label} skipped: {entry['runs'][label]['skipped']}", flush=True)
+                continue
+            print(f"[{now()}] memory {size}: {label} (batch {m['batch']} per rank, {m['max_steps']} steps; "
+                  f"predicted {need / GB:.1f} GB in all)", flush=True)
             ov = train_overrides(size, m["batch"], m["max_steps"], 1, threads, parallel, data)
             run = launch(f"mem-{size}-{label}", nproc=nproc, threads=threads, overrides=ov, work=work,
-                         timeout=m["timeout"], rss_limit=args.rss_limit, wait=args.wait_idle)
+                         timeout=m["timeout"][size], rss_limit=args.rss_limit, wait=args.wait_idle,
+                         need=need, wait_mem=args.wait_mem)
             e = {"processes": nproc, "threads_per_process": threads, "parallel": parallel if nproc > 1 else None,
-                 **slim(run)}
+                 **slim(run), "predicted_bytes_all_ranks": need}
             if "ranks" in run:
                 rk = run["ranks"]
                 e.update({
@@ -446,9 +488,11 @@ def part_memory(args, work: Path, data: Path, results: dict) -> None:
                     "rss_after_init_bytes": [x["rss_after_init_bytes"] for x in rk],
                     "hwm_init_bytes": [x["hwm_init_bytes"] for x in rk],
                     "hwm_fit_bytes": [x["hwm_fit_bytes"] for x in rk],
+                    "rss_end_bytes": [x["rss_end_bytes"] for x in rk],
                     "hwm_reset": all(x["hwm_reset"] for x in rk),
                     "max_peak_rss_bytes": max(x["peak_rss_bytes"] for x in rk),
                     "sum_peak_rss_bytes": sum(x["peak_rss_bytes"] for x in rk),
+                    "max_sampled_tree_rss_bytes": run["max_sampled_tree_rss_bytes"],
                     "final_loss": rk[0]["final_loss"],
                 })
                 print(f"    peak RSS per rank {[round(x / GB, 2) for x in e['peak_rss_bytes_per_rank']]} GB "
@@ -458,19 +502,16 @@ def part_memory(args, work: Path, data: Path, results: dict) -> None:
                 print(f"    failed: {e.get('error')}\n{e.get('log_tail', '')[-1500:]}", flush=True)
             entry["runs"][label] = e
         runs = entry["runs"]
-
         one, fsdp, ddp = (runs.get(k, {}).get("max_peak_rss_bytes") for k in ("one_proc", "fsdp_2_procs", "ddp_2_procs"))
-        entry["params_per_rank"] = {k: v.get("params_local") for k, v in runs.items() if "params_local" in v}
         # what fp32 weights + grads + 2 AdamW moments of the parameters a rank holds take
         entry["weights_grads_adamw_bytes_per_rank"] = {
-            k: BYTES_PER_PARAM_ADAMW_FP32 * v.get("params_local") for k, v in runs.items() if "params_local" in v}
+            k: BYTES_PER_PARAM_ADAMW_FP32 * v["params_local"] for k, v in runs.items() if "params_local" in v}
+        pred_ddp = runs.get("ddp_2_procs", {}).get("predicted_peak_rss_bytes_per_rank") if not ddp else None
         entry["ratios"] = {
             "fsdp_per_rank_over_one_proc": r(fsdp / one, 3) if fsdp and one else None,
             "fsdp_per_rank_over_ddp_per_rank": r(fsdp / ddp, 3) if fsdp and ddp else None,
             "ddp_per_rank_over_one_proc": r(ddp / one, 3) if ddp and one else None,
-            "fsdp_per_rank_over_predicted_ddp_per_rank": (
-                r(fsdp / runs["ddp_2_procs"]["predicted_peak_rss_bytes_per_rank"], 3)
-                if fsdp and "predicted_peak_rss_bytes_per_rank" in runs.get("ddp_2_procs", {}) else None),
+            "fsdp_per_rank_over_predicted_ddp_per_rank": r(fsdp / pred_ddp, 3) if fsdp and pred_ddp else None,
         }
 
 
@@ -498,6 +539,12 @@ def add_notes(results: dict) -> None:
                 notes.append(f"throughput {size}/{label}: the CPUs were {100 * busy:.0f}% busy with other "
                              "work just before/after the run; its samples/s is unreliable (2-thread runs "
                              "suffer most: each op waits for a descheduled OpenMP thread).")
+    for part in ("throughput", "memory"):
+        for size, e in results.get(part, {}).items():
+            for label, run in e.get("runs", {}).items():
+                if "exit_problem" in run:
+                    notes.append(f"{part} {size}/{label}: {run['exit_problem']} (figures kept; the stacks "
+                                 "dumped at the teardown are in log_tail).")
     for size, e in results.get("memory", {}).items():
         for label, run in e.get("runs", {}).items():
             if "skipped" in run:
@@ -545,11 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default results/train.json, train-quick.json)")
     ap.add_argument("--tmp", default=None, help="parent of the temporary work dir (shards, logs, metrics)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, metrics) afterwards")
-    ap.add_argument("--rss-limit-gb", type=float, default=19.5, help="kill a run whose summed RSS exceeds this")
+    ap.add_argument("--rss-limit-gb", type=float, default=18.5, help="kill a run whose summed RSS exceeds this")
     ap.add_argument("--mem-budget-gb", type=float, default=18.0,
                     help="skip a memory run predicted to need more than this (summed over ranks)")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each run, wait up to this long for the CPUs to be <25%% busy (default 0)")
+    ap.add_argument("--wait-mem", type=float, default=300.0, metavar="SECONDS",
+                    help="before each run, wait up to this long for its predicted memory + 1 GB to be free")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
