@@ -57,7 +57,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     labels = None
     if args.labels:
-        labels = _read_labels(args.labels)
+        from .tasks.zeroshot import parse_labels
+
+        labels = parse_labels(args.labels)
     config = convert(args.src, args.dst, args.dict, dtype=args.dtype, labels=labels)
     head = f", head: {config.head.num_classes} outputs pooling {config.head.feature_source}" if config.head else ""
     print(
@@ -65,24 +67,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         f"dim {config.dim}{head})"
     )
     return 0
-
-
-def _read_labels(path: str) -> list[str]:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise OnePeaceError(f"cannot read labels file {path}: {e.strerror or e}") from None
-    if path.endswith(".json"):
-        data = json.loads(text)
-        if isinstance(data, dict):  # {"0": "label", ...} or {"label": 0, ...}
-            if all(str(k).isdigit() for k in data):
-                return [data[k] for k in sorted(data, key=int)]
-            return [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
-        return [str(x) for x in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _load_model(path: str, dtype: str | None):
@@ -211,10 +195,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = evaluate_retrieval(model, args.data, args.query, args.gallery, args.batch_size)
     print(f"{args.query} -> {args.gallery}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({f"{args.query}->{args.gallery}": m}, f, indent=2)
-        os.replace(tmp, args.out)
+        from .checkpoints.format import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps({f"{args.query}->{args.gallery}": m}, indent=2))
     return 0
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoints.format import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PAIRS = ["image->text", "text->image", "audio->text", "text->audio", "audio->image", "image->audio"]
@@ -77,7 +79,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                      "R@5": round(result["retrieval"][p]["R@5"], 2)} for p in PAIRS}
     metrics = {"retrieval": retrieval, "model": model_dir,
                "train": {"stage1_steps": s1.optim.max_steps, "stage2_steps": s2.optim.max_steps}}
-    _write_json(os.path.join(out, "metrics.json"), metrics)
+    write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     plot = os.path.join(out, "demo.png")
     _plot(out, model_dir, data, plot)
     metrics["plot"] = plot
@@ -92,13 +94,6 @@ def _replace_dir(src: str, dst: str) -> None:
     shutil.copytree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _read_losses(path: str) -> list[tuple[int, float]]:

@@ -142,17 +142,18 @@ def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec]
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
                  "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
-        _write_text(index_path, json.dumps(index, indent=1))
+        write_text_atomic(index_path, json.dumps(index, indent=1))
     # remove weights left by an earlier save with another layout
     for stale in os.listdir(path):
         if stale.endswith(".safetensors") and stale not in names:
             os.remove(os.path.join(path, stale))
     if len(shards) == 1 and os.path.exists(index_path):
         os.remove(index_path)
-    _write_text(os.path.join(path, CONFIG_NAME), config.to_json())
+    write_text_atomic(os.path.join(path, CONFIG_NAME), config.to_json())
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to a temporary name, then rename it into place."""
     tmp = _atomic_path(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -60,8 +60,11 @@ def parse_labels(spec: str) -> list[str]:
     import os
 
     if os.path.exists(spec):
-        with open(spec, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(spec, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read labels file {spec}: {e}") from None
         if spec.endswith(".json"):
             data = json.loads(text)
             if isinstance(data, dict):
