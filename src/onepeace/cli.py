@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .errors import OnePeaceError
+from .errors import ConfigError, OnePeaceError
 
 
 def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
@@ -164,6 +164,43 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.trainer import run
+
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"train.output={json.dumps(args.output)}")
+    cfg = load_config(args.config, overrides)
+    if cfg.task.name and cfg.task.name != args.task:
+        raise ConfigError(f"the recipe {args.config} is for task {cfg.task.name!r}, not {args.task!r}")
+    cfg.task.name = args.task
+    result = run(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        final = result.get("final", {})
+        print("final training: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        for source, m in result.get("eval", {}).items():
+            print(f"{source}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}))
+        print(f"model saved to {os.path.join(cfg.train.output, 'model')}")
+    return 0
+
+
+def cmd_eval_task(args: argparse.Namespace) -> int:
+    from .checkpoints.format import write_text_atomic
+    from .finetune.job import evaluate_task
+
+    model = _load_model(args.model, args.dtype)
+    opts = {"multi_label": args.multi_label} if args.multi_label else {}
+    if args.labels:
+        opts["labels"] = args.labels
+    metrics = evaluate_task(model, args.task, args.data, batch_size=args.batch_size, **opts)
+    text = json.dumps(metrics, indent=1)
+    print(text)
+    if args.out:
+        write_text_atomic(args.out, text + "\n")
+    return 0
+
+
 def _topk_lines(probs: torch.Tensor, labels: list[str], k: int) -> list[str]:
     k = min(k, probs.shape[-1])
     vals, idx = probs.topk(k)
@@ -276,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", help="run directory (same as train.output=...)")
     t.set_defaults(func=cmd_pretrain)
 
+    f = sub.add_parser("finetune", help="fine-tune on a task: classify, retrieval, grounding, vqa, aqa, nlvr2, segmentation")
+    f.add_argument("task", help="the task (see the README's fine-tuning table)")
+    f.add_argument("config", help="a TOML recipe (see configs/finetune_*.toml)")
+    f.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
+    f.add_argument("--output", help="run directory (same as train.output=...)")
+    f.set_defaults(func=cmd_finetune)
+
     z = sub.add_parser("zeroshot", help="zero-shot classification of images or audio by class names")
     z.add_argument("--model", required=True)
     z.add_argument("--labels", required=True, help="a file (one per line, or .json) or a,b,c")
@@ -301,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["fp32", "bf16"])
     r.add_argument("--out", help="write the metrics as JSON")
     r.set_defaults(func=cmd_eval)
+    et = evs.add_parser("task", help="a fine-tuned model's task metric on a task manifest")
+    et.add_argument("task", help="classify, retrieval, grounding, vqa, aqa, nlvr2 or segmentation")
+    et.add_argument("--model", required=True)
+    et.add_argument("--data", action="append", required=True, help="task manifest (repeatable)")
+    et.add_argument("--multi-label", action="store_true", help="classify: multi-label (mAP)")
+    et.add_argument("--labels", help="vqa: the answer vocabulary file (default: the head's labels)")
+    et.add_argument("--batch-size", type=int, default=16)
+    et.add_argument("--dtype", choices=["fp32", "bf16"])
+    et.add_argument("--out", help="write the metrics as JSON")
+    et.set_defaults(func=cmd_eval_task)
 
     g = sub.add_parser("ground", help="visual grounding: the box (x0, y0, x1, y1) in pixels, as JSON")
     g.add_argument("--model", required=True, help="a converted grounding checkpoint")

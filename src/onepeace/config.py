@@ -20,17 +20,39 @@ OFFICIAL_AUDIO_STEM: list[tuple[int, int, int]] = (
 )
 
 
+HEAD_TYPES = ("classify", "linear", "dense")
+
+
 @dataclass
 class HeadConfig:
-    """The attention-pooling classification head of the official fine-tuned models (spec §3.7)."""
+    """A task head on the encoder's features.
+
+    ``type``:
+
+    * ``"classify"``: the attention-pooling classification head of the official fine-tuned
+      models (spec §3.7): classification, grounding, VQA, AQA, NLVR2;
+    * ``"linear"``: the vision branch's ImageNet head: mean of the patch tokens -> LayerNorm ->
+      Linear;
+    * ``"dense"``: a light per-patch head for semantic segmentation (LayerNorm -> Linear ->
+      GELU -> Linear on every patch token, logits upsampled to the input size).
+    """
 
     num_classes: int
+    type: str = "classify"
     feature_source: str = "text"  # which modality's tokens are pooled
     attn_pooling: bool = True
     use_pooler: bool = False
     head_scale_ratio: float = 2.0
     two_inputs: bool = False  # NLVR2: pooled features of two passes are concatenated
     labels: list[str] | None = None  # optional class names, index order
+
+    def __post_init__(self) -> None:
+        if self.type not in HEAD_TYPES:
+            raise ConfigError(f"unknown head type {self.type!r}; choose one of {list(HEAD_TYPES)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ConfigError(f"head num_classes must be a positive integer, got {self.num_classes!r}")
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ConfigError(f"head has {self.num_classes} classes but {len(self.labels)} labels")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Heads: attention-pooling classifier of the official fine-tuned models (spec §3.7)."""
+"""Task heads: the attention-pooling classifier of the official fine-tuned models (spec §3.7),
+the vision branch's mean-pool linear head, and a light dense head for segmentation."""
 
 from __future__ import annotations
 
@@ -65,3 +66,57 @@ class ClassifyHead(nn.Module):
         if features_2 is not None:
             x = torch.cat([x, self.pooled(features_2, padding_mask)], dim=-1)
         return self.fc2(F.gelu(self.fc_norm(self.fc1(x))))
+
+
+class LinearHead(nn.Module):
+    """Vision-branch ImageNet head: mean of the patch tokens (CLS excluded) -> LayerNorm -> Linear."""
+
+    def __init__(self, dim: int, cfg: HeadConfig, eps: float = 1e-6):
+        super().__init__()
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc = nn.Linear(dim, cfg.num_classes)
+
+    def pooled(self, features: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = features[:, 1:]
+        if padding_mask is None:
+            return self.norm(x.mean(1))
+        keep = (~padding_mask[:, 1:]).to(x.dtype)[..., None]
+        return self.norm((x * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+    def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None, features_2=None) -> torch.Tensor:
+        return self.fc(self.pooled(features, padding_mask))
+
+
+class DenseHead(nn.Module):
+    """Per-patch classifier for semantic segmentation: LayerNorm -> Linear -> GELU -> Linear on
+    every patch token of a square grid, logits bilinearly upsampled by the patch size.
+
+    Returns ``[B, num_classes, g * patch, g * patch]`` for a ``g x g`` patch grid."""
+
+    def __init__(self, dim: int, cfg: HeadConfig, patch: int = 16, eps: float = 1e-5):
+        super().__init__()
+        self.cfg = cfg
+        self.patch = patch
+        inner = max(1, int(dim * cfg.head_scale_ratio / 2))
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, inner)
+        self.fc2 = nn.Linear(inner, cfg.num_classes)
+
+    def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None, features_2=None) -> torch.Tensor:
+        x = features[:, 1:]
+        b, n, _ = x.shape
+        g = int(round(n**0.5))
+        if g * g != n:
+            raise ValueError(f"the dense head needs a square patch grid, got {n} patch tokens")
+        logits = self.fc2(F.gelu(self.fc1(self.norm(x))))  # B, g*g, C
+        logits = logits.transpose(1, 2).reshape(b, -1, g, g)
+        return F.interpolate(logits.float(), scale_factor=self.patch, mode="bilinear", align_corners=False)
+
+
+def build_head(dim: int, heads: int, cfg: HeadConfig, eps: float = 1e-5) -> nn.Module:
+    if cfg.type == "linear":
+        return LinearHead(dim, cfg)
+    if cfg.type == "dense":
+        return DenseHead(dim, cfg, eps=eps)
+    return ClassifyHead(dim, heads, cfg, eps)

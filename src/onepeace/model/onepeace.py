@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, InputError
 from ..modalities import get_modality, parse_options
 from .encoder import Encoder, EncoderOutput
-from .heads import ClassifyHead
+from .heads import ClassifyHead, build_head
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class OnePeace(nn.Module):
                     f"head feature_source {config.head.feature_source!r} is not one of the "
                     f"model's modalities {self.modality_names}"
                 )
-            self.head = ClassifyHead(config.dim, config.heads, config.head, config.norm_eps)
+            self.head = build_head(config.dim, config.heads, config.head, config.norm_eps)
         self._processor = None
 
     # ------------------------------------------------------------------ construction helpers
@@ -74,7 +74,7 @@ class OnePeace(nn.Module):
         if self.logit_scale is not None:
             with torch.no_grad():
                 self.logit_scale.fill_(math.log(1 / 0.07))
-        if self.head is not None and self.head.pool is not None:
+        if isinstance(self.head, ClassifyHead) and self.head.pool is not None:
             trunc_normal_(self.head.pool.q)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -35,7 +36,9 @@ def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     model_sd, optim_sd = get_state_dict(module, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=tmp)
+    with warnings.catch_warnings():  # one process without a process group is intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=tmp)
     barrier()
     if info.is_main:
         shutil.rmtree(final, ignore_errors=True)
@@ -50,6 +53,8 @@ def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int
 def load(path: str, module, optimizer) -> int:
     model_sd, optim_sd = get_state_dict(module, optimizer)
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
-    dcp.load(state, checkpoint_id=path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return int(state["step"])

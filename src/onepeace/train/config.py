@@ -11,6 +11,7 @@ from typing import Any
 import tomllib
 
 from ..errors import ConfigError
+from ..finetune.tasks import TaskSection
 from ..pretrain.objective import ObjectiveConfig
 
 
@@ -22,6 +23,8 @@ class ModelSection:
     reset_logit_scale: bool = False
     # new modality branches to add to an ``init`` model (name -> options), freshly initialised
     add_modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # stochastic depth at the last layer (ramped from 0); < 0 keeps the model's own setting
+    drop_path_rate: float = -1.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    task: TaskSection = field(default_factory=TaskSection)  # fine-tuning (empty name: pretraining)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
 

@@ -40,10 +40,12 @@ def _branch_patterns(m: str) -> list[str]:
             f"mask_head.{m}.*", f"decoder.layers.*.ffns.{m}.*", f"decoder.norms.{m}.*"]
 
 
-def select_trainable(pm: PretrainModel, used: set[str], patterns: list[str]) -> list[str]:
-    """Freeze branches of modalities the objective does not use, then everything that matches no
-    ``patterns`` (when given). Returns the trainable parameter names."""
+def select_trainable(pm: torch.nn.Module, used: set[str], patterns: list[str],
+                     frozen: list[str] | None = None) -> list[str]:
+    """Freeze branches of modalities the objective does not use and anything matching ``frozen``,
+    then everything that matches no ``patterns`` (when given). Returns the trainable names."""
     unused = [p for m in pm.model.modality_names if m not in used for p in _branch_patterns(m)]
+    unused += list(frozen or [])
     names = []
     for name, p in pm.named_parameters():
         off = any(fnmatch.fnmatchcase(name, pat) for pat in unused)
@@ -76,9 +78,109 @@ def _seed_for(seed: int, micro_step: int, rank: int) -> int:
     return (seed * 1_000_003 + micro_step * 7_919 + rank * 104_729) % (2**62)
 
 
-class Trainer:
+class PretrainJob:
+    """Pretraining (spec §4): the model plus the decoder; ``module("loss", batch, objective,
+    generator)``; zero-shot retrieval on the eval manifests."""
+
+    name = "pretrain"
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+
+    def prepare(self, model: OnePeace) -> OnePeace:
+        o = self.cfg.objective.other
+        if o not in model.modality_names or "text" not in model.modality_names:
+            raise ConfigError(f"the objective pairs text with {o!r}; the model has {model.modality_names}")
+        return model
+
+    def wrap(self, model: OnePeace) -> PretrainModel:
+        pm = PretrainModel(model)
+        pm.reset_decoder_parameters()
+        return pm
+
+    def used_modalities(self, model: OnePeace) -> set[str]:
+        return {"text", self.cfg.objective.other}
+
+    def frozen_patterns(self, model: OnePeace) -> list[str]:
+        return []
+
+    def encoders(self, wrapped: PretrainModel) -> list[torch.nn.Module]:
+        return [wrapped.model.encoder, wrapped.decoder]
+
+    def train_loader(self, model_config, info: DistInfo):
+        from ..data.dataset import make_loader
+
+        cfg = self.cfg
+        return make_loader(cfg.data.train, model_config, cfg.data.batch_size, cfg.data.num_workers,
+                           train=True, seed=cfg.train.seed, repeat=True, rank=info.rank, world_size=info.world)
+
+    def next_batch(self, data):
+        return next(data)
+
+    def loss(self, module, batch, gen):
+        return module("loss", batch, self.cfg.objective, gen)
+
+    def count(self, batch) -> int:
+        return batch["text"]["tokens"].shape[0]
+
+    def skipped(self, loader) -> int:
+        return getattr(loader.dataset, "skipped", 0)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: Trainer) -> dict[str, dict[str, float]]:
+        """Zero-shot retrieval on the eval manifests: each modality <-> text, and every pair of
+        non-text modalities (emergent), relevance by label."""
+        if not self.cfg.data.eval:
+            return {}
+        from ..data.dataset import make_loader
+
+        pm = trainer.pm
+        was = pm.training
+        pm.eval()
+        emb: dict[str, list] = {}
+        for source in self.cfg.data.eval:
+            loader = make_loader(source, pm.model.config, self.cfg.data.batch_size, 0, train=False,
+                                 repeat=False, rank=0, world_size=1)
+            for batch in loader:
+                (m,) = [k for k in batch if k not in ("text", "label")]
+                if "label" not in batch:
+                    raise ConfigError(f"eval manifest {source} needs a 'label' per sample")
+                with trainer._autocast():
+                    zm = trainer.module("embed", m, batch[m]).float().cpu()
+                    zt = trainer.module("embed", "text", batch["text"]).float().cpu()
+                emb.setdefault(m, []).append((zm, batch["label"].cpu()))
+                emb.setdefault(f"text@{m}", []).append((zt, batch["label"].cpu()))
+        pm.train(was)
+        cat = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v])) for k, v in emb.items()}
+        out = {}
+        mods = [k for k in cat if not k.startswith("text@")]
+        for m in mods:
+            (zm, lm), (zt, lt) = cat[m], cat[f"text@{m}"]
+            out[f"{m}->text"] = retrieval_metrics(zm, zt, lm, lt)
+            out[f"text->{m}"] = retrieval_metrics(zt, zm, lt, lm)
+        for a in mods:
+            for b in mods:
+                if a != b:
+                    out[f"{a}->{b}"] = retrieval_metrics(cat[a][0], cat[b][0], cat[a][1], cat[b][1])
+        return out
+
+
+def make_job(cfg: TrainConfig):
+    if cfg.task.name:
+        from ..finetune.job import FinetuneJob
+
+        return FinetuneJob(cfg)
+    return PretrainJob(cfg)
+
+
+class Trainer:
+    """The training loop shared by pretraining and fine-tuning; what differs (the wrapped
+    module, the data, the loss call, the evaluation) is the job's (:class:`PretrainJob`,
+    :class:`onepeace.finetune.job.FinetuneJob`)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.job = make_job(cfg)
         self.info: DistInfo = init_distributed()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -100,16 +202,18 @@ class Trainer:
         if cfg.model.reset_logit_scale and model.logit_scale is not None:
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(1 / 0.07))
-        o = cfg.objective.other
-        if o not in model.modality_names or "text" not in model.modality_names:
-            raise ConfigError(f"the objective pairs text with {o!r}; the model has {model.modality_names}")
-        self.pm = PretrainModel(model)
-        self.pm.reset_decoder_parameters()
-        self.trainable = select_trainable(self.pm, {"text", o}, cfg.train.trainable)
+        model = self.job.prepare(model)
+        if cfg.model.drop_path_rate >= 0:
+            from ..finetune.job import set_drop_path
+
+            set_drop_path(model, cfg.model.drop_path_rate)
+        self.pm = self.job.wrap(model)
+        self.trainable = select_trainable(self.pm, self.job.used_modalities(model),
+                                          cfg.train.trainable, self.job.frozen_patterns(model))
         self.pm.to(self.info.device).train()
         if cfg.train.activation_checkpointing:
-            enable_activation_checkpointing(self.pm.model.encoder)
-            enable_activation_checkpointing(self.pm.decoder)
+            for enc in self.job.encoders(self.pm):
+                enable_activation_checkpointing(enc)
         self.module = parallelize(self.pm, cfg.train.parallel, self.info)
         oc = cfg.optim
         groups = param_groups(self.module, oc.weight_decay, oc.layer_decay, model.config.layers)
@@ -128,11 +232,7 @@ class Trainer:
             self._truncate_metrics(self.start_step)
             with open(os.path.join(self.out, "train_config.json"), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=1)
-        from ..data.dataset import make_loader
-
-        self.loader = make_loader(cfg.data.train, model.config, cfg.data.batch_size, cfg.data.num_workers,
-                                  train=True, seed=cfg.train.seed, repeat=True,
-                                  rank=self.info.rank, world_size=self.info.world)
+        self.loader = self.job.train_loader(model.config, self.info)
 
     # ------------------------------------------------------------------ helpers
     def _truncate_metrics(self, step: int) -> None:
@@ -169,42 +269,12 @@ class Trainer:
         return {k: float(v) / self.info.world for k, v in zip(keys, t.tolist())}
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        """Zero-shot retrieval on the eval manifests: each modality <-> text, and every pair of
-        non-text modalities (emergent), relevance by label."""
-        if not self.cfg.data.eval:
-            return {}
-        from ..data.dataset import make_loader
+    @property
+    def _eval_key(self) -> str:
+        return "retrieval" if isinstance(self.job, PretrainJob) else "eval"
 
-        was = self.pm.training
-        self.pm.eval()
-        emb: dict[str, list] = {}
-        for source in self.cfg.data.eval:
-            loader = make_loader(source, self.pm.model.config, self.cfg.data.batch_size, 0, train=False,
-                                 repeat=False, rank=0, world_size=1)
-            for batch in loader:
-                (m,) = [k for k in batch if k not in ("text", "label")]
-                if "label" not in batch:
-                    raise ConfigError(f"eval manifest {source} needs a 'label' per sample")
-                with self._autocast():
-                    zm = self.module("embed", m, batch[m]).float().cpu()
-                    zt = self.module("embed", "text", batch["text"]).float().cpu()
-                emb.setdefault(m, []).append((zm, batch["label"].cpu()))
-                emb.setdefault(f"text@{m}", []).append((zt, batch["label"].cpu()))
-        self.pm.train(was)
-        cat = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v])) for k, v in emb.items()}
-        out = {}
-        mods = [k for k in cat if not k.startswith("text@")]
-        for m in mods:
-            (zm, lm), (zt, lt) = cat[m], cat[f"text@{m}"]
-            out[f"{m}->text"] = retrieval_metrics(zm, zt, lm, lt)
-            out[f"text->{m}"] = retrieval_metrics(zt, zm, lt, lm)
-        for a in mods:
-            for b in mods:
-                if a != b:
-                    out[f"{a}->{b}"] = retrieval_metrics(cat[a][0], cat[b][0], cat[a][1], cat[b][1])
-        return out
+    def evaluate(self) -> dict[str, Any]:
+        return self.job.evaluate(self)
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
@@ -221,13 +291,13 @@ class Trainer:
         data = iter(self.loader)
         accum = max(1, oc.grad_accum)
         for _ in range(self.start_step * accum):  # fast-forward to the resumed position
-            next(data)
+            self.job.next_batch(data)
         params = [p for p in self.module.parameters() if p.requires_grad]
         bar = None
         if info.is_main and cfg.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=oc.max_steps, initial=self.start_step, desc="pretrain", dynamic_ncols=True)
+            bar = tqdm(total=oc.max_steps, initial=self.start_step, desc=self.job.name, dynamic_ncols=True)
         last: dict[str, float] = {}
         t0, samples = time.perf_counter(), 0
         for step in range(self.start_step, oc.max_steps):
@@ -235,7 +305,7 @@ class Trainer:
             set_lr(self.optimizer, lr)
             sums: dict[str, float] = {}
             for micro in range(accum):
-                batch = next(data)
+                batch = self.job.next_batch(data)
                 seed = _seed_for(cfg.train.seed, step * accum + micro, info.rank)
                 gen = torch.Generator().manual_seed(seed)
                 torch.manual_seed(seed + 1)  # drop path
@@ -243,11 +313,11 @@ class Trainer:
                 ctx = contextlib.nullcontext() if sync else self.module.no_sync()
                 with ctx:
                     with self._autocast():
-                        out = self.module("loss", batch, cfg.objective, gen)
+                        out = self.job.loss(self.module, batch, gen)
                     (out["loss"] / accum).backward()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
-                samples += batch["text"]["tokens"].shape[0] * info.world
+                samples += self.job.count(batch) * info.world
             gnorm = torch.nn.utils.clip_grad_norm_(params, oc.clip_norm) if oc.clip_norm > 0 else None
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -260,7 +330,7 @@ class Trainer:
                 last = self._mean(sums)
                 rate = samples / max(1e-9, time.perf_counter() - t0)
                 rec = {"step": done, "lr": lr, **{k: round(v, 6) for k, v in last.items()},
-                       "samples_per_s": round(rate, 2), "skipped": getattr(self.loader.dataset, "skipped", 0)}
+                       "samples_per_s": round(rate, 2), "skipped": self.job.skipped(self.loader)}
                 if gnorm is not None:
                     rec["grad_norm"] = round(float(gnorm), 4)
                 self._log(rec)
@@ -270,7 +340,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != oc.max_steps:
-                self._log({"step": done, "retrieval": self.evaluate()})
+                self._log({"step": done, self._eval_key: self.evaluate()})
             if cfg.train.save_every and done % cfg.train.save_every == 0 and done != oc.max_steps:
                 ckpt.save(self.ckpt_dir, done, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
         if bar is not None:
@@ -278,8 +348,8 @@ class Trainer:
         ckpt.save(self.ckpt_dir, oc.max_steps, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
         result: dict[str, Any] = {"final": last}
         if cfg.data.eval:
-            result["retrieval"] = self.evaluate()
-            self._log({"step": oc.max_steps, "retrieval": result["retrieval"]})
+            result[self._eval_key] = self.evaluate()
+            self._log({"step": oc.max_steps, self._eval_key: result[self._eval_key]})
         self.save_model(os.path.join(self.out, "model"))
         if self._tb is not None:
             self._tb.close()

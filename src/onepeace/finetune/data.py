@@ -1,0 +1,152 @@
+"""Task manifests and loaders for fine-tuning.
+
+A task manifest is JSONL, one sample per line; which fields a line needs depends on the task
+(see :mod:`onepeace.finetune.tasks` and the README). Media fields (``image``, ``image2``,
+``audio``, ``mask``) hold paths, resolved against the manifest's own directory.
+
+Loading is map-style: a sampler yields ``(epoch, index)`` pairs (a seeded permutation per epoch,
+split across ranks), so augmentation randomness depends only on (seed, epoch, index) and a resumed
+run sees the same stream. A sample that fails to load is skipped (logged and counted), never
+fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+MEDIA_FIELDS = ("image", "image2", "audio", "mask")
+
+
+def read_task_manifest(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """JSONL -> list of records with absolute media paths; every record must hold ``required``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"task manifest not found: {path}")
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(rec, dict):
+                    raise InputError(f"{where}: a sample must be a JSON object")
+                missing = [k for k in required if k not in rec]
+                if missing:
+                    raise InputError(f"{where}: missing field(s) {missing} (this task needs {list(required)})")
+                for k in MEDIA_FIELDS:
+                    if k in rec:
+                        if not isinstance(rec[k], str) or not rec[k]:
+                            raise InputError(f"{where}: '{k}' must be a non-empty path string")
+                        rec[k] = os.path.normpath(os.path.join(base, os.path.expanduser(rec[k])))
+                rec.setdefault("id", f"{os.path.basename(path)}:{lineno}")
+                rec["_where"] = where
+                out.append(rec)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not out:
+        raise InputError(f"task manifest {path} has no samples")
+    return out
+
+
+class EpochSampler(Sampler):
+    """``(epoch, index)`` pairs: a permutation per epoch (seeded by seed and epoch) when
+    ``shuffle``, this rank's every ``world``-th entry; forever when ``repeat``."""
+
+    def __init__(self, n: int, *, seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                 rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.repeat = n, seed, shuffle, repeat
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = 0
+        while True:
+            order = list(range(self.n))
+            if self.shuffle:
+                random.Random(f"onepeace-ft-order:{self.seed}:{epoch}").shuffle(order)
+            for i in order[self.rank :: self.world]:
+                yield epoch, i
+            if not self.repeat:
+                return
+            epoch += 1
+
+    def __len__(self) -> int:
+        if self.repeat:
+            raise TypeError("an endless sampler has no length")
+        return len(range(self.rank, self.n, self.world))
+
+
+class TaskDataset(Dataset):
+    """Records of one manifest, processed by ``task.sample``; a failing sample yields None."""
+
+    def __init__(self, records: list[dict[str, Any]], task, train: bool, seed: int = 0):
+        self.records, self.task, self.train, self.seed = records, task, train, seed
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any] | None:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        rec = self.records[i]
+        rng = random.Random(f"onepeace-ft-aug:{self.seed}:{epoch}:{i}")
+        try:
+            return self.task.sample(rec, self.train, rng)
+        except InputError as e:
+            self.skipped += 1
+            log.warning("skipping sample %s (%s): %s", rec.get("id"), rec.get("_where"), e)
+            return None
+
+
+class TaskCollator:
+    def __init__(self, task):
+        self.task = task
+
+    def __call__(self, samples: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            return None
+        return self.task.collate(kept)
+
+
+def task_loader(task, source: str, batch_size: int, *, train: bool, seed: int = 0, num_workers: int = 0,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """Training: endless shuffled stream split across ranks (last partial batch dropped);
+    evaluation: one ordered pass over everything."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    records = read_task_manifest(source, task.required_fields)
+    task.check_records(records, source)
+    ds = TaskDataset(records, task, train, seed)
+    sampler = EpochSampler(len(records), seed=seed, shuffle=train, repeat=train, rank=rank if train else 0,
+                           world=world if train else 1)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=TaskCollator(task), drop_last=train)
+
+
+def batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches, skipping any whose every sample failed to load."""
+    for b in loader:
+        if b is not None:
+            yield b
+
+
+def to_tensor_labels(values: Sequence[int]) -> torch.Tensor:
+    return torch.tensor([int(v) for v in values], dtype=torch.long)

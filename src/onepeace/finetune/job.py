@@ -1,0 +1,185 @@
+"""Fine-tuning as a job of the shared trainer (:mod:`onepeace.train.trainer`): the model gets the
+task's head, the trainer calls ``module("loss", batch)`` and evaluates with ``module("predict",
+batch)`` over the eval manifests."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import HeadConfig, ModelConfig
+from ..errors import ConfigError
+from ..factory import create_model
+from ..model.onepeace import OnePeace
+from .data import batches, read_task_manifest, task_loader
+from .tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+
+
+def _same_head(a: HeadConfig, b: HeadConfig) -> bool:
+    keys = ("num_classes", "type", "feature_source", "attn_pooling", "use_pooler", "head_scale_ratio", "two_inputs")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | None = None,
+                reset: bool = False) -> OnePeace:
+    """A copy of ``model`` with ``head`` (freshly initialised) and the options of ``config``;
+    every other weight is kept. An existing head that matches is kept (resuming a fine-tuned
+    model); a different one is an error unless ``reset``."""
+    config = config or model.config
+    old = model.config.head
+    if head is not None and old is not None and not reset:
+        if not _same_head(old, head):
+            raise ConfigError(
+                f"the init model already has a {old.num_classes}-class {old.type} head on {old.feature_source}; "
+                f"the task needs {head.num_classes} classes ({head.type} on {head.feature_source}). "
+                "Set task.reset_head = true to replace it"
+            )
+        head.labels = head.labels or old.labels
+    if head is None and old is None and config.modalities == model.config.modalities:
+        return model
+    new_config = config.replace(head=None if head is None else head.__dict__.copy())
+    bigger = create_model(new_config)
+    state = model.state_dict()
+    if head is None or reset or old is None:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = bigger.load_state_dict(state, strict=False)
+    stray = [k for k in missing if not (k.startswith("head.") or "type_embedding" in k)]
+    if stray or unexpected:
+        raise ConfigError(f"cannot fit the task head: missing {stray[:5]}, unexpected {unexpected[:5]}")
+    return bigger.train()
+
+
+def set_drop_path(model: OnePeace, rate: float) -> None:
+    """Stochastic depth ``rate`` at the last layer, ramped linearly from 0 (official schedule)."""
+    if not 0 <= rate < 1:
+        raise ConfigError(f"drop_path_rate must be in [0, 1), got {rate}")
+    n = len(model.encoder.layers)
+    for i, layer in enumerate(model.encoder.layers):
+        layer.drop_path = rate * i / max(1, n - 1)
+    model.config.drop_path_rate = rate
+
+
+class TaskModel(nn.Module):
+    """The model plus its task; ``forward("loss"|"predict", batch)`` so DDP/FSDP see each call."""
+
+    def __init__(self, model: OnePeace, task: Task):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, kind: str, batch: dict[str, Any]):
+        if kind == "loss":
+            return self.task.loss(self.model, batch)
+        if kind == "predict":
+            return self.task.predict(self.model, batch)
+        raise ValueError(f"unknown TaskModel call {kind!r}")
+
+
+class FinetuneJob:
+    name = "finetune"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.task: Task | None = None
+
+    def prepare(self, model: OnePeace) -> OnePeace:
+        tc = self.cfg.task
+        task = get_task(tc, model.config)
+        train_records = read_task_manifest(self.cfg.data.train, task.required_fields)
+        task.check_records(train_records, self.cfg.data.train)
+        config = task.update_config(model.config)
+        model = attach_head(model, task.head_config(model.config), config, reset=tc.reset_head)
+        task.bind(model.config)
+        self.task = task
+        return model
+
+    def wrap(self, model: OnePeace) -> nn.Module:
+        return TaskModel(model, self.task)
+
+    def used_modalities(self, model: OnePeace) -> set[str]:
+        return set(self.task.modalities)
+
+    def frozen_patterns(self, model: OnePeace) -> list[str]:
+        if self.task.name == "retrieval":
+            return []
+        return ["model.proj.*", "model.logit_scale"]  # the head replaces the embedding path
+
+    def encoders(self, wrapped: nn.Module) -> list[nn.Module]:
+        return [wrapped.model.encoder]
+
+    def train_loader(self, model_config: ModelConfig, info):
+        d = self.cfg.data
+        return task_loader(self.task, d.train, d.batch_size, train=True, seed=self.cfg.train.seed,
+                           num_workers=d.num_workers, rank=info.rank, world=info.world)
+
+    def next_batch(self, data):
+        while True:
+            b = next(data)
+            if b is not None:
+                return b
+
+    def loss(self, module: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return module("loss", batch)
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return int(batch["size"])
+
+    def skipped(self, loader) -> int:
+        return loader.dataset.skipped
+
+    @torch.no_grad()
+    def evaluate(self, trainer) -> dict[str, Any]:
+        if not self.cfg.data.eval:
+            return {}
+        was = trainer.pm.training
+        trainer.pm.eval()
+        out = {}
+        for source in self.cfg.data.eval:
+            loader = task_loader(self.task, source, self.cfg.data.batch_size, train=False, num_workers=0)
+            parts = []
+            for batch in batches(loader):
+                with trainer._autocast():
+                    parts.append(trainer.module("predict", batch))
+            out[source] = self.task.metrics(parts) if parts else {}
+        trainer.pm.train(was)
+        return out
+
+    def summary(self, result: dict[str, Any]) -> list[str]:
+        lines = []
+        for source, m in result.get("eval", {}).items():
+            shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+            lines.append(f"{source}: {shown}")
+        return lines
+
+
+@torch.inference_mode()
+def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **options: Any) -> dict[str, Any]:
+    """A (fine-tuned) model's metrics on task manifests: ``{source: {metric: value}}``."""
+    from .tasks import TaskSection
+
+    if isinstance(sources, str):
+        sources = [sources]
+    head = model.config.head
+    if task != "retrieval" and head is None:
+        raise ConfigError(f"task {task} needs a model with a task head (fine-tune one with `onepeace finetune {task}`)")
+    tc = TaskSection(name=task, **options)
+    if head is not None:
+        tc.feature_source = head.feature_source
+        tc.num_classes = head.num_classes
+    t = get_task(tc, model.config)
+    t.bind(model.config)
+    was = model.training
+    model.eval()
+    out = {}
+    try:
+        for source in sources:
+            parts = [t.predict(model, b) for b in batches(task_loader(t, source, batch_size, train=False))]
+            out[source] = t.metrics(parts) if parts else {}
+    finally:
+        model.train(was)
+    return out
