@@ -45,6 +45,7 @@ class HeadConfig:
     head_scale_ratio: float = 2.0
     two_inputs: bool = False  # NLVR2: pooled features of two passes are concatenated
     labels: list[str] | None = None  # optional class names, index order
+    inputs: list[str] | None = None  # the modalities the head was trained on (fused when several)
 
     def __post_init__(self) -> None:
         if self.type not in HEAD_TYPES:

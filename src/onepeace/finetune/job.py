@@ -171,6 +171,8 @@ def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **o
     if head is not None:
         tc.feature_source = head.feature_source
         tc.num_classes = head.num_classes
+        if task == "classify" and head.inputs and "text" in head.inputs and len(head.inputs) > 1:
+            tc.use_text = True
     t = get_task(tc, model.config)
     t.bind(model.config)
     was = model.training

@@ -218,7 +218,8 @@ class ClassifyTask(Task):
         if src is None:
             raise ConfigError("task.modality is unknown: set it or give a training manifest")
         return HeadConfig(num_classes=self.num_classes(config), type=self.tc.head, feature_source=src,
-                          use_pooler=bool(self.tc.use_pooler), labels=self.labels)
+                          use_pooler=bool(self.tc.use_pooler), labels=self.labels,
+                          inputs=sorted(self.modalities))
 
     def sample(self, rec, train, rng):
         n = self.config.head.num_classes
