@@ -25,6 +25,8 @@ class ModelSection:
     add_modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
     # stochastic depth at the last layer (ramped from 0); < 0 keeps the model's own setting
     drop_path_rate: float = -1.0
+    # > 0: fine-tune at this image resolution (relative tables resized bicubically)
+    image_size: int = 0
 
 
 @dataclass

@@ -202,6 +202,10 @@ class Trainer:
         if cfg.model.reset_logit_scale and model.logit_scale is not None:
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(1 / 0.07))
+        if cfg.model.image_size:
+            from ..model.resize import with_image_size
+
+            model = with_image_size(model, cfg.model.image_size)
         model = self.job.prepare(model)
         if cfg.model.drop_path_rate >= 0:
             from ..finetune.job import set_drop_path
