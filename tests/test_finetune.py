@@ -270,6 +270,10 @@ def test_official_recipes_parse_and_name_known_tasks():
         cfg = load_config(str(p))
         assert cfg.task.name in TASKS, p.name
         assert cfg.model.init and 0 < cfg.model.drop_path_rate < 1 and cfg.optim.layer_decay < 1, p.name
+    small = [p for p in resources.files("onepeace").joinpath("configs").iterdir() if p.name.startswith(("esc10", "coco_mini"))]
+    assert len(small) == 4
+    for p in small:
+        assert load_config(str(p)).task.name in TASKS, p.name
 
 
 def test_new_image_resolution_resizes_relative_tables():

@@ -1,0 +1,198 @@
+"""Real-data downstream runs (issue: downstream tasks): the real pipelines, small models, small data.
+
+* ESC-10 audio classification, official 5-fold protocol (train on 4 folds, test on the 5th), fine-tuned
+  from the demo model (``runs/demo/model``, built by ``make demo`` when missing) and from scratch;
+* COCO-MINI (80 train / 79 val images): image-text retrieval, visual grounding on its instance boxes,
+  semantic segmentation on its instance masks turned into category maps.
+
+Each number comes with the baseline it must beat (chance, a constant predictor). Writes
+``benchmarks/results/downstream.json``. Everything runs through ``onepeace data prepare`` and
+``onepeace finetune`` / ``onepeace eval task``, i.e. the commands a user runs.
+
+    python benchmarks/downstream.py [--only esc10|coco] [--folds 1 2 3 4 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "runs" / "downstream"
+RECIPES = ROOT / "src" / "onepeace" / "configs"
+
+
+def onepeace(*args: str) -> str:
+    cmd = [sys.executable, "-m", "onepeace.cli", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"failed: {' '.join(cmd)}")
+    print(f"  ({time.perf_counter() - t0:.0f} s) onepeace {' '.join(args[:2])} ...", flush=True)
+    return proc.stdout
+
+
+def final_eval(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in rows if "eval" in r]
+    (metrics,) = evals[-1].values()
+    return metrics
+
+
+def finetune(task: str, recipe: str, out: Path, *overrides: str, fresh: bool = True) -> dict:
+    if fresh and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    onepeace("finetune", task, str(RECIPES / recipe), *overrides, "--output", str(out))
+    m = final_eval(out)
+    m["train_seconds"] = round(time.perf_counter() - t0, 1)
+    return m
+
+
+def ensure_demo_model() -> Path:
+    model = ROOT / "runs" / "demo" / "model"
+    if not (model / "config.json").exists():
+        print("building the demo model (make demo, ~4 min)", flush=True)
+        onepeace("demo")
+    return model
+
+
+def run_esc10(folds: list[int], steps: int) -> dict:
+    data = OUT / "esc10"
+    onepeace("data", "prepare", "esc", "--root", str(DATA / "esc10"), "--out", str(data))
+    demo = ensure_demo_model()
+    res: dict = {"protocol": "5-fold: train on 4 folds, test on the held-out fold (80 clips)", "chance": 10.0}
+    for init in ("demo", "scratch"):
+        accs = {}
+        for k in folds:
+            over = [f"data.train={data / f'fold{k}' / 'train.jsonl'}", f"data.eval=['{data / f'fold{k}' / 'test.jsonl'}']",
+                    f"task.labels={data / 'labels.txt'}", f"optim.max_steps={steps}"]
+            if init == "demo":
+                over.append(f"model.init={demo}")
+            m = finetune("classify", "esc10_tiny.toml", OUT / f"esc10-{init}-fold{k}", *over)
+            accs[k] = m
+            print(f"ESC-10 {init} fold {k}: acc {m['acc']:.1f}", flush=True)
+        a = [m["acc"] for m in accs.values()]
+        res[init] = {"per_fold": {k: round(m["acc"], 2) for k, m in accs.items()},
+                     "mean_acc": round(statistics.mean(a), 2),
+                     "std_acc": round(statistics.stdev(a), 2) if len(a) > 1 else 0.0,
+                     "train_seconds_per_fold": round(statistics.mean(m["train_seconds"] for m in accs.values()), 1)}
+    return res
+
+
+def run_coco(steps: dict[str, int]) -> dict:
+    data = OUT / "coco"
+    onepeace("data", "prepare", "coco", "--root", str(DATA / "coco-mini"), "--out", str(data))
+    res: dict = {}
+    # retrieval: 400 train pairs; val gallery of 79 images / 395 captions
+    m = finetune("retrieval", "coco_mini_retrieval.toml", OUT / "coco-retrieval",
+                 f"data.train={data / 'train_retrieval.jsonl'}", f"data.eval=['{data / 'val_retrieval.jsonl'}']",
+                 f"optim.max_steps={steps['retrieval']}")
+    res["retrieval"] = m
+    print(f"COCO-MINI retrieval: i2t R@1 {m['image->text R@1']:.1f}, t2i R@1 {m['text->image R@1']:.1f} "
+          f"(chance {m['text->image chance']:.1f})", flush=True)
+    # grounding: category name -> its unique instance's box
+    m = finetune("grounding", "coco_mini_grounding.toml", OUT / "coco-grounding",
+                 f"data.train={data / 'train_grounding.jsonl'}", f"data.eval=['{data / 'val_grounding.jsonl'}']",
+                 f"optim.max_steps={steps['grounding']}")
+    m["baseline_acc@0.5"] = grounding_baseline(data)
+    res["grounding"] = m
+    print(f"COCO-MINI grounding: acc@0.5 {m['acc@0.5']:.1f} (mean-train-box baseline "
+          f"{m['baseline_acc@0.5']:.1f})", flush=True)
+    # segmentation: 80 categories + background
+    m = finetune("segmentation", "coco_mini_segmentation.toml", OUT / "coco-segmentation",
+                 f"data.train={data / 'train_segmentation.jsonl'}", f"data.eval=['{data / 'val_segmentation.jsonl'}']",
+                 f"task.labels={data / 'categories.txt'}", f"optim.max_steps={steps['segmentation']}")
+    m.update(segmentation_baseline(data))
+    res["segmentation"] = m
+    print(f"COCO-MINI segmentation: mIoU {m['mIoU']:.1f}, pixel acc {m['pixel_acc']:.1f} (all-background: "
+          f"mIoU {m['baseline_mIoU']:.1f}, pixel acc {m['baseline_pixel_acc']:.1f})", flush=True)
+    return res
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def grounding_baseline(data: Path) -> float:
+    """Acc@0.5 of predicting the mean training box (relative to the image size) for every query."""
+    import torch
+    from PIL import Image
+
+    from onepeace.tasks.objectives import box_iou_and_giou
+
+    def rel(rows, base):
+        out, px = [], []
+        for r in rows:
+            with Image.open(base / r["image"]) as im:
+                w, h = im.size
+            s = torch.tensor([w, h, w, h], dtype=torch.float64)
+            out.append(torch.tensor(r["box"], dtype=torch.float64) / s)
+            px.append(s)
+        return torch.stack(out), torch.stack(px)
+
+    train, _ = rel(_records(data / "train_grounding.jsonl"), data)
+    val, scale = rel(_records(data / "val_grounding.jsonl"), data)
+    pred = train.mean(0, keepdim=True).expand_as(val)
+    iou, _ = box_iou_and_giou(pred * scale, val * scale)
+    return round(float((iou >= 0.5).double().mean() * 100), 2)
+
+
+def segmentation_baseline(data: Path) -> dict:
+    """Predicting background everywhere, scored the same way (at the model's input size)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from onepeace.finetune.tasks import confusion_matrix, miou_from_confusion
+
+    cats = (data / "categories.txt").read_text().splitlines()
+    size = 128
+    conf = 0
+    for r in _records(data / "val_segmentation.jsonl"):
+        with Image.open(data / r["mask"]) as m:
+            t = torch.from_numpy(np.asarray(m.resize((size, size), Image.NEAREST), dtype=np.int64).copy())
+        conf = conf + confusion_matrix(torch.zeros_like(t), t, len(cats))
+    m = miou_from_confusion(conf)
+    return {"baseline_mIoU": round(m["mIoU"], 2), "baseline_pixel_acc": round(m["pixel_acc"], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["esc10", "coco"])
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--quick", action="store_true", help="a few steps per run: a pipeline check, not results")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "downstream.json"))
+    args = ap.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"{DATA} is absent: the real-data runs need ../shared/data beside the project")
+    q = args.quick
+    result: dict = {"machine": os.uname().nodename, "threads": os.cpu_count(), "quick": q}
+    t0 = time.perf_counter()
+    if args.only in (None, "esc10"):
+        result["esc10"] = run_esc10(args.folds, steps=4 if q else 300)
+    if args.only in (None, "coco"):
+        result["coco_mini"] = run_coco({"retrieval": 4 if q else 500, "grounding": 4 if q else 500,
+                                        "segmentation": 4 if q else 500})
+    result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    from onepeace.checkpoints.format import write_text_atomic
+
+    out = Path(args.out)
+    if out.exists() and args.only:  # keep the other part's figures
+        result = {**json.loads(out.read_text()), **result}
+    write_text_atomic(out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
