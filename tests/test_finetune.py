@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from conftest import needs_fixtures
 from onepeace import create_model
 from onepeace.cli import main
 from onepeace.config import HeadConfig
@@ -20,8 +21,6 @@ from onepeace.finetune.tasks import confusion_matrix, miou_from_confusion
 from onepeace.model.heads import DenseHead, LinearHead
 from onepeace.model.onepeace import OnePeace
 from onepeace.tasks.objectives import mean_iou
-
-from conftest import needs_fixtures
 
 STEM = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]
 RECIPE = f"""
