@@ -121,6 +121,21 @@ def test_finetune_and_eval_commands(case, data, tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     again = json.loads((tmp_path / "m.json").read_text())[data[key]]
     assert again[metric] == pytest.approx(final[metric], abs=1e-4)
+    # the prediction commands take the fine-tuned model
+    capsys.readouterr()
+    img = str(data["dir"] / "im0.png")
+    if task == "segmentation":
+        assert main(["segment", "--model", str(out / "model"), "--image", img, "--out-dir", str(tmp_path / "seg")]) == 0
+        with Image.open(tmp_path / "seg" / "im0.png") as m:
+            assert m.size == (48, 40) and int(np.asarray(m).max()) < 3
+        assert main(["classify", "--model", str(out / "model"), "--image", img]) == 2
+    elif task == "grounding":
+        assert main(["ground", "--model", str(out / "model"), "--image", img, "--text", "the box"]) == 0
+        box = json.loads(capsys.readouterr().out)["box"]
+        assert 0 <= box[0] <= 48 and 0 <= box[3] <= 40
+    elif case in ("classify-image", "classify-linear"):
+        assert main(["classify", "--model", str(out / "model"), "--image", img, "--out", str(tmp_path / "l.npz")]) == 0
+        assert np.load(tmp_path / "l.npz")["logits"].shape == (1, 2)
 
 
 def test_classification_learns(data, tmp_path, monkeypatch):

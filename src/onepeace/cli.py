@@ -255,6 +255,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     head = model.config.head
     if head is None:
         raise OnePeaceError(f"{args.model} has no classification head (convert a fine-tuned checkpoint)")
+    if head.type == "dense":
+        raise OnePeaceError(f"{args.model} is a segmentation model: use `onepeace segment`")
     inputs = {k: v for k, v in (("image", args.image), ("audio", args.audio), ("text", args.text)) if v}
     logits = model.classify(batch_size=args.batch_size, **inputs)
     labels = head.labels or [str(i) for i in range(head.num_classes)]
@@ -264,6 +266,33 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"{item}: {line}")
     if args.out:
         _atomic_savez(args.out, logits=logits.numpy().astype(np.float32))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .checkpoints.format import write_bytes_atomic
+
+    model = _load_model(args.model, args.dtype)
+    maps = model.segment(list(args.image))
+    labels = model.config.head.labels or [str(i) for i in range(model.config.head.num_classes)]
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+    for item, m in zip(args.image, maps):
+        counts = torch.bincount(m.flatten(), minlength=len(labels)).float() / m.numel()
+        top = counts.topk(min(args.top_k, len(labels)))
+        shown = ", ".join(f"{labels[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0)
+        line = f"{item}: {shown}"
+        if args.out_dir:
+            import io
+
+            buf = io.BytesIO()
+            Image.fromarray(m.numpy().astype(np.uint8 if len(labels) <= 256 else np.uint16)).save(buf, format="PNG")
+            dest = os.path.join(args.out_dir, os.path.splitext(os.path.basename(item))[0] + ".png")
+            write_bytes_atomic(dest, buf.getvalue())
+            line += f"  -> {dest}"
+        print(line)
     return 0
 
 
@@ -375,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--official-padding-leak", action="store_true")
     k.set_defaults(func=cmd_classify)
+
+    sg = sub.add_parser("segment", help="semantic segmentation: a class map per image (PNG) and its class shares")
+    sg.add_argument("--model", required=True, help="a model fine-tuned with `onepeace finetune segmentation`")
+    sg.add_argument("--image", action="append", required=True)
+    sg.add_argument("--out-dir", help="write one PNG of class ids per image here, at the image's own size")
+    sg.add_argument("--top-k", type=int, default=5)
+    sg.add_argument("--dtype", choices=["fp32", "bf16"])
+    sg.set_defaults(func=cmd_segment)
 
     from .data.cli import add_data_parser
 

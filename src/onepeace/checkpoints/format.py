@@ -160,6 +160,14 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary name, then rename it into place."""
+    tmp = _atomic_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def weight_files(path: str) -> list[str]:
     index = os.path.join(path, INDEX_NAME)
     if os.path.exists(index):

@@ -225,6 +225,21 @@ class OnePeace(nn.Module):
         scale = torch.stack([wh[:, 0], wh[:, 1], wh[:, 0], wh[:, 1]], dim=1)
         return logits.sigmoid() * scale
 
+    @torch.inference_mode()
+    def segment(self, image: Sequence[Any], batch_size: int = 8) -> list[torch.Tensor]:
+        """Class maps [H, W] (long) at each image's original size (segmentation models)."""
+        image = [image] if not isinstance(image, (list, tuple)) else list(image)
+        if self.head is None or self.config.head.type != "dense":
+            raise ConfigError("segment() needs a segmentation model (a dense head)")
+        out = []
+        for chunk in self._batches(image, batch_size):
+            img = self.processor.get("image")(chunk)
+            logits = self.classify_batch(image=img).float()
+            for lg, (w, h) in zip(logits, img["sizes"].tolist()):
+                up = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)
+                out.append(up[0].argmax(0).cpu())
+        return out
+
     # ------------------------------------------------------------------ persistence
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
