@@ -95,6 +95,19 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return data_check(args.source, model=args.model, limit=args.limit, train=args.train)
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from .prepare import prepare_coco, prepare_esc
+
+    if args.dataset == "esc":
+        summary = prepare_esc(args.root, args.out)
+    else:
+        summary = prepare_coco(args.root, args.out, splits=args.splits, tasks=args.tasks)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -125,4 +138,18 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--limit", type=_positive, help="stop after this many good samples")
     c.add_argument("--train", action="store_true", help="apply the training augmentation too")
     c.set_defaults(func=cmd_data_check)
+
+    pr = sub.add_parser("prepare", help="turn ESC-10/50 or COCO-style data into fine-tuning task manifests")
+    prs = pr.add_subparsers(dest="dataset", required=True)
+    e = prs.add_parser("esc", help="'NNN - Class/F-ID-T.ogg' folders -> labels.txt, fold{1..5}/{train,test}.jsonl")
+    e.add_argument("--root", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_data_prepare)
+    co = prs.add_parser("coco", help="COCO 2017-style annotations -> retrieval, grounding, segmentation manifests")
+    co.add_argument("--root", required=True, help="holds annotations/ and <split>2017/")
+    co.add_argument("--out", required=True)
+    co.add_argument("--splits", nargs="+", default=["train", "val"])
+    co.add_argument("--tasks", nargs="+", default=["retrieval", "grounding", "segmentation"],
+                    choices=["retrieval", "grounding", "segmentation"])
+    co.set_defaults(func=cmd_data_prepare)
     return p
