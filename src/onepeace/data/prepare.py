@@ -188,7 +188,7 @@ def prepare_coco(root: str, out_dir: str, splits: Iterable[str] = ("train", "val
             anns[a["image_id"]].append(a)
         counts: dict[str, int] = {"images": len(images)}
 
-        def path_of(im):
+        def path_of(im, img_dir=img_dir):
             return _rel(os.path.join(img_dir, im["file_name"]), out_dir)
 
         if "retrieval" in tasks:
