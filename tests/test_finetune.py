@@ -311,3 +311,55 @@ def test_new_image_resolution_resizes_relative_tables():
             assert torch.equal(v, big.state_dict()[k]), k
     with pytest.raises(ConfigError):
         with_image_size(m, 50)
+
+
+def test_nlvr2_type_embeddings_are_added_as_officially():
+    torch.manual_seed(0)
+    plain = _tiny().eval()
+    mods = {"text": {"type_embedding": True}, "image": {"image_size": 32, "type_embedding": True}}
+    typed = create_model("tiny", layers=2, modalities=mods).eval()
+    assert not typed.adapters["image"].type_embedding_2.detach().any()  # zero init
+    typed.load_state_dict(plain.state_dict(), strict=False)
+    t1, i1, i2 = (torch.randn(1, 1, 128) for _ in range(3))
+    with torch.no_grad():
+        typed.adapters["text"].type_embedding.copy_(t1)
+        typed.adapters["image"].type_embedding.copy_(i1)
+        typed.adapters["image"].type_embedding_2.copy_(i2)
+    tokens = torch.randint(0, 1000, (2, 5))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        xt, _ = plain.adapters["text"].embed(tokens)
+        xi, _ = plain.adapters["image"].embed(pixels)
+        assert torch.allclose(typed.adapters["text"].embed(tokens)[0], xt + t1, atol=1e-6)  # CLS included
+        assert torch.allclose(typed.adapters["image"].embed(pixels)[0], xi + i1, atol=1e-6)
+        second = torch.tensor([False, True])
+        got = typed.adapters["image"].embed(pixels, second)[0]
+        assert torch.allclose(got[0], (xi + i1)[0], atol=1e-6)
+        assert torch.allclose(got[1], (xi + i1 + i2)[1], atol=1e-6)
+        # without type embeddings the flag changes nothing (as officially)
+        assert torch.equal(plain.adapters["image"].embed(pixels, second)[0], xi)
+
+
+@needs_fixtures
+def test_official_nlvr2_checkpoint_converts(tmp_path):
+    from conftest import DICT, TINY
+
+    from onepeace.checkpoints.official import convert
+
+    ck = torch.load(TINY / "one-peace-tiny-grounding-refcocog.pt", weights_only=True)
+    sd = ck["model"]
+    dim = sd["encoder_wrapper.image_adapter.cls_embedding"].shape[-1]
+    g = torch.Generator().manual_seed(0)
+    for k in ("text_adapter.type_embedding", "image_adapter.type_embedding", "image_adapter.type_embedding_2"):
+        sd[f"encoder_wrapper.{k}"] = torch.randn(1, 1, dim, generator=g)
+    inner = sd["classify_head.classifier.0.weight"].shape[0]
+    sd["classify_head.classifier.0.weight"] = torch.randn(inner, 2 * dim, generator=g)
+    sd["classify_head.classifier.3.weight"] = torch.randn(2, inner, generator=g)
+    sd["classify_head.classifier.3.bias"] = torch.zeros(2)
+    torch.save(ck, tmp_path / "nlvr2.pt")
+    convert(tmp_path / "nlvr2.pt", tmp_path / "out", DICT)
+    m = OnePeace.from_pretrained(tmp_path / "out")
+    assert m.config.head.two_inputs and m.config.head.num_classes == 2
+    assert m.config.modalities["text"]["type_embedding"] and m.config.modalities["image"]["type_embedding"]
+    assert torch.equal(m.adapters["image"].type_embedding_2, sd["encoder_wrapper.image_adapter.type_embedding_2"].float())
+    assert torch.equal(m.head.fc1.weight, sd["classify_head.classifier.0.weight"].float())

@@ -59,6 +59,8 @@ KEY_MAP: list[tuple[str, str | None]] = [
     (E + "text_adapter.embed_positions.weight", "adapters.text.embed_positions.weight"),
     # image (hMLP)
     (E + "image_adapter.pos_embed", "adapters.image.pos_embed"),
+    (E + "{m}_adapter.type_embedding", "adapters.{m}.type_embedding"),  # NLVR2
+    (E + "image_adapter.type_embedding_2", "adapters.image.type_embedding_2"),
     (E + "image_adapter.position_idx", None),
     (E + "image_adapter.embed_images.0.{p}", "adapters.image.stem.conv1.{p}"),
     (E + "image_adapter.embed_images.1.layer_norm.{p}", "adapters.image.stem.norm1.{p}"),
@@ -232,6 +234,9 @@ def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
                 stem=stem, conv_pos_depth=len(pos), conv_pos_width=w[2] * len(pos),
                 conv_pos_groups=dim // w[1], bucket_size=(rows - 2) // 2,
             )
+    for m in ("text", "image"):
+        if m in modalities and E + f"{m}_adapter.type_embedding" in keys:
+            modalities[m]["type_embedding"] = True  # NLVR2
     if len(n_tables) != 1:
         raise CheckpointError(f"modalities disagree on relative tables: {sorted(n_tables)}")
     n = n_tables.pop()

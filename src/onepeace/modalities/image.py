@@ -45,13 +45,16 @@ class HMLPStem(nn.Module):
 class ImageOptions:
     image_size: int = 256  # input resolution; fixes the relative-position grid (image_size // 16)
     pos_grid: int = 16  # grid of the learned absolute positions; interpolated to the input grid
+    # NLVR2: learned vectors added to every token (zero init), the second one only to the tokens
+    # of a pair's second image (the processed batch's optional "second" flag, bool [B] or scalar)
+    type_embedding: bool = False
 
 
 @register_modality
 class ImageModality(Modality):
     name = "image"
     Options = ImageOptions
-    input_keys = ("pixels",)
+    input_keys = ("pixels", "second")
 
     def __init__(self, config, options: ImageOptions):
         if options.image_size % PATCH or options.image_size < PATCH:
@@ -60,6 +63,10 @@ class ImageModality(Modality):
         self.grid = options.image_size // PATCH
         self.stem = HMLPStem(config.dim, eps=config.norm_eps)
         self.pos_embed = nn.Parameter(torch.zeros(options.pos_grid**2 + 1, config.dim))
+        self.type_embedding = self.type_embedding_2 = None
+        if options.type_embedding:
+            self.type_embedding = nn.Parameter(torch.zeros(1, 1, config.dim))
+            self.type_embedding_2 = nn.Parameter(torch.zeros(1, 1, config.dim))
 
     def num_buckets(self) -> int:
         return grid_num_buckets(self.options.image_size // PATCH)
@@ -78,7 +85,7 @@ class ImageModality(Modality):
         t = t.to(table.dtype).permute(0, 2, 3, 1).reshape(grid * grid, -1)
         return torch.cat([cls, t], dim=0)
 
-    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def embed(self, pixels: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise InputError(f"pixels must be [B, 3, S, S], got {tuple(pixels.shape)}")
         h, w = pixels.shape[-2:]
@@ -89,12 +96,20 @@ class ImageModality(Modality):
             )
         x = self.stem(pixels.to(self.pos_embed.dtype))
         x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1), x], dim=1)
-        return x + self.positions(self.grid), None
+        x = x + self.positions(self.grid)
+        if self.type_embedding is not None:
+            x = x + self.type_embedding
+            if second is not None:
+                flag = torch.as_tensor(second, device=x.device).to(x.dtype).reshape(-1, 1, 1)
+                if flag.shape[0] not in (1, x.shape[0]):
+                    raise InputError(f"'second' must be one flag or one per image, got {flag.shape[0]} for {x.shape[0]} images")
+                x = x + flag * self.type_embedding_2
+        return x, None
 
-    def forward(self, pixels: torch.Tensor):
-        return self.output(*self.embed(pixels))
+    def forward(self, pixels: torch.Tensor, second: torch.Tensor | None = None):
+        return self.output(*self.embed(pixels, second))
 
-    def valid_mask(self, pixels: torch.Tensor) -> torch.Tensor:
+    def valid_mask(self, pixels: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ones(pixels.shape[0], self.grid**2 + 1, dtype=torch.bool, device=pixels.device)
 
     def max_tokens(self) -> int:

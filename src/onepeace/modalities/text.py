@@ -22,6 +22,7 @@ class TextOptions:
     bucket_size: int = 256
     context_length: int = 70  # BPE tokens kept before </s>
     pad_id: int = PAD_ID
+    type_embedding: bool = False  # NLVR2: a learned vector added to every token (zero init)
 
 
 @register_modality
@@ -35,6 +36,7 @@ class TextModality(Modality):
         self.embed_tokens = nn.Embedding(options.vocab_size, config.dim)
         self.embed_positions = nn.Embedding(options.max_positions, config.dim)
         self._word_start: torch.Tensor | None = None
+        self.type_embedding = nn.Parameter(torch.zeros(1, 1, config.dim)) if options.type_embedding else None
 
     def num_buckets(self) -> int:
         return token_num_buckets(self.options.bucket_size)
@@ -54,6 +56,8 @@ class TextModality(Modality):
             )
         x = torch.cat([self.cls_embedding.expand(b, -1, -1), self.embed_tokens(tokens)], dim=1)
         x = x + self.embed_positions.weight[:n]
+        if self.type_embedding is not None:
+            x = x + self.type_embedding
         pad = torch.cat([tokens.new_zeros(b, 1, dtype=torch.bool), tokens.eq(self.options.pad_id)], 1)
         return x, pad
 
