@@ -343,7 +343,6 @@ def test_nlvr2_type_embeddings_are_added_as_officially():
 @needs_fixtures
 def test_official_nlvr2_checkpoint_converts(tmp_path):
     from conftest import DICT, TINY
-
     from onepeace.checkpoints.official import convert
 
     ck = torch.load(TINY / "one-peace-tiny-grounding-refcocog.pt", weights_only=True)
