@@ -134,6 +134,20 @@ def test_vision_branch_pickle(tmp_path, ref_in, converted):
         a = vm.encode(image=px, return_layer_states=True).features["image"]
         b = full.encode(image=px, return_layer_states=True).layer_states[-1]
     assert maxdiff(a, b) <= 1e-5
+    # an ImageNet fine-tuned vision branch: mean of the patch tokens -> fc_norm -> head
+    d = a.shape[-1]
+    g = torch.Generator().manual_seed(0)
+    vision.update({"fc_norm.weight": torch.rand(d, generator=g) + 0.5, "fc_norm.bias": torch.randn(d, generator=g),
+                   "head.weight": torch.randn(7, d, generator=g), "head.bias": torch.randn(7, generator=g)})
+    (tmp_path / "vision_in1k.pkl").write_bytes(pickle.dumps({"model": vision}))
+    convert(tmp_path / "vision_in1k.pkl", tmp_path / "vision_in1k", None)
+    cm = onepeace.OnePeace.from_pretrained(tmp_path / "vision_in1k")
+    assert cm.config.head.type == "linear" and cm.config.head.num_classes == 7
+    with torch.no_grad():
+        logits = cm.classify_batch(image=px)
+        ref = torch.nn.functional.layer_norm(a[:, 1:].mean(1), (d,), vision["fc_norm.weight"], vision["fc_norm.bias"], 1e-5)
+        ref = ref @ vision["head.weight"].T + vision["head.bias"]
+    assert maxdiff(logits, ref) <= 1e-4
 
 
 def test_download_helper_with_local_file(tmp_path):

@@ -85,6 +85,8 @@ KEY_MAP: list[tuple[str, str | None]] = [
     ("classify_head.classifier.0.{p}", "head.fc1.{p}"),
     ("classify_head.classifier.1.{p}", "head.fc_norm.{p}"),
     ("classify_head.classifier.3.{p}", "head.fc2.{p}"),
+    ("fc_norm.{p}", "head.norm.{p}"),  # vision-branch ImageNet head (models_vit.py)
+    ("head.{p}", "head.fc.{p}"),
     # pretraining-only parts (absent from released files; dropped if present)
     ("decoder_wrapper.{rest}", None),
     ("decoder_{m}_embed.{p}", None),
@@ -261,6 +263,8 @@ def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
             head_scale_ratio=fc1[0] / dim,
             two_inputs=fc1[1] == 2 * dim,
         )
+    if "head.weight" in keys and "fc_norm.weight" in keys:  # vision branch, ImageNet fine-tuned
+        head = HeadConfig(num_classes=shapes["head.weight"][0], type="linear", feature_source="image")
     projection = any(f"{m}_proj.weight" in keys for m in mods)
     return ModelConfig(
         dim=dim,

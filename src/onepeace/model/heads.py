@@ -69,9 +69,10 @@ class ClassifyHead(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """Vision-branch ImageNet head: mean of the patch tokens (CLS excluded) -> LayerNorm -> Linear."""
+    """Vision-branch ImageNet head: mean of the patch tokens (CLS excluded) -> LayerNorm -> Linear
+    (official ``fc_norm`` / ``head``; the Linear starts at 1e-3 times the usual init)."""
 
-    def __init__(self, dim: int, cfg: HeadConfig, eps: float = 1e-6):
+    def __init__(self, dim: int, cfg: HeadConfig, eps: float = 1e-5):
         super().__init__()
         self.cfg = cfg
         self.norm = nn.LayerNorm(dim, eps=eps)

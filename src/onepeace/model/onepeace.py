@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, InputError
 from ..modalities import get_modality, parse_options
 from .encoder import Encoder, EncoderOutput
-from .heads import ClassifyHead, build_head
+from .heads import ClassifyHead, LinearHead, build_head
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class OnePeace(nn.Module):
                 self.logit_scale.fill_(math.log(1 / 0.07))
         if isinstance(self.head, ClassifyHead) and self.head.pool is not None:
             trunc_normal_(self.head.pool.q)
+        if isinstance(self.head, LinearHead):  # official init_scale 0.001
+            with torch.no_grad():
+                self.head.fc.weight.mul_(1e-3)
 
     @property
     def dtype(self) -> torch.dtype:
