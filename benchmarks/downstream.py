@@ -47,7 +47,9 @@ def final_eval(run: Path) -> dict:
     return metrics
 
 
-def finetune(task: str, recipe: str, out: Path, *overrides: str, fresh: bool = True) -> dict:
+def finetune(task: str, recipe: str, out: Path, *overrides: str, fresh: bool = True, fit: str | None = None) -> dict:
+    """Fine-tune, return the final held-out metrics; with ``fit`` (the training manifest) also the
+    metrics on the training data (is the pipeline learning at all, whatever it generalises)."""
     if fresh and out.exists():
         import shutil
 
@@ -56,7 +58,16 @@ def finetune(task: str, recipe: str, out: Path, *overrides: str, fresh: bool = T
     onepeace("finetune", task, str(RECIPES / recipe), *overrides, "--output", str(out))
     m = final_eval(out)
     m["train_seconds"] = round(time.perf_counter() - t0, 1)
+    if fit:
+        m["on_training_data"] = evaluate(task, out / "model", fit)
     return m
+
+
+def evaluate(task: str, model: Path, manifest: str) -> dict:
+    out = model.parent / f"eval-{Path(manifest).stem}.json"
+    onepeace("eval", "task", task, "--model", str(model), "--data", manifest, "--out", str(out))
+    (metrics,) = json.loads(out.read_text()).values()
+    return metrics
 
 
 def ensure_demo_model() -> Path:
@@ -97,14 +108,14 @@ def run_coco(steps: dict[str, int]) -> dict:
     # retrieval: 400 train pairs; val gallery of 79 images / 395 captions
     m = finetune("retrieval", "coco_mini_retrieval.toml", OUT / "coco-retrieval",
                  f"data.train={data / 'train_retrieval.jsonl'}", f"data.eval=['{data / 'val_retrieval.jsonl'}']",
-                 f"optim.max_steps={steps['retrieval']}")
+                 f"optim.max_steps={steps['retrieval']}", fit=str(data / "train_retrieval.jsonl"))
     res["retrieval"] = m
     print(f"COCO-MINI retrieval: i2t R@1 {m['image->text R@1']:.1f}, t2i R@1 {m['text->image R@1']:.1f} "
           f"(chance {m['text->image chance']:.1f})", flush=True)
     # grounding: category name -> its unique instance's box
     m = finetune("grounding", "coco_mini_grounding.toml", OUT / "coco-grounding",
                  f"data.train={data / 'train_grounding.jsonl'}", f"data.eval=['{data / 'val_grounding.jsonl'}']",
-                 f"optim.max_steps={steps['grounding']}")
+                 f"optim.max_steps={steps['grounding']}", fit=str(data / "train_grounding.jsonl"))
     m["baseline_acc@0.5"] = grounding_baseline(data)
     res["grounding"] = m
     print(f"COCO-MINI grounding: acc@0.5 {m['acc@0.5']:.1f} (mean-train-box baseline "
@@ -112,7 +123,7 @@ def run_coco(steps: dict[str, int]) -> dict:
     # segmentation: 80 categories + background
     m = finetune("segmentation", "coco_mini_segmentation.toml", OUT / "coco-segmentation",
                  f"data.train={data / 'train_segmentation.jsonl'}", f"data.eval=['{data / 'val_segmentation.jsonl'}']",
-                 f"task.labels={data / 'categories.txt'}", f"optim.max_steps={steps['segmentation']}")
+                 f"task.labels={data / 'categories.txt'}", f"optim.max_steps={steps['segmentation']}", fit=str(data / "train_segmentation.jsonl"))
     m.update(segmentation_baseline(data))
     res["segmentation"] = m
     print(f"COCO-MINI segmentation: mIoU {m['mIoU']:.1f}, pixel acc {m['pixel_acc']:.1f} (all-background: "
