@@ -30,6 +30,8 @@ from ..errors import InputError
 _CLASS_DIR = re.compile(r"^(\d+)\s*-\s*(.+)$")
 _FOLD = re.compile(r"^(\d+)-")
 AUDIO_EXTS = (".ogg", ".wav", ".flac", ".mp3")
+MAX_FOLD = 5
+COCO_TASKS = ("retrieval", "grounding", "segmentation")
 
 
 def _jsonl(path: str, rows: Iterable[dict[str, Any]]) -> int:
@@ -49,14 +51,16 @@ def _rel(path: str, start: str) -> str:
 def prepare_esc(root: str, out_dir: str, template: str = "This is a sound of {}.") -> dict[str, Any]:
     """ESC-style folders -> 5-fold manifests. Labels follow the folder numbers (``NNN``)."""
     if not os.path.isdir(root):
-        raise InputError(f"ESC root {root} is not a directory (expected folders like '001 - Dog bark')")
+        raise InputError(f"ESC root {root} is not a directory; give --root the folder holding "
+                         "'NNN - Class name/' folders (e.g. '001 - Dog bark')")
     classes = []
     for name in os.listdir(root):
         m = _CLASS_DIR.match(name)
         if m and os.path.isdir(os.path.join(root, name)):
             classes.append((int(m.group(1)), m.group(2).strip(), name))
     if not classes:
-        raise InputError(f"no class folders named 'NNN - Class name' under {root}")
+        raise InputError(f"no class folders named 'NNN - Class name' under {root}; point --root at the folder "
+                         "that holds them (e.g. '001 - Dog bark/')")
     classes.sort()
     os.makedirs(out_dir, exist_ok=True)
     rows = []
@@ -65,8 +69,9 @@ def prepare_esc(root: str, out_dir: str, template: str = "This is a sound of {}.
             if not f.lower().endswith(AUDIO_EXTS):
                 continue
             m = _FOLD.match(f)
-            if not m:
-                raise InputError(f"{os.path.join(root, folder, f)}: the file name must start with its fold number ('F-ID-T.ogg')")
+            if not m or not 1 <= int(m.group(1)) <= MAX_FOLD:
+                raise InputError(f"{os.path.join(root, folder, f)}: the file name must start with its fold number "
+                                 f"1..{MAX_FOLD} ('F-ID-T.ogg'); rename it or move it out of the class folder")
             path = os.path.join(root, folder, f)
             rows.append({"audio": path, "label": label, "text": template.format(cname), "fold": int(m.group(1)),
                          "id": f"{folder}/{os.path.splitext(f)[0]}"})
@@ -149,7 +154,8 @@ def annotation_mask(ann: dict[str, Any], h: int, w: int) -> np.ndarray:
 # ====================================================================== COCO
 def _load_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
-        raise InputError(f"COCO annotation file not found: {path}")
+        raise InputError(f"COCO annotation file not found: {path} (download the COCO 2017 annotations, or drop "
+                         "that split with --splits)")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -157,62 +163,97 @@ def _load_json(path: str) -> dict[str, Any]:
         raise InputError(f"{path}: invalid JSON ({e.msg})") from None
 
 
+def _present_images(data: dict[str, Any], img_dir: str) -> tuple[list[dict[str, Any]], int]:
+    """The json's images sorted by id, less those whose file is absent (and how many those were)."""
+    images = sorted(data.get("images", []), key=lambda im: im["id"])
+    present = [im for im in images if os.path.isfile(os.path.join(img_dir, im["file_name"]))]
+    return present, len(images) - len(present)
+
+
+def _paint_categories(anns: list[dict[str, Any]], h: int, w: int, cat_index: dict[int, int]) -> np.ndarray:
+    """One image's category map: instances painted largest first (smaller ones end up on top),
+    crowd regions painted as 255 (ignore) in the same order."""
+    canvas = np.zeros((h, w), dtype=np.uint8)
+    masks = [(a, annotation_mask(a, h, w)) for a in anns]
+    masks.sort(key=lambda am: (-float(am[0].get("area") or am[1].sum()), am[0].get("id", 0)))
+    for a, m in masks:
+        canvas[m] = 255 if a.get("iscrowd") else cat_index[a["category_id"]]
+    return canvas
+
+
 def prepare_coco(root: str, out_dir: str, splits: Iterable[str] = ("train", "val"),
-                 tasks: Iterable[str] = ("retrieval", "grounding", "segmentation"),
-                 min_box_fraction: float = 0.01) -> dict[str, Any]:
-    """COCO 2017-style annotations -> ``{split}_{task}.jsonl`` manifests (+ masks, categories)."""
+                 tasks: Iterable[str] = COCO_TASKS, min_box_fraction: float = 0.01) -> dict[str, Any]:
+    """COCO 2017-style annotations -> ``{split}_{task}.jsonl`` manifests (+ masks, categories).
+
+    Reads ``root/annotations/{captions,instances}_{split}2017.json`` (captions only for retrieval,
+    instances only for grounding and segmentation) and ``root/{split}2017/`` images; images whose
+    file is absent are left out (counted as ``missing_images``)."""
     tasks = list(tasks)
-    unknown = sorted(set(tasks) - {"retrieval", "grounding", "segmentation"})
+    splits = list(splits)
+    unknown = sorted(set(tasks) - set(COCO_TASKS))
     if unknown:
-        raise InputError(f"unknown COCO task(s) {unknown}; choose retrieval, grounding, segmentation")
+        raise InputError(f"unknown COCO task(s) {unknown}; choose from {', '.join(COCO_TASKS)}")
     if not os.path.isdir(root):
-        raise InputError(f"COCO root {root} is not a directory (expected annotations/ and <split>2017/)")
+        raise InputError(f"COCO root {root} is not a directory; give --root the folder holding annotations/ "
+                         "and <split>2017/")
     os.makedirs(out_dir, exist_ok=True)
     summary: dict[str, Any] = {"out": out_dir}
     categories = None
     for split in splits:
         img_dir = os.path.join(root, f"{split}2017")
-        inst = _load_json(os.path.join(root, "annotations", f"instances_{split}2017.json"))
-        cats = sorted(inst["categories"], key=lambda c: c["id"])
-        if categories is None:
-            categories = cats
-            write_text_atomic(os.path.join(out_dir, "categories.txt"),
-                              "background\n" + "".join(c["name"] + "\n" for c in cats))
-        elif [c["id"] for c in cats] != [c["id"] for c in categories]:
-            raise InputError(f"the {split} split has different categories from the first split")
-        cat_index = {c["id"]: i + 1 for i, c in enumerate(categories)}
-        cat_name = {c["id"]: c["name"] for c in categories}
-        images = sorted(inst["images"], key=lambda im: im["id"])
-        anns = defaultdict(list)
-        for a in inst["annotations"]:
-            anns[a["image_id"]].append(a)
-        counts: dict[str, int] = {"images": len(images)}
+        if not os.path.isdir(img_dir):
+            raise InputError(f"COCO image folder not found: {img_dir} (expected {split}2017/ beside annotations/)")
+        counts: dict[str, int] = {}
+        missing = 0
 
         def path_of(im, img_dir=img_dir):
             return _rel(os.path.join(img_dir, im["file_name"]), out_dir)
 
         if "retrieval" in tasks:
             caps = _load_json(os.path.join(root, "annotations", f"captions_{split}2017.json"))
+            images, missing = _present_images(caps, img_dir)
             by_image = defaultdict(list)
-            for c in sorted(caps["annotations"], key=lambda c: c["id"]):
+            for c in sorted(caps.get("annotations", []), key=lambda c: c["id"]):
                 by_image[c["image_id"]].append(c["caption"].strip())
             rows = [{"image": path_of(im), "text": cap, "label": idx, "id": f"{im['id']}-{k}"}
                     for idx, im in enumerate(images) for k, cap in enumerate(by_image[im["id"]])]
+            counts["images"] = len(images)
             counts["retrieval_pairs"] = _jsonl(os.path.join(out_dir, f"{split}_retrieval.jsonl"), rows)
+        if "grounding" in tasks or "segmentation" in tasks:
+            inst = _load_json(os.path.join(root, "annotations", f"instances_{split}2017.json"))
+            cats = sorted(inst["categories"], key=lambda c: c["id"])
+            if categories is None:
+                categories = cats
+                write_text_atomic(os.path.join(out_dir, "categories.txt"),
+                                  "background\n" + "".join(c["name"] + "\n" for c in cats))
+            elif [c["id"] for c in cats] != [c["id"] for c in categories]:
+                raise InputError(f"the {split} split has different categories from the first split; "
+                                 "prepare it into its own --out directory")
+            if len(categories) > 254:
+                raise InputError(f"{len(categories)} categories do not fit a uint8 map with 255 = ignore")
+            cat_index = {c["id"]: i + 1 for i, c in enumerate(categories)}
+            cat_name = {c["id"]: c["name"] for c in categories}
+            images, missing = _present_images(inst, img_dir)
+            counts["images"] = len(images)
+            anns = defaultdict(list)
+            for a in inst.get("annotations", []):
+                anns[a["image_id"]].append(a)
         if "grounding" in tasks:
             rows = []
             for im in images:
+                w, h = im["width"], im["height"]
                 per_cat = defaultdict(list)
                 for a in anns[im["id"]]:
                     per_cat[a["category_id"]].append(a)
                 for cid, group in sorted(per_cat.items()):
+                    # one instance and no crowd region of the same category: the phrase is unambiguous
                     if len(group) != 1 or group[0].get("iscrowd"):
                         continue
-                    x, y, bw, bh = group[0]["bbox"]
-                    if bw * bh < min_box_fraction * im["width"] * im["height"]:
+                    x, y, bw, bh = (float(v) for v in group[0]["bbox"])
+                    if bw * bh < min_box_fraction * w * h:
                         continue
-                    rows.append({"image": path_of(im), "text": cat_name[cid],
-                                 "box": [round(x, 2), round(y, 2), round(x + bw, 2), round(y + bh, 2)],
+                    box = [max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)]
+                    rows.append({"image": path_of(im), "text": cat_name[cid], "box": [round(v, 2) for v in box],
                                  "id": str(group[0]["id"])})
             counts["grounding_queries"] = _jsonl(os.path.join(out_dir, f"{split}_grounding.jsonl"), rows)
         if "segmentation" in tasks:
@@ -220,22 +261,16 @@ def prepare_coco(root: str, out_dir: str, splits: Iterable[str] = ("train", "val
             os.makedirs(mask_dir, exist_ok=True)
             rows = []
             for im in images:
-                h, w = im["height"], im["width"]
-                canvas = np.zeros((h, w), dtype=np.uint8)
-                crowd = np.zeros((h, w), dtype=bool)
-                for a in sorted(anns[im["id"]], key=lambda a: -a.get("area", 0)):  # small ones on top
-                    m = annotation_mask(a, h, w)
-                    if a.get("iscrowd"):
-                        crowd |= m
-                    else:
-                        canvas[m] = cat_index[a["category_id"]]
-                canvas[crowd & (canvas == 0)] = 255
+                canvas = _paint_categories(anns[im["id"]], im["height"], im["width"], cat_index)
                 buf = io.BytesIO()
                 Image.fromarray(canvas).save(buf, format="PNG")
                 dest = os.path.join(mask_dir, f"{im['id']}.png")
-                write_bytes_atomic(dest, buf.getvalue())
+                write_bytes_atomic(dest, buf.getvalue())  # temp file in the same folder, then os.replace
                 rows.append({"image": path_of(im), "mask": _rel(dest, out_dir), "id": str(im["id"])})
             counts["segmentation_images"] = _jsonl(os.path.join(out_dir, f"{split}_segmentation.jsonl"), rows)
+        if missing:
+            counts["missing_images"] = missing
         summary[split] = counts
-    summary["categories"] = len(categories or [])
+    if categories is not None:
+        summary["categories"] = len(categories)
     return summary

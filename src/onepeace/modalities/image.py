@@ -100,7 +100,7 @@ class ImageModality(Modality):
         if self.type_embedding is not None:
             x = x + self.type_embedding
             if second is not None:
-                flag = torch.as_tensor(second, device=x.device).to(x.dtype).reshape(-1, 1, 1)
+                flag = torch.as_tensor(second, device=x.device).bool().to(x.dtype).reshape(-1, 1, 1)
                 if flag.shape[0] not in (1, x.shape[0]):
                     raise InputError(f"'second' must be one flag or one per image, got {flag.shape[0]} for {x.shape[0]} images")
                 x = x + flag * self.type_embedding_2
@@ -122,6 +122,9 @@ class ImageModality(Modality):
     def reset_parameters(self) -> None:
         super().reset_parameters()
         trunc_normal_(self.pos_embed)
+        for t in (self.type_embedding, self.type_embedding_2):
+            if t is not None:
+                nn.init.zeros_(t)  # official: zero init, untouched by init_one_peace_params
         for m in self.stem.modules():
             if isinstance(m, nn.Conv2d):
                 m.reset_parameters()

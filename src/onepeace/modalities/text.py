@@ -104,3 +104,5 @@ class TextModality(Modality):
         trunc_normal_(self.embed_positions.weight)
         with torch.no_grad():
             self.embed_tokens.weight[self.options.pad_id].zero_()
+        if self.type_embedding is not None:
+            nn.init.zeros_(self.type_embedding)
