@@ -133,6 +133,14 @@ def test_finetune_and_eval_commands(case, data, tmp_path, capsys, monkeypatch):
         assert main(["ground", "--model", str(out / "model"), "--image", img, "--text", "the box"]) == 0
         box = json.loads(capsys.readouterr().out)["box"]
         assert 0 <= box[0] <= 48 and 0 <= box[3] <= 40
+    elif task == "nlvr2":
+        im1 = str(data["dir"] / "im1.png")
+        assert main(["classify", "--model", str(out / "model"), "--image", img, "--image2", im1, "--text", "red",
+                     "--out", str(tmp_path / "l.npz")]) == 0
+        model = OnePeace.from_pretrained(out / "model")
+        direct = model.classify(text=["red"], image=[img], image2=[im1])
+        assert np.allclose(np.load(tmp_path / "l.npz")["logits"], direct.numpy(), atol=1e-6)
+        assert main(["classify", "--model", str(out / "model"), "--image", img, "--text", "red"]) == 2
     elif case in ("classify-image", "classify-linear"):
         assert main(["classify", "--model", str(out / "model"), "--image", img, "--out", str(tmp_path / "l.npz")]) == 0
         assert np.load(tmp_path / "l.npz")["logits"].shape == (1, 2)
@@ -389,3 +397,12 @@ def test_enlarged_relative_tables_follow_the_geometric_spline():
     assert out.shape == (11 * 11 + 3, 2)
     assert torch.allclose(out[:121, 0].view(11, 11), torch.tensor(np.outer(p(new), q(new))), atol=1e-4)  # fp32 inside
     assert torch.equal(out[121:], table[49:])
+
+
+def test_saving_keeps_the_modality_order_and_fusion_puts_text_first(tmp_path):
+    m = create_model("tiny", layers=1, modalities={"text": {}, "image": {"image_size": 32}})
+    m.save_pretrained(tmp_path / "m")
+    assert OnePeace.from_pretrained(tmp_path / "m").modality_names == ["text", "image"]
+    swapped = create_model("tiny", layers=1, modalities={"image": {"image_size": 32}, "text": {}})
+    out = swapped.encode(image={"pixels": torch.zeros(1, 3, 32, 32)}, text={"tokens": torch.ones(1, 3, dtype=torch.long)})
+    assert list(out.features) == ["text", "image"]

@@ -257,7 +257,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise OnePeaceError(f"{args.model} has no classification head (convert a fine-tuned checkpoint)")
     if head.type == "dense":
         raise OnePeaceError(f"{args.model} is a segmentation model: use `onepeace segment`")
-    inputs = {k: v for k, v in (("image", args.image), ("audio", args.audio), ("text", args.text)) if v}
+    inputs = {k: v for k, v in (("image", args.image), ("audio", args.audio), ("text", args.text),
+                                ("image2", args.image2)) if v}
     logits = model.classify(batch_size=args.batch_size, **inputs)
     labels = head.labels or [str(i) for i in range(head.num_classes)]
     items = args.image or args.audio
@@ -397,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--image", action="append", default=[])
     k.add_argument("--audio", action="append", default=[])
     k.add_argument("--text", action="append", default=[], help="paired text for fused (vl/al) heads")
+    k.add_argument("--image2", action="append", default=[], help="NLVR2 heads: the second image of each pair")
     k.add_argument("--top-k", type=int, default=5)
     k.add_argument("--multi-label", action="store_true", help="sigmoid scores instead of softmax")
     k.add_argument("--out", help="write the logits to this .npz (key 'logits')")

@@ -109,7 +109,8 @@ class ModelConfig:
         return cls(**copy.deepcopy(data))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        # insertion order kept: the modality order is the fused-sequence order (text first)
+        return json.dumps(self.to_dict(), indent=2)
 
     def replace(self, **changes: Any) -> ModelConfig:
         data = self.to_dict()

@@ -537,12 +537,7 @@ class NLVR2Task(Task):
                 "target": torch.tensor([s["target"] for s in samples]), "size": len(samples)}
 
     def logits(self, model, batch):
-        src = model.config.head.feature_source
-        one = model.encode(text=batch["text"], image=batch["image"])
-        second = dict(batch["image2"])
-        second["second"] = torch.ones(batch["size"], dtype=torch.bool)
-        two = model.encode(text=batch["text"], image=second)
-        return model.head(one.features[src], one.padding_masks[src], two.features[src])
+        return model.classify_batch(text=batch["text"], image=batch["image"], image2=batch["image2"])
 
     def loss(self, model, batch):
         logits = self.logits(model, batch)

@@ -120,6 +120,7 @@ class OnePeace(nn.Module):
     def encode(self, return_layer_states: bool = False, **inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """Run the encoder on processed inputs; several modalities are fused (model order)."""
         names = [m for m in self.modality_names if inputs.get(m) is not None]
+        names.sort(key=lambda m: m != "text")  # text first in fused sequences, as upstream
         unknown = sorted(set(k for k, v in inputs.items() if v is not None) - set(names))
         if unknown:
             raise InputError(f"this model has no {unknown} branch; it has {self.modality_names}")
@@ -151,11 +152,21 @@ class OnePeace(nn.Module):
         """Logits of the classification head on processed (possibly fused) inputs."""
         if self.head is None:
             raise ConfigError("this model has no classification head; convert a fine-tuned checkpoint")
-        out = self.encode(**inputs)
         src = self.config.head.feature_source
+        second = inputs.pop("image2", None)
+        if self.config.head.two_inputs and second is None:
+            raise InputError("this head (NLVR2) classifies a text with two images: give image= and image2=")
+        if second is not None and not self.config.head.two_inputs:
+            raise InputError("image2= is only for two-image (NLVR2) heads")
+        out = self.encode(**inputs)
         if src not in out.features:
             raise InputError(f"the head pools {src} tokens: give a {src} input")
-        return self.head(out.features[src], out.padding_masks[src])
+        if second is None:
+            return self.head(out.features[src], out.padding_masks[src])
+        second = dict(second)
+        second["second"] = torch.ones(len(second["pixels"]), dtype=torch.bool)
+        two = self.encode(**{**inputs, "image": second})
+        return self.head(out.features[src], out.padding_masks[src], two.features[src])
 
     def logit_scale_exp(self) -> torch.Tensor:
         """exp(logit_scale) clamped to [1, 100], as in training."""
@@ -209,7 +220,8 @@ class OnePeace(nn.Module):
         n = lengths.pop()
         out = []
         for i in range(0, n, batch_size):
-            batch = {k: self.processor.get(k)(v[i : i + batch_size]) for k, v in inputs.items()}
+            batch = {k: self.processor.get("image" if k == "image2" else k)(v[i : i + batch_size])
+                     for k, v in inputs.items()}
             out.append(self.classify_batch(**batch).float().cpu())
         return torch.cat(out)
 
