@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # every install step is pinned: an unpinned torch pulls a multi-GB CUDA build
 PIP := $(BIN)/pip install --constraint constraints.txt
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench downstream lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_train.py
+
+downstream: install
+	$(BIN)/python benchmarks/downstream.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
