@@ -45,17 +45,14 @@ def validate_sample(sample: Any, where: str) -> str:
     return kind
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL manifest; media paths come back absolute. Blank lines are ignored.
+def iter_jsonl(path: str | os.PathLike, what: str = "manifest"):
+    """``(where, record)`` per non-blank line of a JSONL file, ``where`` = ``file:line``.
 
-    Raises :class:`InputError` naming ``file:line`` for bad JSON or a missing/invalid field.
-    Media files are *not* opened here (a missing file is the dataset's business: it is skipped).
+    Raises :class:`InputError` for a missing file, bad JSON, a non-object line or non-UTF-8 text.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InputError(f"manifest not found: {path}" if not os.path.exists(path) else f"manifest is not a file: {path}")
-    base = os.path.dirname(os.path.abspath(path))
-    samples: list[dict[str, Any]] = []
+        raise InputError(f"{what} not found: {path}" if not os.path.exists(path) else f"{what} is not a file: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -63,17 +60,33 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    sample = json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-                kind = validate_sample(sample, where)
-                media = os.fspath(sample[kind])
-                sample[kind] = os.path.normpath(os.path.join(base, os.path.expanduser(media)))
-                samples.append(sample)
+                yield where, record
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
-        raise InputError(f"cannot read manifest {path}: {e.strerror or e}") from None
+        raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def resolve_media(base: str, media: str | os.PathLike) -> str:
+    """A manifest's media path, relative to the manifest's directory ``base``, made absolute."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(os.fspath(media))))
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSONL manifest; media paths come back absolute. Blank lines are ignored.
+
+    Raises :class:`InputError` naming ``file:line`` for bad JSON or a missing/invalid field.
+    Media files are *not* opened here (a missing file is the dataset's business: it is skipped).
+    """
+    base = os.path.dirname(os.path.abspath(os.fspath(path)))
+    samples: list[dict[str, Any]] = []
+    for where, sample in iter_jsonl(path):
+        kind = validate_sample(sample, where)
+        sample[kind] = resolve_media(base, sample[kind])
+        samples.append(sample)
     return samples
 
 

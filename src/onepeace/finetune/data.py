@@ -12,7 +12,6 @@ fatal.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.manifest import iter_jsonl, resolve_media
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -31,38 +31,24 @@ MEDIA_FIELDS = ("image", "image2", "audio", "mask")
 
 def read_task_manifest(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """JSONL -> list of records with absolute media paths; every record must hold ``required``."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"task manifest not found: {path}")
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.dirname(os.path.abspath(os.fspath(path)))
     out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(rec, dict):
-                    raise InputError(f"{where}: a sample must be a JSON object")
-                missing = [k for k in required if k not in rec]
-                if missing:
-                    raise InputError(f"{where}: missing field(s) {missing} (this task needs {list(required)})")
-                for k in MEDIA_FIELDS:
-                    if k in rec:
-                        if not isinstance(rec[k], str) or not rec[k]:
-                            raise InputError(f"{where}: '{k}' must be a non-empty path string")
-                        rec[k] = os.path.normpath(os.path.join(base, os.path.expanduser(rec[k])))
-                rec.setdefault("id", f"{os.path.basename(path)}:{lineno}")
-                rec["_where"] = where
-                out.append(rec)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
+    for where, rec in iter_jsonl(path, "task manifest"):
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: a sample must be a JSON object")
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise InputError(f"{where}: missing field(s) {missing} (this task needs {list(required)})")
+        for k in MEDIA_FIELDS:
+            if k in rec:
+                if not isinstance(rec[k], str) or not rec[k]:
+                    raise InputError(f"{where}: '{k}' must be a non-empty path string")
+                rec[k] = resolve_media(base, rec[k])
+        rec.setdefault("id", where.rsplit("/", 1)[-1])
+        rec["_where"] = where
+        out.append(rec)
     if not out:
-        raise InputError(f"task manifest {path} has no samples")
+        raise InputError(f"task manifest {os.fspath(path)} has no samples")
     return out
 
 
