@@ -101,33 +101,41 @@ def run_esc10(folds: list[int], steps: int) -> dict:
     return res
 
 
-def run_coco(steps: dict[str, int]) -> dict:
+def run_coco(steps: dict[str, int], inits: list[str], reuse: bool = False) -> dict:
+    """Retrieval from scratch; grounding and segmentation from scratch and/or from that retrieval
+    model (its image-text training is the only "pretraining" this data allows)."""
     data = OUT / "coco"
     onepeace("data", "prepare", "coco", "--root", str(DATA / "coco-mini"), "--out", str(data))
     res: dict = {}
-    # retrieval: 400 train pairs; val gallery of 79 images / 395 captions
-    m = finetune("retrieval", "coco_mini_retrieval.toml", OUT / "coco-retrieval",
-                 f"data.train={data / 'train_retrieval.jsonl'}", f"data.eval=['{data / 'val_retrieval.jsonl'}']",
-                 f"optim.max_steps={steps['retrieval']}", fit=str(data / "train_retrieval.jsonl"))
-    res["retrieval"] = m
-    print(f"COCO-MINI retrieval: i2t R@1 {m['image->text R@1']:.1f}, t2i R@1 {m['text->image R@1']:.1f} "
-          f"(chance {m['text->image chance']:.1f})", flush=True)
-    # grounding: category name -> its unique instance's box
-    m = finetune("grounding", "coco_mini_grounding.toml", OUT / "coco-grounding",
-                 f"data.train={data / 'train_grounding.jsonl'}", f"data.eval=['{data / 'val_grounding.jsonl'}']",
-                 f"optim.max_steps={steps['grounding']}", fit=str(data / "train_grounding.jsonl"))
-    m["baseline_acc@0.5"] = grounding_baseline(data)
-    res["grounding"] = m
-    print(f"COCO-MINI grounding: acc@0.5 {m['acc@0.5']:.1f} (mean-train-box baseline "
-          f"{m['baseline_acc@0.5']:.1f})", flush=True)
-    # segmentation: 80 categories + background
-    m = finetune("segmentation", "coco_mini_segmentation.toml", OUT / "coco-segmentation",
-                 f"data.train={data / 'train_segmentation.jsonl'}", f"data.eval=['{data / 'val_segmentation.jsonl'}']",
-                 f"task.labels={data / 'categories.txt'}", f"optim.max_steps={steps['segmentation']}", fit=str(data / "train_segmentation.jsonl"))
-    m.update(segmentation_baseline(data))
-    res["segmentation"] = m
-    print(f"COCO-MINI segmentation: mIoU {m['mIoU']:.1f}, pixel acc {m['pixel_acc']:.1f} (all-background: "
-          f"mIoU {m['baseline_mIoU']:.1f}, pixel acc {m['baseline_pixel_acc']:.1f})", flush=True)
+    retrieval = OUT / "coco-retrieval"
+    if not (reuse and (retrieval / "model" / "config.json").exists()):
+        # 400 train pairs; val gallery of 79 images / 395 captions
+        res["retrieval"] = m = finetune(
+            "retrieval", "coco_mini_retrieval.toml", retrieval,
+            f"data.train={data / 'train_retrieval.jsonl'}", f"data.eval=['{data / 'val_retrieval.jsonl'}']",
+            f"optim.max_steps={steps['retrieval']}", fit=str(data / "train_retrieval.jsonl"))
+        print(f"COCO-MINI retrieval: i2t R@1 {m['image->text R@1']:.1f}, t2i R@1 {m['text->image R@1']:.1f} "
+              f"(chance {m['text->image chance']:.1f})", flush=True)
+    for task, recipe, extra in (
+        ("grounding", "coco_mini_grounding.toml", []),  # category name -> its unique instance's box
+        ("segmentation", "coco_mini_segmentation.toml", [f"task.labels={data / 'categories.txt'}"]),  # 80 + bg
+    ):
+        res[task] = {}
+        for init in inits:
+            over = [f"data.train={data / f'train_{task}.jsonl'}", f"data.eval=['{data / f'val_{task}.jsonl'}']",
+                    f"optim.max_steps={steps[task]}", *extra]
+            if init == "retrieval":
+                over.append(f"model.init={retrieval / 'model'}")
+            m = finetune(task, recipe, OUT / f"coco-{task}-{init}", *over, fit=str(data / f"train_{task}.jsonl"))
+            m.update(grounding_baseline(data) if task == "grounding" else segmentation_baseline(data))
+            res[task][f"from_{init}"] = m
+            if task == "grounding":
+                print(f"COCO-MINI grounding from {init}: acc@0.5 {m['acc@0.5']:.1f} (mean-train-box baseline "
+                      f"{m['baseline_acc@0.5']:.1f})", flush=True)
+            else:
+                print(f"COCO-MINI segmentation from {init}: mIoU {m['mIoU']:.1f}, pixel acc {m['pixel_acc']:.1f} "
+                      f"(all-background: mIoU {m['baseline_mIoU']:.1f}, pixel acc {m['baseline_pixel_acc']:.1f})",
+                      flush=True)
     return res
 
 
@@ -135,7 +143,7 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def grounding_baseline(data: Path) -> float:
+def grounding_baseline(data: Path) -> dict:
     """Acc@0.5 of predicting the mean training box (relative to the image size) for every query."""
     import torch
     from PIL import Image
@@ -156,7 +164,7 @@ def grounding_baseline(data: Path) -> float:
     val, scale = rel(_records(data / "val_grounding.jsonl"), data)
     pred = train.mean(0, keepdim=True).expand_as(val)
     iou, _ = box_iou_and_giou(pred * scale, val * scale)
-    return round(float((iou >= 0.5).double().mean() * 100), 2)
+    return {"baseline_acc@0.5": round(float((iou >= 0.5).double().mean() * 100), 2)}
 
 
 def segmentation_baseline(data: Path) -> dict:
@@ -178,11 +186,21 @@ def segmentation_baseline(data: Path) -> dict:
     return {"baseline_mIoU": round(m["mIoU"], 2), "baseline_pixel_acc": round(m["pixel_acc"], 2)}
 
 
+def _merge(old: dict, new: dict) -> dict:
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merge(old[k], v) if isinstance(v, dict) and isinstance(old.get(k), dict) else v
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["esc10", "coco"])
     ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--quick", action="store_true", help="a few steps per run: a pipeline check, not results")
+    ap.add_argument("--coco-inits", nargs="+", default=["scratch", "retrieval"], choices=["scratch", "retrieval"],
+                    help="grounding/segmentation starting points")
+    ap.add_argument("--reuse", action="store_true", help="reuse an existing COCO-MINI retrieval model")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "downstream.json"))
     args = ap.parse_args()
     if not DATA.exists():
@@ -194,13 +212,13 @@ def main() -> None:
         result["esc10"] = run_esc10(args.folds, steps=4 if q else 300)
     if args.only in (None, "coco"):
         result["coco_mini"] = run_coco({"retrieval": 4 if q else 500, "grounding": 4 if q else 500,
-                                        "segmentation": 4 if q else 500})
+                                        "segmentation": 4 if q else 500}, args.coco_inits, args.reuse)
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     from onepeace.checkpoints.format import write_text_atomic
 
     out = Path(args.out)
-    if out.exists() and args.only:  # keep the other part's figures
-        result = {**json.loads(out.read_text()), **result}
+    if out.exists():  # a partial run keeps the other figures
+        result = _merge(json.loads(out.read_text()), result)
     write_text_atomic(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 
