@@ -406,3 +406,11 @@ def test_saving_keeps_the_modality_order_and_fusion_puts_text_first(tmp_path):
     swapped = create_model("tiny", layers=1, modalities={"image": {"image_size": 32}, "text": {}})
     out = swapped.encode(image={"pixels": torch.zeros(1, 3, 32, 32)}, text={"tokens": torch.ones(1, 3, dtype=torch.long)})
     assert list(out.features) == ["text", "image"]
+
+
+def test_a_manifest_of_unreadable_media_stops_with_a_clear_error(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(data["dir"])
+    bad = _write(tmp_path / "gone.jsonl", [{"image": f"missing{i}.png", "label": 0} for i in range(4)])
+    assert main(["finetune", "classify", "recipe.toml", f"data.train={bad}", "task.num_classes=2",
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "had no loadable sample" in capsys.readouterr().err

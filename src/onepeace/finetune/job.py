@@ -117,11 +117,17 @@ class FinetuneJob:
         return task_loader(self.task, d.train, d.batch_size, train=True, seed=self.cfg.train.seed,
                            num_workers=d.num_workers, rank=info.rank, world=info.world)
 
-    def next_batch(self, data):
-        while True:
+    def next_batch(self, data, patience: int = 20):
+        """The next batch with at least one loadable sample; a stream of nothing but failures is
+        an error (after ``patience`` empty batches in a row), never an endless loop."""
+        for _ in range(patience):
             b = next(data)
             if b is not None:
                 return b
+        from ..errors import InputError
+
+        raise InputError(f"{patience} batches in a row had no loadable sample in {self.cfg.data.train}; "
+                         "check the media paths (warnings name each skipped sample)")
 
     def loss(self, module: nn.Module, batch: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
         return module("loss", batch)
