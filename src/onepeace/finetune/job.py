@@ -12,7 +12,6 @@ from torch import nn
 
 from ..config import HeadConfig, ModelConfig
 from ..errors import ConfigError
-from ..factory import create_model
 from ..model.onepeace import OnePeace
 from .data import batches, read_task_manifest, task_loader
 from .tasks import Task, get_task
@@ -43,15 +42,10 @@ def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | 
     if head is None and old is None and config.modalities == model.config.modalities:
         return model
     new_config = config.replace(head=None if head is None else head.__dict__.copy())
-    bigger = create_model(new_config)
     state = model.state_dict()
     if head is None or reset or old is None:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    missing, unexpected = bigger.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not (k.startswith("head.") or "type_embedding" in k)]
-    if stray or unexpected:
-        raise ConfigError(f"cannot fit the task head: missing {stray[:5]}, unexpected {unexpected[:5]}")
-    return bigger.train()
+    return model.grown(new_config, state, lambda k: k.startswith("head.") or "type_embedding" in k).train()
 
 
 def set_drop_path(model: OnePeace, rate: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,32 +53,65 @@ class OnePeace(nn.Module):
         self._processor = None
 
     # ------------------------------------------------------------------ construction helpers
-    def reset_parameters(self) -> None:
-        """The official from-scratch init (spec §4.7)."""
+    def reset_parameters(self, only: Callable[[str], bool] | None = None) -> None:
+        """The official from-scratch init (spec §4.7). With ``only`` (a predicate on parameter
+        names), just the parameters it accepts are initialised (a model grown from a trained one:
+        new head, new modality branch); an adapter is re-initialised only when all of it is new."""
         from ..modalities.base import trunc_normal_
 
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
+        keep = only or (lambda name: True)
+
+        def pre(name: str) -> str:
+            return f"{name}." if name else ""
+
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and keep(pre(name) + "weight"):
                 trunc_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine and keep(pre(name) + "weight"):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for layer in self.encoder.layers:
-            if layer.gamma_1 is not None:
+        for i, layer in enumerate(self.encoder.layers):
+            if layer.gamma_1 is not None and keep(f"encoder.layers.{i}.gamma_1"):
                 nn.init.constant_(layer.gamma_1, self.config.layer_scale_init)
                 nn.init.constant_(layer.gamma_2, self.config.layer_scale_init)
-        for a in self.adapters.values():
-            a.reset_parameters()
-        if self.logit_scale is not None:
+        for name, a in self.adapters.items():
+            if all(keep(f"adapters.{name}.{n}") for n, _ in a.named_parameters()):
+                a.reset_parameters()
+        if self.logit_scale is not None and keep("logit_scale"):
             with torch.no_grad():
                 self.logit_scale.fill_(math.log(1 / 0.07))
-        if isinstance(self.head, ClassifyHead) and self.head.pool is not None:
+        if isinstance(self.head, ClassifyHead) and self.head.pool is not None and keep("head.pool.q"):
             trunc_normal_(self.head.pool.q)
-        if isinstance(self.head, LinearHead):  # official init_scale 0.001
+        if isinstance(self.head, LinearHead) and keep("head.fc.weight"):  # official init_scale 0.001
             with torch.no_grad():
                 self.head.fc.weight.mul_(1e-3)
+
+    def grown(self, config: ModelConfig, state: dict[str, torch.Tensor] | None = None,
+              allow_missing: Callable[[str], bool] = lambda name: False) -> OnePeace:
+        """A model of ``config`` holding this model's weights (or ``state``) without copying them:
+        built on the meta device, the tensors assigned, and only the parameters the state lacks
+        allocated and given the official init (zeros where that init leaves a tensor alone, e.g.
+        type embeddings). ``allow_missing(name)`` must accept every such parameter; anything
+        else missing, or any unexpected key, is a :class:`ConfigError`. Peak memory stays about
+        one model, which matters when growing a 4B model by a head."""
+        from ..factory import create_model
+
+        new = create_model(config, device="meta", init=False)
+        state = self.state_dict() if state is None else state
+        missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
+        stray = [k for k in missing if not allow_missing(k)]
+        if stray or unexpected:
+            raise ConfigError(f"the weights do not fit the new model: missing {stray[:5]}, unexpected {unexpected[:5]}")
+        dtype = self.dtype
+        for name in missing:
+            owner, _, attr = name.rpartition(".")
+            mod = new.get_submodule(owner) if owner else new
+            old = getattr(mod, attr)
+            setattr(mod, attr, nn.Parameter(torch.zeros(old.shape, dtype=dtype), requires_grad=old.requires_grad))
+        new.reset_parameters(only=set(missing).__contains__)
+        return new.train(self.training)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -84,8 +84,6 @@ def resize_rel_table(weight: torch.Tensor, old_grid: int, new_grid: int) -> torc
 
 def with_image_size(model, image_size: int):
     """A copy of ``model`` taking ``image_size`` px images; every other weight is kept."""
-    from ..factory import create_model
-
     if "image" not in model.modality_names:
         raise ConfigError("the model has no image branch to resize")
     old = model.options["image"].image_size
@@ -97,11 +95,9 @@ def with_image_size(model, image_size: int):
     mods["image"]["image_size"] = image_size
     # the absolute positions keep their learned grid (resized on the fly)
     mods["image"].setdefault("pos_grid", model.options["image"].pos_grid)
-    new = create_model(model.config.replace(modalities=mods))
     state = model.state_dict()
     prefix = "adapters.image.rel_tables."
     for k in list(state):
         if k.startswith(prefix):
             state[k] = resize_rel_table(state[k], old // PATCH, image_size // PATCH)
-    new.load_state_dict(state)
-    return new.train(model.training)
+    return model.grown(model.config.replace(modalities=mods), state)

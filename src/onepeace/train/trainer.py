@@ -66,12 +66,7 @@ def add_modalities(model: OnePeace, new: dict[str, dict[str, Any]]) -> OnePeace:
     if clash:
         raise ConfigError(f"model.add_modalities: the model already has {clash}")
     config = model.config.replace(modalities={**model.config.modalities, **new})
-    bigger = create_model(config)
-    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
-    stray = [k for k in missing if not any(f".{m}." in f".{k}." for m in new)]
-    if stray or unexpected:
-        raise ConfigError(f"cannot extend the model: missing {stray[:5]}, unexpected {unexpected[:5]}")
-    return bigger.train()
+    return model.grown(config, allow_missing=lambda k: any(f".{m}." in f".{k}." for m in new)).train()
 
 
 def _seed_for(seed: int, micro_step: int, rank: int) -> int:
