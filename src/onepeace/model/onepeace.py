@@ -100,7 +100,11 @@ class OnePeace(nn.Module):
 
         new = create_model(config, device="meta", init=False)
         state = self.state_dict() if state is None else state
-        missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
+        try:
+            missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as e:  # shape mismatches
+            detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+            raise ConfigError(f"the weights do not fit the new model: {detail}") from None
         stray = [k for k in missing if not allow_missing(k)]
         if stray or unexpected:
             raise ConfigError(f"the weights do not fit the new model: missing {stray[:5]}, unexpected {unexpected[:5]}")
