@@ -209,7 +209,7 @@ def test_attach_head_keeps_weights_and_guards_mismatch():
     assert m.encoder.layers[0].gamma_1.data_ptr() == base.encoder.layers[0].gamma_1.data_ptr()
     assert not any(p.is_meta for p in m.parameters())
     # the official init: normal(0, 0.02) truncated at one sigma (std 0.538 x 0.02)
-    assert float(m.head.fc1.weight.std()) == pytest.approx(0.02 * 0.538, rel=0.1) and not m.head.fc1.bias.any()
+    assert float(m.head.fc1.weight.detach().std()) == pytest.approx(0.02 * 0.538, rel=0.1) and not m.head.fc1.bias.any()
     assert torch.equal(m.head.norm.weight, torch.ones(128)) and m.head.pool.q.std() > 0
     with pytest.raises(ConfigError, match="do not fit"):
         base.grown(base.config.replace(dim=64, heads=4, ffn_dim=128))
