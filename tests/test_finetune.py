@@ -4,6 +4,7 @@ synthetic data; head attachment rules; drop path and layer decay; resume; offici
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -422,3 +423,19 @@ def test_a_manifest_of_unreadable_media_stops_with_a_clear_error(data, tmp_path,
     assert main(["finetune", "classify", "recipe.toml", f"data.train={bad}", "task.num_classes=2",
                  "--output", str(tmp_path / "o")]) == 2
     assert "had no loadable sample" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_finetune_under_torchrun(parallel, data, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "onepeace.cli", "finetune",
+           "grounding", "recipe.toml", f"data.train={data['ground']}", f"data.eval=['{data['ground']}']",
+           f"train.parallel={parallel}", "train.save_every=1", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=data["dir"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model" / "config.json").exists() and (out / "checkpoints" / "step-00000002").is_dir()
+    assert "acc@0.5" in proc.stdout

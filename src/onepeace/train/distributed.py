@@ -84,7 +84,8 @@ def parallelize(module: nn.Module, kind: str, info: DistInfo) -> nn.Module:
 
         for layer in module.model.encoder.layers:
             fully_shard(layer)
-        for layer in module.decoder.layers:
+        decoder = getattr(module, "decoder", None)  # pretraining only
+        for layer in decoder.layers if decoder is not None else []:
             fully_shard(layer)
         # FSDP2 cannot shard 0-d parameters (logit_scale): keep them replicated, average grads
         scalars = {p for p in module.parameters() if p.dim() == 0}
