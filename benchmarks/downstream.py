@@ -193,6 +193,41 @@ def _merge(old: dict, new: dict) -> dict:
     return out
 
 
+def table(result: dict) -> str:
+    """The README's table from the results file."""
+    rows = ["| data | task | start | held-out result | baseline | on its training data | time |",
+            "|---|---|---|---|---|---|---|"]
+    esc = result.get("esc10", {})
+    for init in ("demo", "scratch"):
+        if init in esc:
+            e = esc[init]
+            folds = ", ".join(f"{v:.1f}" for v in e["per_fold"].values())
+            rows.append(f"| ESC-10, 5 folds | audio classification | {'demo model' if init == 'demo' else 'scratch'} | "
+                        f"**{e['mean_acc']:.1f} ± {e['std_acc']:.1f}** % acc (folds {folds}) | 10.0 (chance) | | "
+                        f"{e['train_seconds_per_fold']:.0f} s / fold |")
+    coco = result.get("coco_mini", {})
+    if "retrieval" in coco:
+        r = coco["retrieval"]
+        fit = r.get("on_training_data", {})
+        rows.append(f"| COCO-MINI | image-text retrieval | scratch | R@1 i→t {r['image->text R@1']:.1f}, t→i "
+                    f"{r['text->image R@1']:.1f}; R@10 {r['image->text R@10']:.1f} / {r['text->image R@10']:.1f} | "
+                    f"R@1 {r['text->image chance']:.1f}, R@10 {10 * r['text->image chance']:.1f} (chance) | "
+                    f"R@1 {fit.get('image->text R@1', float('nan')):.1f} / {fit.get('text->image R@1', float('nan')):.1f} | "
+                    f"{r['train_seconds']:.0f} s |")
+    for init, m in coco.get("grounding", {}).items():
+        fit = m.get("on_training_data", {})
+        rows.append(f"| COCO-MINI | grounding (category → box) | {init.replace('from_', '')} | "
+                    f"**{m['acc@0.5']:.1f}** % Acc@0.5 (mean IoU {m['mIoU']:.1f}) | {m['baseline_acc@0.5']:.1f} "
+                    f"(mean training box) | {fit.get('acc@0.5', float('nan')):.1f} % | {m['train_seconds']:.0f} s |")
+    for init, m in coco.get("segmentation", {}).items():
+        fit = m.get("on_training_data", {})
+        rows.append(f"| COCO-MINI | segmentation (81 classes) | {init.replace('from_', '')} | "
+                    f"**{m['mIoU']:.1f}** mIoU, {m['pixel_acc']:.1f} % pixels | {m['baseline_mIoU']:.1f} mIoU, "
+                    f"{m['baseline_pixel_acc']:.1f} % (all background) | {fit.get('mIoU', float('nan')):.1f} mIoU, "
+                    f"{fit.get('pixel_acc', float('nan')):.1f} % | {m['train_seconds']:.0f} s |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["esc10", "coco"])
@@ -202,7 +237,11 @@ def main() -> None:
                     help="grounding/segmentation starting points")
     ap.add_argument("--reuse", action="store_true", help="reuse an existing COCO-MINI retrieval model")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "downstream.json"))
+    ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: the real-data runs need ../shared/data beside the project")
     q = args.quick
