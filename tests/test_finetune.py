@@ -439,3 +439,20 @@ def test_finetune_under_torchrun(parallel, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model" / "config.json").exists() and (out / "checkpoints" / "step-00000002").is_dir()
     assert "acc@0.5" in proc.stdout
+
+
+def test_shared_relative_tables_become_per_layer_copies():
+    from onepeace.model.resize import with_per_layer_tables
+
+    torch.manual_seed(0)
+    m = _tiny().eval()
+    with torch.no_grad():
+        for t in m.adapters["image"].rel_tables:
+            t.weight.normal_()
+    per = with_per_layer_tables(m)
+    assert per.config.per_layer_rel_tables and len(per.adapters["image"].rel_tables) == 2
+    for t in per.adapters["image"].rel_tables:
+        assert torch.equal(t.weight, m.adapters["image"].rel_tables[0].weight)
+    x = {"pixels": torch.randn(1, 3, 32, 32)}
+    with torch.no_grad():  # same function until fine-tuning moves the copies apart
+        assert torch.allclose(per.encode(image=x).features["image"], m.encode(image=x).features["image"], atol=1e-6)

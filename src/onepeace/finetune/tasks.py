@@ -60,6 +60,7 @@ class TaskSection:
     scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # RandomResizedCrop area range
     hflip: bool = True  # segmentation: random horizontal flips
     ignore_index: int = 255  # segmentation
+    gather_with_grad: bool = True  # retrieval: false = the official no-grad gather of negatives
 
 
 def read_lines(path: str, what: str) -> list[str]:
@@ -317,7 +318,7 @@ class RetrievalTask(Task):
 
     def loss(self, model, batch):
         zm, zt = self.embed(model, batch)
-        return {"loss": contrastive_loss(zm, zt, model.logit_scale)}
+        return {"loss": contrastive_loss(zm, zt, model.logit_scale, self.tc.gather_with_grad)}
 
     def predict(self, model, batch):
         zm, zt = self.embed(model, batch)

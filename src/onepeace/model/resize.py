@@ -101,3 +101,18 @@ def with_image_size(model, image_size: int):
         if k.startswith(prefix):
             state[k] = resize_rel_table(state[k], old // PATCH, image_size // PATCH)
     return model.grown(model.config.replace(modalities=mods), state)
+
+
+def with_per_layer_tables(model):
+    """A copy of ``model`` with one relative-position table per layer, each starting as the shared
+    table (the official fine-tuning of classify models does this when loading ``one-peace.pt``)."""
+    if model.config.per_layer_rel_tables:
+        return model
+    state = model.state_dict()
+    for name in model.modality_names:
+        key = f"adapters.{name}.rel_tables.0.weight"
+        if key in state:
+            shared = state.pop(key)
+            for i in range(model.config.layers):
+                state[f"adapters.{name}.rel_tables.{i}.weight"] = shared.clone()
+    return model.grown(model.config.replace(per_layer_rel_tables=True), state)

@@ -25,8 +25,10 @@ class ModelSection:
     add_modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
     # stochastic depth at the last layer (ramped from 0); < 0 keeps the model's own setting
     drop_path_rate: float = -1.0
-    # > 0: fine-tune at this image resolution (relative tables resized bicubically)
+    # > 0: fine-tune at this image resolution (relative tables resized as the official loader does)
     image_size: int = 0
+    # true: give every layer its own copy of the shared relative tables (official classify fine-tuning)
+    per_layer_rel_tables: bool = False
 
 
 @dataclass

@@ -197,6 +197,10 @@ class Trainer:
         if cfg.model.reset_logit_scale and model.logit_scale is not None:
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(1 / 0.07))
+        if cfg.model.per_layer_rel_tables:
+            from ..model.resize import with_per_layer_tables
+
+            model = with_per_layer_tables(model)
         if cfg.model.image_size:
             from ..model.resize import with_image_size
 
