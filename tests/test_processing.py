@@ -40,7 +40,7 @@ def test_image_inputs_of_every_kind_agree(tmp_path):
     img.save(path)
     proc = ImageProcessor(64)
     ref = proc([img])["pixels"]
-    arr = np.asarray(img)
+    arr = np.array(img)  # writable: torch.from_numpy warns on read-only arrays
     for item in (str(path), path, path.read_bytes(), open(path, "rb"), arr, arr / 255.0,
                  torch.from_numpy(arr).permute(2, 0, 1)):
         assert torch.allclose(proc([item])["pixels"], ref), type(item)
