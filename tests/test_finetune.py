@@ -112,6 +112,8 @@ def test_finetune_and_eval_commands(case, data, tmp_path, capsys, monkeypatch):
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     final = records[-1]["eval"][data[key]]
     assert metric in final
+    if task != "retrieval":  # every sample scored once
+        assert final["n"] == 16
     model = OnePeace.from_pretrained(out / "model")
     assert (model.config.head is None) == (task == "retrieval")
     assert model.config.drop_path_rate == 0.1

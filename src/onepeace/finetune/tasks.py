@@ -632,11 +632,12 @@ class SegmentationTask(Task):
     def predict(self, model, batch):
         pred = model.classify_batch(image=batch["image"]).argmax(1).cpu()
         n = model.config.head.num_classes
-        return {"confusion": confusion_matrix(pred, batch["target"], n, self.tc.ignore_index)[None]}
+        return {"confusion": confusion_matrix(pred, batch["target"], n, self.tc.ignore_index)[None],
+                "images": len(pred)}
 
     def metrics(self, parts):
         conf = torch.cat([p["confusion"] for p in parts]).sum(0)
-        return {**miou_from_confusion(conf), "n": len(parts)}
+        return {**miou_from_confusion(conf), "n": sum(p["images"] for p in parts)}
 
 
 TASKS: dict[str, type[Task]] = {}
