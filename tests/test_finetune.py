@@ -17,7 +17,7 @@ from onepeace import create_model
 from onepeace.cli import main
 from onepeace.config import HeadConfig
 from onepeace.errors import ConfigError
-from onepeace.finetune.job import attach_head, set_drop_path
+from onepeace.finetune.job import attach_head
 from onepeace.finetune.tasks import confusion_matrix, miou_from_confusion
 from onepeace.model.heads import DenseHead, LinearHead
 from onepeace.model.onepeace import OnePeace
@@ -230,10 +230,10 @@ def test_drop_path_ramp_and_layer_decay_groups():
     from onepeace.train.optim import param_groups
 
     m = attach_head(_tiny(), HeadConfig(num_classes=2, feature_source="image"))
-    set_drop_path(m, 0.3)
+    m.set_drop_path(0.3)
     assert [layer.drop_path for layer in m.encoder.layers] == pytest.approx([0.0, 0.3])
     with pytest.raises(ConfigError):
-        set_drop_path(m, 1.5)
+        m.set_drop_path(1.5)
     groups = param_groups(TaskModel(m, None), 0.05, 0.5, 2)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scale[id(m.head.fc2.weight)] == 1.0

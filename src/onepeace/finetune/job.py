@@ -48,16 +48,6 @@ def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | 
     return model.grown(new_config, state, lambda k: k.startswith("head.") or "type_embedding" in k).train()
 
 
-def set_drop_path(model: OnePeace, rate: float) -> None:
-    """Stochastic depth ``rate`` at the last layer, ramped linearly from 0 (official schedule)."""
-    if not 0 <= rate < 1:
-        raise ConfigError(f"drop_path_rate must be in [0, 1), got {rate}")
-    n = len(model.encoder.layers)
-    for i, layer in enumerate(model.encoder.layers):
-        layer.drop_path = rate * i / max(1, n - 1)
-    model.config.drop_path_rate = rate
-
-
 class TaskModel(nn.Module):
     """The model plus its task; ``forward("loss"|"predict", batch)`` so DDP/FSDP see each call."""
 

@@ -24,11 +24,16 @@ class EncoderOutput:
     layer_states: list[torch.Tensor] | None = None  # each [B, N, D], before the final norms
 
 
+def drop_path_rates(rate: float, layers: int) -> list[float]:
+    """Stochastic depth per layer: 0 at the first, ``rate`` at the last, linear in between."""
+    return [rate * i / max(1, layers - 1) for i in range(layers)]
+
+
 class Encoder(nn.Module):
     def __init__(self, config: ModelConfig, modalities: Sequence[str]):
         super().__init__()
         c = config
-        rates = [c.drop_path_rate * i / max(1, c.layers - 1) for i in range(c.layers)]  # linear ramp
+        rates = drop_path_rates(c.drop_path_rate, c.layers)
         self.layers = nn.ModuleList(
             Layer(
                 c.dim,

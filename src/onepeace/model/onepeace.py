@@ -15,7 +15,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError
 from ..modalities import get_modality, parse_options
-from .encoder import Encoder, EncoderOutput
+from .encoder import Encoder, EncoderOutput, drop_path_rates
 from .heads import ClassifyHead, LinearHead, build_head
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,15 @@ class OnePeace(nn.Module):
             setattr(mod, attr, nn.Parameter(torch.zeros(old.shape, dtype=dtype), requires_grad=old.requires_grad))
         new.reset_parameters(only=set(missing).__contains__)
         return new.train(self.training)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth ``rate`` at the last layer, ramped linearly from 0 (the official
+        schedule, as a model built with ``drop_path_rate`` has it)."""
+        if not 0 <= rate < 1:
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {rate}")
+        for layer, r in zip(self.encoder.layers, drop_path_rates(rate, len(self.encoder.layers))):
+            layer.drop_path = r
+        self.config.drop_path_rate = rate
 
     @property
     def dtype(self) -> torch.dtype:

@@ -207,9 +207,7 @@ class Trainer:
             model = with_image_size(model, cfg.model.image_size)
         model = self.job.prepare(model)
         if cfg.model.drop_path_rate >= 0:
-            from ..finetune.job import set_drop_path
-
-            set_drop_path(model, cfg.model.drop_path_rate)
+            model.set_drop_path(cfg.model.drop_path_rate)
         self.pm = self.job.wrap(model)
         self.trainable = select_trainable(self.pm, self.job.used_modalities(model),
                                           cfg.train.trainable, self.job.frozen_patterns(model))
