@@ -126,8 +126,9 @@ def run_coco(steps: dict[str, int], inits: list[str], reuse: bool = False) -> di
                     f"optim.max_steps={steps[task]}", *extra]
             if init == "retrieval":
                 over.append(f"model.init={retrieval / 'model'}")
-            m = finetune(task, recipe, OUT / f"coco-{task}-{init}", *over, fit=str(data / f"train_{task}.jsonl"))
-            m.update(grounding_baseline(data) if task == "grounding" else segmentation_baseline(data))
+            run = OUT / f"coco-{task}-{init}"
+            m = finetune(task, recipe, run, *over, fit=str(data / f"train_{task}.jsonl"))
+            m.update(grounding_baseline(data) if task == "grounding" else segmentation_baseline(data, run / "model"))
             res[task][f"from_{init}"] = m
             if task == "grounding":
                 print(f"COCO-MINI grounding from {init}: acc@0.5 {m['acc@0.5']:.1f} (mean-train-box baseline "
@@ -148,7 +149,7 @@ def grounding_baseline(data: Path) -> dict:
     import torch
     from PIL import Image
 
-    from onepeace.tasks.objectives import box_iou_and_giou
+    from onepeace.tasks.objectives import grounding_accuracy
 
     def rel(rows, base):
         out, px = [], []
@@ -163,20 +164,20 @@ def grounding_baseline(data: Path) -> dict:
     train, _ = rel(_records(data / "train_grounding.jsonl"), data)
     val, scale = rel(_records(data / "val_grounding.jsonl"), data)
     pred = train.mean(0, keepdim=True).expand_as(val)
-    iou, _ = box_iou_and_giou(pred * scale, val * scale)
-    return {"baseline_acc@0.5": round(float((iou >= 0.5).double().mean() * 100), 2)}
+    return {"baseline_acc@0.5": round(grounding_accuracy(pred * scale, val * scale), 2)}
 
 
-def segmentation_baseline(data: Path) -> dict:
-    """Predicting background everywhere, scored the same way (at the model's input size)."""
+def segmentation_baseline(data: Path, model: Path) -> dict:
+    """Predicting background everywhere, scored the same way (at ``model``'s input size)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from onepeace.finetune.tasks import confusion_matrix, miou_from_confusion
+    from onepeace import OnePeace
+    from onepeace.tasks.objectives import confusion_matrix, miou_from_confusion
 
     cats = (data / "categories.txt").read_text().splitlines()
-    size = 128
+    size = OnePeace.from_pretrained(model).options["image"].image_size
     conf = 0
     for r in _records(data / "val_segmentation.jsonl"):
         with Image.open(data / r["mask"]) as m:

@@ -18,10 +18,9 @@ from onepeace.cli import main
 from onepeace.config import HeadConfig
 from onepeace.errors import ConfigError
 from onepeace.finetune.job import attach_head
-from onepeace.finetune.tasks import confusion_matrix, miou_from_confusion
 from onepeace.model.heads import DenseHead, LinearHead
 from onepeace.model.onepeace import OnePeace
-from onepeace.tasks.objectives import mean_iou
+from onepeace.tasks.objectives import confusion_matrix, mean_iou, miou_from_confusion
 
 STEM = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]
 RECIPE = f"""

@@ -33,8 +33,11 @@ from ..tasks.objectives import (
     aqa_hinge_loss,
     box_iou_and_giou,
     classification_loss,
+    confusion_matrix,
     grounding_loss,
     mean_average_precision,
+    miou_from_confusion,
+    top1_accuracy,
     vqa_loss,
     vqa_score,
 )
@@ -271,7 +274,7 @@ class ClassifyTask(Task):
             return {"mAP": mean_average_precision(logits.sigmoid(), target), "n": len(target)}
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=-1).indices
-        return {"acc": float((top[:, 0] == target).float().mean() * 100),
+        return {"acc": top1_accuracy(logits, target),
                 f"top{k}": float((top == target[:, None]).any(-1).float().mean() * 100), "n": len(target)}
 
 
@@ -492,8 +495,8 @@ class AQATask(Task):
         return {"scores": self.scores(model, batch).cpu(), "target": batch["target"]}
 
     def metrics(self, parts):
-        hits = torch.cat([(p["scores"].argmax(-1) == p["target"]).float() for p in parts])
-        return {"acc": float(hits.mean() * 100), "n": len(hits)}
+        target = self.cat(parts, "target")
+        return {"acc": top1_accuracy(self.cat(parts, "scores"), target), "n": len(target)}
 
 
 # ====================================================================== NLVR2
@@ -549,30 +552,11 @@ class NLVR2Task(Task):
         return {"logits": self.logits(model, batch).float().cpu(), "target": batch["target"]}
 
     def metrics(self, parts):
-        hits = torch.cat([(p["logits"].argmax(-1) == p["target"]).float() for p in parts])
-        return {"acc": float(hits.mean() * 100), "n": len(hits)}
+        target = self.cat(parts, "target")
+        return {"acc": top1_accuracy(self.cat(parts, "logits"), target), "n": len(target)}
 
 
 # ====================================================================== segmentation
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """[C, C] counts, rows = target class, columns = predicted class; ``ignore_index`` skipped."""
-    keep = target != ignore_index
-    t, p = target[keep].long(), pred[keep].long()
-    if bool(((t < 0) | (t >= num_classes)).any()):
-        raise InputError(f"segmentation target holds class ids outside [0, {num_classes}) other than {ignore_index}")
-    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def miou_from_confusion(conf: torch.Tensor) -> dict[str, float]:
-    """mIoU over classes present in prediction or target, and pixel accuracy."""
-    conf = conf.double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    present = union > 0
-    miou = float((inter[present] / union[present]).mean() * 100) if bool(present.any()) else 0.0
-    return {"mIoU": miou, "pixel_acc": float(inter.sum() / conf.sum().clamp(min=1) * 100)}
-
-
 class SegmentationTask(Task):
     """Semantic segmentation: ``{"image", "mask"}`` with ``mask`` a single-channel PNG of class
     ids (``ignore_index``, default 255, is not scored). A dense head on the patch features;

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 
 # ------------------------------------------------------------------ classification
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, multi_label: bool = False,
@@ -100,3 +102,22 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_
         if union > 0:
             ious.append(float(inter) / float(union))
     return 100 * sum(ious) / max(1, len(ious))
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """[C, C] counts, rows = target class, columns = predicted class; ``ignore_index`` skipped."""
+    keep = target != ignore_index
+    t, p = target[keep].long(), pred[keep].long()
+    if bool(((t < 0) | (t >= num_classes)).any()):
+        raise InputError(f"segmentation target holds class ids outside [0, {num_classes}) other than {ignore_index}")
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def miou_from_confusion(conf: torch.Tensor) -> dict[str, float]:
+    """mIoU over classes present in prediction or target, and pixel accuracy."""
+    conf = conf.double()
+    inter = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - inter
+    present = union > 0
+    miou = float((inter[present] / union[present]).mean() * 100) if bool(present.any()) else 0.0
+    return {"mIoU": miou, "pixel_acc": float(inter.sum() / conf.sum().clamp(min=1) * 100)}
