@@ -172,10 +172,6 @@ class Task:
         raise NotImplementedError
 
     @staticmethod
-    def batch_size(batch: dict[str, Any]) -> int:
-        return int(batch["size"])
-
-    @staticmethod
     def cat(parts: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor:
         return torch.cat([p[key] for p in parts])
 
@@ -372,7 +368,7 @@ class GroundingTask(Task):
         return {"pixels": pixels, "text": rec["text"], "target": target, "scale": scale}
 
     def collate(self, samples):
-        return {"image": {"pixels": torch.stack([s["pixels"] for s in samples])},
+        return {"image": self.stack("image", [s["pixels"] for s in samples]),
                 "text": self.text([s["text"] for s in samples]),
                 "target": torch.stack([s["target"] for s in samples]),
                 "scale": torch.stack([s["scale"] for s in samples]), "size": len(samples)}
@@ -431,7 +427,7 @@ class VQATask(Task):
         return {"pixels": self.image(rec["image"], train, rng), "text": rec["text"], "target": target}
 
     def collate(self, samples):
-        return {"image": {"pixels": torch.stack([s["pixels"] for s in samples])},
+        return {"image": self.stack("image", [s["pixels"] for s in samples]),
                 "text": self.text([s["text"] for s in samples]),
                 "target": torch.stack([s["target"] for s in samples]), "size": len(samples)}
 
@@ -479,7 +475,7 @@ class AQATask(Task):
             raise InputError(f"AQA samples in one batch have different numbers of choices: {sorted(k)}")
         k = k.pop()
         wavs = [s["wav"] for s in samples for _ in range(k)]
-        return {"audio": self.proc.get("audio").collate(wavs),
+        return {"audio": self.stack("audio", wavs),
                 "text": self.text([t for s in samples for t in s["texts"]]),
                 "target": torch.tensor([s["target"] for s in samples]), "choices": k, "size": len(samples)}
 
@@ -535,8 +531,8 @@ class NLVR2Task(Task):
                 "text": rec["text"], "target": _int_label(label, rec["_where"], 2)}
 
     def collate(self, samples):
-        return {"image": {"pixels": torch.stack([s["a"] for s in samples])},
-                "image2": {"pixels": torch.stack([s["b"] for s in samples])},
+        return {"image": self.stack("image", [s["a"] for s in samples]),
+                "image2": self.stack("image", [s["b"] for s in samples]),
                 "text": self.text([s["text"] for s in samples]),
                 "target": torch.tensor([s["target"] for s in samples]), "size": len(samples)}
 
@@ -606,7 +602,7 @@ class SegmentationTask(Task):
         return {"pixels": to_normalized_tensor(img), "target": target}
 
     def collate(self, samples):
-        return {"image": {"pixels": torch.stack([s["pixels"] for s in samples])},
+        return {"image": self.stack("image", [s["pixels"] for s in samples]),
                 "target": torch.stack([s["target"] for s in samples]), "size": len(samples)}
 
     def loss(self, model, batch):
