@@ -18,7 +18,6 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.manifest import iter_jsonl, resolve_media
@@ -113,13 +112,15 @@ class TaskCollator:
 
 
 def task_loader(task, source: str, batch_size: int, *, train: bool, seed: int = 0, num_workers: int = 0,
-                rank: int = 0, world: int = 1) -> DataLoader:
+                rank: int = 0, world: int = 1, records: list[dict[str, Any]] | None = None) -> DataLoader:
     """Training: endless shuffled stream split across ranks (last partial batch dropped);
-    evaluation: one ordered pass over everything."""
+    evaluation: one ordered pass over everything. ``records``: ``source`` already read and
+    checked (by ``read_task_manifest`` and ``task.check_records``)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    records = read_task_manifest(source, task.required_fields)
-    task.check_records(records, source)
+    if records is None:
+        records = read_task_manifest(source, task.required_fields)
+        task.check_records(records, source)
     ds = TaskDataset(records, task, train, seed)
     sampler = EpochSampler(len(records), seed=seed, shuffle=train, repeat=train, rank=rank if train else 0,
                            world=world if train else 1)
@@ -132,7 +133,3 @@ def batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
     for b in loader:
         if b is not None:
             yield b
-
-
-def to_tensor_labels(values: Sequence[int]) -> torch.Tensor:
-    return torch.tensor([int(v) for v in values], dtype=torch.long)

@@ -4,14 +4,16 @@ batch)`` over the eval manifests."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import HeadConfig, ModelConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..model.onepeace import OnePeace
 from .data import batches, read_task_manifest, task_loader
 from .tasks import Task, get_task
@@ -48,6 +50,19 @@ def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | 
     return model.grown(new_config, state, lambda k: k.startswith("head.") or "type_embedding" in k).train()
 
 
+def score_sources(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch.Tensor]], sources: Iterable[str],
+                  batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
+    """``{source: task.metrics(...)}`` over one ordered pass of each task manifest."""
+    out = {}
+    for source in sources:
+        parts = []
+        for batch in batches(task_loader(task, source, batch_size, train=False)):
+            with autocast():
+                parts.append(predict(batch))
+        out[source] = task.metrics(parts) if parts else {}
+    return out
+
+
 class TaskModel(nn.Module):
     """The model plus its task; ``forward("loss"|"predict", batch)`` so DDP/FSDP see each call."""
 
@@ -66,16 +81,18 @@ class TaskModel(nn.Module):
 
 class FinetuneJob:
     name = "finetune"
+    eval_key = "eval"  # where metrics.jsonl and the result hold the evaluation
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.task: Task | None = None
+        self.train_records: list[dict[str, Any]] | None = None
 
     def prepare(self, model: OnePeace) -> OnePeace:
         tc = self.cfg.task
         task = get_task(tc, model.config)
-        train_records = read_task_manifest(self.cfg.data.train, task.required_fields)
-        task.check_records(train_records, self.cfg.data.train)
+        self.train_records = read_task_manifest(self.cfg.data.train, task.required_fields)
+        task.check_records(self.train_records, self.cfg.data.train)
         config = task.update_config(model.config)
         model = attach_head(model, task.head_config(model.config), config, reset=tc.reset_head)
         task.bind(model.config)
@@ -99,7 +116,7 @@ class FinetuneJob:
     def train_loader(self, model_config: ModelConfig, info):
         d = self.cfg.data
         return task_loader(self.task, d.train, d.batch_size, train=True, seed=self.cfg.train.seed,
-                           num_workers=d.num_workers, rank=info.rank, world=info.world)
+                           num_workers=d.num_workers, rank=info.rank, world=info.world, records=self.train_records)
 
     def next_batch(self, data, patience: int = 20):
         """The next batch with at least one loadable sample; a stream of nothing but failures is
@@ -108,8 +125,6 @@ class FinetuneJob:
             b = next(data)
             if b is not None:
                 return b
-        from ..errors import InputError
-
         raise InputError(f"{patience} batches in a row had no loadable sample in {self.cfg.data.train}; "
                          "check the media paths (warnings name each skipped sample)")
 
@@ -128,16 +143,11 @@ class FinetuneJob:
             return {}
         was = trainer.pm.training
         trainer.pm.eval()
-        out = {}
-        for source in self.cfg.data.eval:
-            loader = task_loader(self.task, source, self.cfg.data.batch_size, train=False, num_workers=0)
-            parts = []
-            for batch in batches(loader):
-                with trainer._autocast():
-                    parts.append(trainer.module("predict", batch))
-            out[source] = self.task.metrics(parts) if parts else {}
-        trainer.pm.train(was)
-        return out
+        try:
+            return score_sources(self.task, lambda batch: trainer.module("predict", batch), self.cfg.data.eval,
+                                 self.cfg.data.batch_size, trainer._autocast)
+        finally:
+            trainer.pm.train(was)
 
     def summary(self, result: dict[str, Any]) -> list[str]:
         lines = []
@@ -167,11 +177,7 @@ def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **o
     t.bind(model.config)
     was = model.training
     model.eval()
-    out = {}
     try:
-        for source in sources:
-            parts = [t.predict(model, b) for b in batches(task_loader(t, source, batch_size, train=False))]
-            out[source] = t.metrics(parts) if parts else {}
+        return score_sources(t, lambda batch: t.predict(model, batch), sources, batch_size)
     finally:
         model.train(was)
-    return out

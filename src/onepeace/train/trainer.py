@@ -78,6 +78,7 @@ class PretrainJob:
     generator)``; zero-shot retrieval on the eval manifests."""
 
     name = "pretrain"
+    eval_key = "retrieval"  # where metrics.jsonl and the result hold the evaluation
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -270,10 +271,6 @@ class Trainer:
         return {k: float(v) / self.info.world for k, v in zip(keys, t.tolist())}
 
     # ------------------------------------------------------------------ evaluation
-    @property
-    def _eval_key(self) -> str:
-        return "retrieval" if isinstance(self.job, PretrainJob) else "eval"
-
     def evaluate(self) -> dict[str, Any]:
         return self.job.evaluate(self)
 
@@ -341,7 +338,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != oc.max_steps:
-                self._log({"step": done, self._eval_key: self.evaluate()})
+                self._log({"step": done, self.job.eval_key: self.evaluate()})
             if cfg.train.save_every and done % cfg.train.save_every == 0 and done != oc.max_steps:
                 ckpt.save(self.ckpt_dir, done, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
         if bar is not None:
@@ -349,8 +346,8 @@ class Trainer:
         ckpt.save(self.ckpt_dir, oc.max_steps, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
         result: dict[str, Any] = {"final": last}
         if cfg.data.eval:
-            result[self._eval_key] = self.evaluate()
-            self._log({"step": oc.max_steps, self._eval_key: result[self._eval_key]})
+            result[self.job.eval_key] = self.evaluate()
+            self._log({"step": oc.max_steps, self.job.eval_key: result[self.job.eval_key]})
         self.save_model(os.path.join(self.out, "model"))
         if self._tb is not None:
             self._tb.close()
