@@ -271,9 +271,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from .checkpoints.format import write_bytes_atomic
+    from .checkpoints.format import write_png_atomic
 
     model = _load_model(args.model, args.dtype)
     maps = model.segment(list(args.image))
@@ -286,12 +284,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{labels[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist()) if v > 0)
         line = f"{item}: {shown}"
         if args.out_dir:
-            import io
-
-            buf = io.BytesIO()
-            Image.fromarray(m.numpy().astype(np.uint8 if len(labels) <= 256 else np.uint16)).save(buf, format="PNG")
             dest = os.path.join(args.out_dir, os.path.splitext(os.path.basename(item))[0] + ".png")
-            write_bytes_atomic(dest, buf.getvalue())
+            write_png_atomic(dest, m.numpy().astype(np.uint8 if len(labels) <= 256 else np.uint16))
             line += f"  -> {dest}"
         print(line)
     return 0

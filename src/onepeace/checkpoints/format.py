@@ -152,20 +152,28 @@ def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec]
     write_text_atomic(os.path.join(path, CONFIG_NAME), config.to_json())
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to a temporary name, then rename it into place."""
-    tmp = _atomic_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary name, then rename it into place."""
     tmp = _atomic_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to a temporary name, then rename it into place."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_png_atomic(path: str, array) -> None:
+    """Save a numpy array (e.g. a map of class ids) as a PNG, atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def weight_files(path: str) -> list[str]:

@@ -13,7 +13,6 @@ atomically.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..checkpoints.format import write_bytes_atomic, write_text_atomic
+from ..checkpoints.format import write_png_atomic, write_text_atomic
 from ..errors import InputError
 
 _CLASS_DIR = re.compile(r"^(\d+)\s*-\s*(.+)$")
@@ -262,10 +261,8 @@ def prepare_coco(root: str, out_dir: str, splits: Iterable[str] = ("train", "val
             rows = []
             for im in images:
                 canvas = _paint_categories(anns[im["id"]], im["height"], im["width"], cat_index)
-                buf = io.BytesIO()
-                Image.fromarray(canvas).save(buf, format="PNG")
                 dest = os.path.join(mask_dir, f"{im['id']}.png")
-                write_bytes_atomic(dest, buf.getvalue())  # temp file in the same folder, then os.replace
+                write_png_atomic(dest, canvas)  # temp file in the same folder, then os.replace
                 rows.append({"image": path_of(im), "mask": _rel(dest, out_dir), "id": str(im["id"])})
             counts["segmentation_images"] = _jsonl(os.path.join(out_dir, f"{split}_segmentation.jsonl"), rows)
         if missing:

@@ -7,6 +7,7 @@ ones beyond ``keep`` are removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,6 +29,14 @@ def latest(directory: str) -> tuple[int, str] | None:
     return max(found) if found else None
 
 
+@contextlib.contextmanager
+def _single_process_ok():
+    """dcp warns when no process group exists; one process without one is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int = 2) -> str:
     final = os.path.join(directory, f"step-{step:08d}")
     tmp = final + ".tmp"
@@ -36,8 +45,7 @@ def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     model_sd, optim_sd = get_state_dict(module, optimizer)
-    with warnings.catch_warnings():  # one process without a process group is intended here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _single_process_ok():
         dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=tmp)
     barrier()
     if info.is_main:
@@ -53,8 +61,7 @@ def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int
 def load(path: str, module, optimizer) -> int:
     model_sd, optim_sd = get_state_dict(module, optimizer)
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _single_process_ok():
         dcp.load(state, checkpoint_id=path)
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return int(state["step"])
