@@ -148,14 +148,20 @@ def _demo_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
+    """The recipe of ``pretrain`` / ``finetune`` with its overrides (``--output`` included)."""
     from .train.config import load_config
-    from .train.trainer import run
 
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"train.output={json.dumps(args.output)}")
-    result = run(load_config(args.config, overrides))
+    return load_config(args.config, overrides)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .train.trainer import run
+
+    result = run(_train_config(args))
     if os.environ.get("RANK", "0") == "0":
         final = result.get("final", {})
         print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
@@ -165,13 +171,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .train.config import load_config
     from .train.trainer import run
 
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"train.output={json.dumps(args.output)}")
-    cfg = load_config(args.config, overrides)
+    cfg = _train_config(args)
     if cfg.task.name and cfg.task.name != args.task:
         raise ConfigError(f"the recipe {args.config} is for task {cfg.task.name!r}, not {args.task!r}")
     cfg.task.name = args.task
