@@ -191,6 +191,9 @@ def test_bad_task_inputs_are_clear_errors(data, tmp_path, capsys, monkeypatch):
     assert "task.num_classes or task.labels" in capsys.readouterr().err
     assert main(["finetune", "nosuch", "recipe.toml", f"data.train={data['img']}"]) == 2
     assert "unknown task 'nosuch'" in capsys.readouterr().err
+    # a fine-tuning recipe given to `pretrain` is refused, not silently fine-tuned
+    assert main(["pretrain", "recipe.toml", "task.name=classify", f"data.train={data['img']}"]) == 2
+    assert "onepeace finetune classify recipe.toml" in capsys.readouterr().err
     out_of_range = tmp_path / "range.jsonl"
     out_of_range.write_text(json.dumps({"image": str(data["dir"] / "im0.png"), "label": 5}) + "\n")
     assert main(["eval", "task", "classify", "--model", "nope", "--data", str(out_of_range)]) == 2

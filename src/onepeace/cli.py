@@ -161,7 +161,11 @@ def _train_config(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train.trainer import run
 
-    result = run(_train_config(args))
+    cfg = _train_config(args)
+    if cfg.task.name:
+        raise ConfigError(f"{args.config} is a fine-tuning recipe (task {cfg.task.name!r}): "
+                          f"run `onepeace finetune {cfg.task.name} {args.config}`")
+    result = run(cfg)
     if os.environ.get("RANK", "0") == "0":
         final = result.get("final", {})
         print("final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
