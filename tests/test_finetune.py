@@ -191,6 +191,23 @@ def test_bad_task_inputs_are_clear_errors(data, tmp_path, capsys, monkeypatch):
     assert "task.num_classes or task.labels" in capsys.readouterr().err
     assert main(["finetune", "nosuch", "recipe.toml", f"data.train={data['img']}"]) == 2
     assert "unknown task 'nosuch'" in capsys.readouterr().err
+    assert main(["finetune", "classify", "recipe.toml", f"data.train={data['img']}", "task.num_classes=2",
+                 "task.head=dense"]) == 2
+    assert "the classify task takes one of" in capsys.readouterr().err
+    # a model fine-tuned for one task, scored on another's data: an error, never an empty or wrong score
+    grounder = tmp_path / "grounder"
+    attach_head(_tiny(), HeadConfig(num_classes=4, feature_source="image")).save_pretrained(grounder)
+    assert main(["eval", "task", "segmentation", "--model", str(grounder), "--data", data["seg"]]) == 2
+    assert "is not a segmentation head (dense" in capsys.readouterr().err
+    # samples that cannot be used are counted in the result; none usable is an error
+    seg2, seg1 = tmp_path / "seg2", tmp_path / "seg1"
+    attach_head(_tiny(), HeadConfig(num_classes=2, type="dense", feature_source="image")).save_pretrained(seg2)
+    attach_head(_tiny(), HeadConfig(num_classes=1, type="dense", feature_source="image")).save_pretrained(seg1)
+    assert main(["eval", "task", "segmentation", "--model", str(seg2), "--data", data["seg"]]) == 0
+    partial = json.loads(capsys.readouterr().out)[data["seg"]]
+    assert (partial["n"], partial["skipped"]) == (8, 8)  # masks with class 2 do not fit a 2-class head
+    assert main(["eval", "task", "segmentation", "--model", str(seg1), "--data", data["seg"]]) == 2
+    assert "no sample of" in capsys.readouterr().err
     # a fine-tuning recipe given to `pretrain` is refused, not silently fine-tuned
     assert main(["pretrain", "recipe.toml", "task.name=classify", f"data.train={data['img']}"]) == 2
     assert "onepeace finetune classify recipe.toml" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from ..config import HeadConfig, ModelConfig
 from ..errors import ConfigError, InputError
 from ..model.onepeace import OnePeace
 from .data import batches, read_task_manifest, task_loader
-from .tasks import Task, get_task
+from .tasks import CLASSIFY_HEADS, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 def _same_head(a: HeadConfig, b: HeadConfig) -> bool:
     keys = ("num_classes", "type", "feature_source", "attn_pooling", "use_pooler", "head_scale_ratio", "two_inputs")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def _same_kind(a: HeadConfig, b: HeadConfig) -> bool:
+    return (a.type, a.num_classes, a.two_inputs) == (b.type, b.num_classes, b.two_inputs)
+
+
+def _kind(h: HeadConfig) -> str:
+    return f"{h.type}, {h.num_classes} outputs" + (", two images" if h.two_inputs else "")
 
 
 def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | None = None,
@@ -50,17 +58,23 @@ def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | 
     return model.grown(new_config, state, lambda k: k.startswith("head.") or "type_embedding" in k).train()
 
 
-def score_sources(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch.Tensor]], sources: Iterable[str],
-                  batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
-    """``{source: task.metrics(...)}`` over one ordered pass of each task manifest."""
-    out = {}
-    for source in sources:
-        parts = []
-        for batch in batches(task_loader(task, source, batch_size, train=False)):
-            with autocast():
-                parts.append(predict(batch))
-        out[source] = task.metrics(parts) if parts else {}
-    return out
+def score_source(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch.Tensor]], source: str,
+                 batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
+    """``task.metrics`` over one ordered pass of a task manifest, plus ``skipped`` (samples that
+    could not be used) when there were any; a manifest none of whose samples loads is an
+    :class:`InputError`, not an empty result."""
+    loader = task_loader(task, source, batch_size, train=False)
+    parts = []
+    for batch in batches(loader):
+        with autocast():
+            parts.append(predict(batch))
+    if not parts:
+        raise InputError(f"no sample of {source} could be used ({loader.dataset.skipped} skipped; "
+                         "the warnings say why, e.g. with `onepeace -v`)")
+    metrics = task.metrics(parts)
+    if loader.dataset.skipped:
+        metrics["skipped"] = loader.dataset.skipped
+    return metrics
 
 
 class TaskModel(nn.Module):
@@ -143,11 +157,18 @@ class FinetuneJob:
             return {}
         was = trainer.pm.training
         trainer.pm.eval()
+        out = {}
         try:
-            return score_sources(self.task, lambda batch: trainer.module("predict", batch), self.cfg.data.eval,
-                                 self.cfg.data.batch_size, trainer._autocast)
+            for source in self.cfg.data.eval:
+                try:
+                    out[source] = score_source(self.task, lambda batch: trainer.module("predict", batch), source,
+                                               self.cfg.data.batch_size, trainer._autocast)
+                except InputError as e:  # the training run and its model are kept
+                    log.error("evaluation skipped: %s", e)
+                    out[source] = {}
         finally:
             trainer.pm.train(was)
+        return out
 
     def summary(self, result: dict[str, Any]) -> list[str]:
         lines = []
@@ -171,13 +192,20 @@ def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **o
     if head is not None:
         tc.feature_source = head.feature_source
         tc.num_classes = head.num_classes
+        if task == "classify" and head.type in CLASSIFY_HEADS:
+            tc.head = head.type
         if task == "classify" and head.inputs and "text" in head.inputs and len(head.inputs) > 1:
             tc.use_text = True
     t = get_task(tc, model.config)
     t.bind(model.config)
+    want = t.head_config(model.config) if head is not None else None
+    if want is not None and not _same_kind(want, head):
+        raise ConfigError(f"the model's head ({_kind(head)}) is not a {task} head ({_kind(want)}); "
+                          "evaluate the model on the task it was fine-tuned for")
     was = model.training
     model.eval()
     try:
-        return score_sources(t, lambda batch: t.predict(model, batch), sources, batch_size)
+        return {source: score_source(t, lambda batch: t.predict(model, batch), source, batch_size)
+                for source in sources}
     finally:
         model.train(was)

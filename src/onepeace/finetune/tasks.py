@@ -43,6 +43,8 @@ from ..tasks.objectives import (
 )
 from ..tasks.retrieval import retrieval_metrics
 
+CLASSIFY_HEADS = ("classify", "linear")  # the head types of the classify task
+
 
 @dataclass
 class TaskSection:
@@ -51,7 +53,7 @@ class TaskSection:
     name: str = ""  # empty: pretraining
     num_classes: int = 0  # 0: the number of lines of ``labels`` (or the model head's)
     labels: str = ""  # class names / answer vocabulary, one per line (index order)
-    head: str = "classify"  # classify (attention pooling) | linear (vision-branch mean-pool head)
+    head: str = "classify"  # classify task: classify (attention pooling) | linear (vision-branch mean-pool head)
     feature_source: str = ""  # which tokens the head pools; default per task
     modality: str = ""  # classify: the input modality (default: from the manifest)
     use_text: bool = False  # classify: fuse the line's "text" with the media (vl / al heads)
@@ -192,6 +194,8 @@ class ClassifyTask(Task):
 
     def __init__(self, tc: TaskSection, config: ModelConfig):
         super().__init__(tc, config)
+        if tc.head not in CLASSIFY_HEADS:
+            raise ConfigError(f"task.head = {tc.head!r}; the classify task takes one of {list(CLASSIFY_HEADS)}")
         self.kind = tc.modality or None
         self.required_fields = ("labels",) if tc.multi_label else ("label",)
         self.main_metric = "mAP" if tc.multi_label else "acc"
