@@ -27,6 +27,9 @@ class ModelSection:
     drop_path_rate: float = -1.0
     # > 0: fine-tune at this image resolution (relative tables resized as the official loader does)
     image_size: int = 0
+    # with image_size: round the resized relative tables through this dtype ("bf16": the official
+    # loader's values for the released bf16 checkpoints, bit for bit); empty keeps float32 precision
+    resize_round_to: str = ""
     # true: give every layer its own copy of the shared relative tables (official classify fine-tuning)
     per_layer_rel_tables: bool = False
 
