@@ -13,14 +13,23 @@ sample. (Whole-shard dealing can give ranks unequal sample counts; with finite e
 balance the shard sizes or use ``repeat=True`` and a fixed number of steps.)
 
 Bad samples (missing, empty or corrupt files, unreadable shards, invalid records) are skipped:
-counted in ``dataset.skipped`` (per process: each DataLoader worker holds its own copy), logged
-as a warning naming the sample, and passed to ``on_skip(sample_id, reason)`` when given.
+counted in ``dataset.skipped`` (one count shared by all DataLoader workers of the dataset, so the
+main process sees theirs), logged as a warning naming the sample, and passed to
+``on_skip(sample_id, reason)`` when given (in the process that skipped it).
+
+Evaluation samples (``train=False``) also carry their identity, for retrieval metrics over
+distinct items (:mod:`onepeace.tasks.retrieval`): ``"item"`` is the media file's resolved path
+(manifests) or ``"sha1:<hex>"`` of the media bytes (shards, where one image with five captions is
+five samples), and ``collate_pairs`` adds ``"item"`` and ``"caption"`` (the caption strings) to
+such batches. Training samples and batches do not have these keys.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
+import multiprocessing
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -98,9 +107,35 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
+class SkipCount:
+    """A skipped-sample count shared by a dataset's DataLoader worker processes (fork or spawn):
+    each worker adds to its own slot of a shared array, so no increment is lost and the main
+    process reads the total. Workers beyond ``slots`` share slots (still counted, maybe racily)."""
+
+    def __init__(self, slots: int = 64):
+        self._counts = multiprocessing.RawArray("q", slots)
+
+    def add(self, n: int = 1) -> None:
+        info = get_worker_info()
+        self._counts[(info.id if info is not None else 0) % len(self._counts)] += n
+
+    @property
+    def value(self) -> int:
+        return int(sum(self._counts))
+
+
+def media_identity(src: Any) -> str:
+    """The identity of a media item for de-duplicating retrieval galleries: a file's resolved
+    path, or ``sha1:<hex>`` of in-memory bytes (shard samples)."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "sha1:" + hashlib.sha1(src).hexdigest()
+    return os.path.realpath(os.fspath(src))
+
+
 class PairDataset(IterableDataset):
     """Processed ``{"text": str, "image": [3, S, S]}`` or ``{"text": str, "audio": [samples]}``
-    samples (plus ``"label"`` when the record has one).
+    samples (plus ``"label"`` when the record has one, and ``"item"``, the media identity from
+    :func:`media_identity`, when ``train=False``).
 
     ``train=True``: images get the official RandomResizedCrop (``scale``, ``ratio``, bicubic) ->
     ToTensor -> CLIP Normalize; ``train=False``: the plain square bicubic resize of
@@ -155,7 +190,7 @@ class PairDataset(IterableDataset):
         self.ratio = tuple(ratio)
         self.on_skip = on_skip
         self.epoch = 0
-        self.skipped = 0  # samples skipped by *this* process (each worker has its own count)
+        self._skipped = SkipCount()  # shared by the DataLoader workers of this dataset
         self.ok = 0  # samples produced by this process
         self._proc: Processor | None = None
 
@@ -175,6 +210,11 @@ class PairDataset(IterableDataset):
     def num_samples(self) -> int | None:
         """Samples in the manifest (all ranks together); None for shards."""
         return len(self._samples) if self.kind == "manifest" else None
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far, by this process and its DataLoader workers together."""
+        return self._skipped.value
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -201,7 +241,7 @@ class PairDataset(IterableDataset):
         return rank * nw + wid, world * nw
 
     def _skip(self, sample_id: str, reason: Any) -> None:
-        self.skipped += 1
+        self._skipped.add()
         log.warning("skipping sample %s: %s", sample_id, reason)
         if self.on_skip is not None:
             self.on_skip(str(sample_id), str(reason))
@@ -287,13 +327,16 @@ class PairDataset(IterableDataset):
         out: dict[str, Any] = {"text": rec["text"], kind: media}
         if rec.get("label") is not None:
             out["label"] = int(rec["label"])
+        if not self.train:
+            out["item"] = media_identity(src)
         self.ok += 1
         return out
 
 
 def collate_pairs(samples: Sequence[dict[str, Any]], processor: Processor | ModelConfig) -> dict[str, Any]:
     """Per-sample dicts -> ``{"text": {"tokens"}, "image": {"pixels"}}`` or
-    ``{"text": ..., "audio": {"waveform", "padding_mask"}}``, plus ``"label"`` (LongTensor [B])."""
+    ``{"text": ..., "audio": {"waveform", "padding_mask"}}``, plus ``"label"`` (LongTensor [B]);
+    evaluation samples (with ``"item"``) add ``"item"`` and ``"caption"`` (lists of str)."""
     if not samples:
         raise InputError("cannot collate an empty batch")
     if isinstance(processor, ModelConfig):
@@ -321,6 +364,9 @@ def collate_pairs(samples: Sequence[dict[str, Any]], processor: Processor | Mode
         if any(lb is None for lb in labels):
             raise InputError(f"{labels.count(None)} of {len(labels)} samples in the batch have no label; label all or none")
         batch["label"] = torch.tensor(labels, dtype=torch.long)
+    if all("item" in s for s in samples):
+        batch["item"] = [s["item"] for s in samples]
+        batch["caption"] = [s["text"] for s in samples]
     return batch
 
 
@@ -384,4 +430,4 @@ def make_loader(
     )
 
 
-__all__ = ["PairCollator", "PairDataset", "collate_pairs", "make_loader", "resolve_source"]
+__all__ = ["PairCollator", "PairDataset", "SkipCount", "collate_pairs", "make_loader", "media_identity", "resolve_source"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.dataset import SkipCount
 from ..data.manifest import iter_jsonl, resolve_media
 from ..errors import InputError
 
@@ -79,11 +80,18 @@ class EpochSampler(Sampler):
 
 
 class TaskDataset(Dataset):
-    """Records of one manifest, processed by ``task.sample``; a failing sample yields None."""
+    """Records of one manifest, processed by ``task.sample``; a failing sample yields None.
+    ``skipped`` counts failures in every DataLoader worker; ``skipped_ids`` names those of this
+    process (all of them when loading in-process, as evaluation does)."""
 
     def __init__(self, records: list[dict[str, Any]], task, train: bool, seed: int = 0):
         self.records, self.task, self.train, self.seed = records, task, train, seed
-        self.skipped = 0
+        self._skipped = SkipCount()
+        self.skipped_ids: list[str] = []
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped.value
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,7 +103,8 @@ class TaskDataset(Dataset):
         try:
             return self.task.sample(rec, self.train, rng)
         except InputError as e:
-            self.skipped += 1
+            self._skipped.add()
+            self.skipped_ids.append(str(rec.get("id")))
             log.warning("skipping sample %s (%s): %s", rec.get("id"), rec.get("_where"), e)
             return None
 

@@ -59,15 +59,25 @@ def attach_head(model: OnePeace, head: HeadConfig | None, config: ModelConfig | 
 
 
 def score_source(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch.Tensor]], source: str,
-                 batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
+                 batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext,
+                 progress: bool | None = False,
+                 on_skip: Callable[[str, list[str], int], None] | None = None) -> dict[str, Any]:
     """``task.metrics`` over one ordered pass of a task manifest, plus ``skipped`` (samples that
-    could not be used) when there were any; a manifest none of whose samples loads is an
-    :class:`InputError`, not an empty result."""
+    could not be used) when there were any, also passed to ``on_skip(source, their ids, samples
+    in the manifest)``; a manifest none of whose samples loads is an
+    :class:`InputError`, not an empty result. ``progress``: a bar of batches on stderr (``None``:
+    only when stderr is a terminal)."""
+    from ..progress import progress_bar
+
     loader = task_loader(task, source, batch_size, train=False)
     parts = []
-    for batch in batches(loader):
-        with autocast():
-            parts.append(predict(batch))
+    with progress_bar(progress, total=_length(loader), desc=f"evaluating {source}", unit="batch") as bar:
+        for batch in batches(loader):
+            with autocast():
+                parts.append(predict(batch))
+            bar.update()
+    if on_skip is not None and loader.dataset.skipped:
+        on_skip(source, list(loader.dataset.skipped_ids), len(loader.dataset))
     if not parts:
         raise InputError(f"no sample of {source} could be used ({loader.dataset.skipped} skipped; "
                          "the warnings say why, e.g. with `onepeace -v`)")
@@ -75,6 +85,13 @@ def score_source(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch
     if loader.dataset.skipped:
         metrics["skipped"] = loader.dataset.skipped
     return metrics
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset of unknown length
+        return None
 
 
 class TaskModel(nn.Module):
@@ -179,8 +196,11 @@ class FinetuneJob:
 
 
 @torch.inference_mode()
-def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **options: Any) -> dict[str, Any]:
-    """A (fine-tuned) model's metrics on task manifests: ``{source: {metric: value}}``."""
+def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, *, progress: bool | None = False,
+                  on_skip: Callable[[str, list[str], int], None] | None = None, **options: Any) -> dict[str, Any]:
+    """A (fine-tuned) model's metrics on task manifests: ``{source: {metric: value}}``
+    (``progress`` and ``on_skip``, told of samples that could not be loaded, as in
+    :func:`score_source`)."""
     from .tasks import TaskSection
 
     if isinstance(sources, str):
@@ -205,7 +225,8 @@ def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, **o
     was = model.training
     model.eval()
     try:
-        return {source: score_source(t, lambda batch: t.predict(model, batch), source, batch_size)
+        return {source: score_source(t, lambda batch: t.predict(model, batch), source, batch_size,
+                                     progress=progress, on_skip=on_skip)
                 for source in sources}
     finally:
         model.train(was)

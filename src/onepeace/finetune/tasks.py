@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..config import HeadConfig, ModelConfig
+from ..data.dataset import media_identity
 from ..errors import ConfigError, InputError
 from ..pretrain.losses import contrastive_loss
 from ..processing import Processor
@@ -41,7 +42,7 @@ from ..tasks.objectives import (
     vqa_loss,
     vqa_score,
 )
-from ..tasks.retrieval import retrieval_metrics
+from ..tasks.retrieval import Rows, pair_metrics
 
 CLASSIFY_HEADS = ("classify", "linear")  # the head types of the classify task
 
@@ -281,9 +282,13 @@ class ClassifyTask(Task):
 # ====================================================================== retrieval
 class RetrievalTask(Task):
     """Retrieval fine-tuning: symmetric InfoNCE between text and image (or audio) embeddings with
-    the model's learnable temperature. Lines are pretraining pairs ``{"image", "text"}``; an
-    optional ``label`` (e.g. the image index when an image has several captions) defines
-    relevance at evaluation, where each distinct item is a gallery entry once."""
+    the model's learnable temperature. Lines are pretraining pairs ``{"image", "text"}`` with an
+    optional ``label`` (all lines or none). Evaluation is over distinct items
+    (:mod:`onepeace.tasks.retrieval`): each media file and each caption string is queried once and
+    is one gallery entry; the protocol is ``"instance"`` (the items of a line match: image -> text
+    is a hit when any of the image's captions is in the top K) without labels or when each label
+    names one media file (``label`` = image, as ``onepeace data prepare coco`` writes), and
+    ``"class"`` (same label) when a label spans several files."""
 
     name = "retrieval"
     required_fields = ("text",)
@@ -302,6 +307,15 @@ class RetrievalTask(Task):
         if len(kinds) != 1:
             raise InputError(f"{source}: every line needs exactly one kind of media (image or audio)")
         self.kind = kinds.pop()
+        labelled = [r.get("label") is not None for r in records]
+        if any(labelled) and not all(labelled):
+            first = records[labelled.index(False)]["_where"]
+            raise InputError(f"{first}: no 'label', while other lines of {source} have one; label all lines or none")
+        for r in records:
+            label = r.get("label")
+            if labelled[0] and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+                raise InputError(f"{r['_where']}: 'label' must be a non-negative integer (the item or its class), "
+                                 f"got {label!r}")
         if not self.config.projection or not self.config.logit_scale:
             raise ConfigError("retrieval fine-tuning needs a model with embedding projections and a logit_scale")
         super().check_records(records, source)
@@ -309,12 +323,13 @@ class RetrievalTask(Task):
     def sample(self, rec, train, rng):
         label = rec.get("label")
         return {"media": self.media(self.kind, rec[self.kind], train, rng), "text": rec["text"],
-                "label": -1 if label is None else int(label)}
+                "label": -1 if label is None else label, "item": media_identity(rec[self.kind])}
 
     def collate(self, samples):
         return {self.kind: self.stack(self.kind, [s["media"] for s in samples]),
                 "text": self.text([s["text"] for s in samples]),
-                "label": torch.tensor([s["label"] for s in samples]), "size": len(samples)}
+                "label": torch.tensor([s["label"] for s in samples]), "size": len(samples),
+                "item": [s["item"] for s in samples], "caption": [s["text"] for s in samples]}
 
     def embed(self, model, batch):
         return model.embed_batch(self.kind, batch[self.kind]), model.embed_batch("text", batch["text"])
@@ -325,21 +340,20 @@ class RetrievalTask(Task):
 
     def predict(self, model, batch):
         zm, zt = self.embed(model, batch)
-        return {"media": zm.float().cpu(), "text": zt.float().cpu(), "label": batch["label"]}
+        return {"media": zm.float().cpu(), "text": zt.float().cpu(), "label": batch["label"],
+                "item": batch["item"], "caption": batch["caption"]}
 
     def metrics(self, parts):
         zm, zt, label = self.cat(parts, "media"), self.cat(parts, "text"), self.cat(parts, "label")
-        if bool((label < 0).any()):
-            label = torch.arange(len(zm))
-        first = {}
-        for i, v in enumerate(label.tolist()):
-            first.setdefault(v, i)
-        keep = torch.tensor(sorted(first.values()))
-        m2t = retrieval_metrics(zm[keep], zt, label[keep], label)
-        t2m = retrieval_metrics(zt, zm[keep], label, label[keep])
-        out = {f"{self.kind}->text {k}": v for k, v in m2t.items()}
-        out.update({f"text->{self.kind} {k}": v for k, v in t2m.items()})
-        out["R@1"] = (m2t["R@1"] + t2m["R@1"]) / 2
+        labels = None if bool((label < 0).any()) else label.tolist()
+        items = [i for p in parts for i in p["item"]]
+        captions = [c for p in parts for c in p["caption"]]
+        res = pair_metrics(Rows(zm, items, labels), Rows(zt, captions, labels, media=False), self.kind)
+        out: dict[str, Any] = {}
+        for pair, m in res.items():
+            out.update({f"{pair} {k}": v for k, v in m.items() if k != "protocol"})
+        out["protocol"] = res[f"{self.kind}->text"]["protocol"]
+        out["R@1"] = (res[f"{self.kind}->text"]["R@1"] + res[f"text->{self.kind}"]["R@1"]) / 2
         return out
 
 

@@ -25,7 +25,6 @@ from ..errors import ConfigError
 from ..factory import create_model
 from ..model.onepeace import OnePeace
 from ..pretrain.model import PretrainModel
-from ..tasks.retrieval import retrieval_metrics
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
@@ -123,41 +122,35 @@ class PretrainJob:
         return getattr(loader.dataset, "skipped", 0)
 
     @torch.no_grad()
-    def evaluate(self, trainer: Trainer) -> dict[str, dict[str, float]]:
-        """Zero-shot retrieval on the eval manifests: each modality <-> text, and every pair of
-        non-text modalities (emergent), relevance by label."""
+    def evaluate(self, trainer: Trainer) -> dict[str, dict[str, Any]]:
+        """Zero-shot retrieval on the eval manifests/shards: each modality <-> text, and every
+        pair of non-text modalities (emergent, relevance by label), over distinct items with the
+        protocol of :mod:`onepeace.tasks.retrieval` (``"class"`` for the demo's digit labels);
+        ``skipped`` in each result counts eval samples that could not be loaded."""
         if not self.cfg.data.eval:
             return {}
-        from ..data.dataset import make_loader
+        from ..tasks.evaluate import all_pairs, embed_sources
 
         pm = trainer.pm
         was = pm.training
         pm.eval()
-        emb: dict[str, list] = {}
-        for source in self.cfg.data.eval:
-            loader = make_loader(source, pm.model.config, self.cfg.data.batch_size, 0, train=False,
-                                 repeat=False, rank=0, world_size=1)
-            for batch in loader:
-                (m,) = [k for k in batch if k not in ("text", "label")]
-                if "label" not in batch:
-                    raise ConfigError(f"eval manifest {source} needs a 'label' per sample")
-                with trainer._autocast():
-                    zm = trainer.module("embed", m, batch[m]).float().cpu()
-                    zt = trainer.module("embed", "text", batch["text"]).float().cpu()
-                emb.setdefault(m, []).append((zm, batch["label"].cpu()))
-                emb.setdefault(f"text@{m}", []).append((zt, batch["label"].cpu()))
-        pm.train(was)
-        cat = {k: (torch.cat([a for a, _ in v]), torch.cat([b for _, b in v])) for k, v in emb.items()}
-        out = {}
-        mods = [k for k in cat if not k.startswith("text@")]
-        for m in mods:
-            (zm, lm), (zt, lt) = cat[m], cat[f"text@{m}"]
-            out[f"{m}->text"] = retrieval_metrics(zm, zt, lm, lt)
-            out[f"text->{m}"] = retrieval_metrics(zt, zm, lt, lm)
-        for a in mods:
-            for b in mods:
-                if a != b:
-                    out[f"{a}->{b}"] = retrieval_metrics(cat[a][0], cat[b][0], cat[a][1], cat[b][1])
+
+        def embed(m, inputs):
+            with trainer._autocast():
+                return trainer.module("embed", m, inputs)
+
+        try:
+            emb = embed_sources(self.cfg.data.eval, pm.model.config, embed, self.cfg.data.batch_size)
+        finally:
+            pm.train(was)
+        if emb.skipped:
+            log.warning("evaluation skipped %d samples: %s", len(emb.skipped), ", ".join(emb.skipped[:5]))
+        if len(emb.media) > 1 and any(r.labels is None for r in emb.media.values()):
+            raise ConfigError(f"eval data {self.cfg.data.eval} need a 'label' per sample (relevance of the "
+                              "emergent pairs between modalities)")
+        out = all_pairs(emb)
+        for m in out.values():
+            m["skipped"] = len(emb.skipped)
         return out
 
 
@@ -172,9 +165,14 @@ def make_job(cfg: TrainConfig):
 class Trainer:
     """The training loop shared by pretraining and fine-tuning; what differs (the wrapped
     module, the data, the loss call, the evaluation) is the job's (:class:`PretrainJob`,
-    :class:`onepeace.finetune.job.FinetuneJob`)."""
+    :class:`onepeace.finetune.job.FinetuneJob`).
 
-    def __init__(self, cfg: TrainConfig):
+    ``existing`` decides what happens to an output directory that is not new
+    (:func:`onepeace.outputs.check_run_dir`): an unfinished run is always resumed; a finished run
+    or unrelated files are refused (``"refuse"``), a finished run re-entered (``"resume"``), or
+    the run restarted from scratch (``"restart"``, the CLI's ``--force``)."""
+
+    def __init__(self, cfg: TrainConfig, *, existing: str = "refuse"):
         self.cfg = cfg
         self.job = make_job(cfg)
         self.info: DistInfo = init_distributed()
@@ -184,6 +182,9 @@ class Trainer:
             raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
         if not cfg.data.train:
             raise ConfigError("data.train is empty: point it at a JSONL manifest or a shard directory")
+        from ..outputs import check_run_dir, discard_run
+
+        action = check_run_dir(cfg.train.output, cfg.optim.max_steps, existing)  # before any work
         torch.manual_seed(cfg.train.seed)
         if cfg.model.init:
             model = OnePeace.from_pretrained(cfg.model.init, dtype="fp32")
@@ -205,7 +206,9 @@ class Trainer:
         if cfg.model.image_size:
             from ..model.resize import with_image_size
 
-            model = with_image_size(model, cfg.model.image_size)
+            model = with_image_size(model, cfg.model.image_size, round_to=cfg.model.resize_round_to or None)
+        elif cfg.model.resize_round_to:
+            raise ConfigError("model.resize_round_to needs model.image_size (the resolution to move the model to)")
         model = self.job.prepare(model)
         if cfg.model.drop_path_rate >= 0:
             model.set_drop_path(cfg.model.drop_path_rate)
@@ -224,6 +227,11 @@ class Trainer:
         self.ckpt_dir = os.path.join(self.out, "checkpoints")
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         self.start_step = 0
+        if action == "restart":  # discarded only now that the model and optimizer are built
+            barrier()
+            if self.info.is_main:
+                discard_run(self.out)
+            barrier()
         found = ckpt.latest(self.ckpt_dir)
         if found is not None:
             self.start_step = ckpt.load(found[1], self.module, self.optimizer)
@@ -269,6 +277,13 @@ class Trainer:
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.info.device)
         dist.all_reduce(t)
         return {k: float(v) / self.info.world for k, v in zip(keys, t.tolist())}
+
+    def _skipped_total(self) -> int:
+        """Training samples skipped so far (unloadable), all ranks and workers together."""
+        n = torch.tensor([float(self.job.skipped(self.loader))], dtype=torch.float64, device=self.info.device)
+        if self.info.distributed:
+            dist.all_reduce(n)
+        return int(n.item())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
@@ -344,7 +359,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         ckpt.save(self.ckpt_dir, oc.max_steps, self.module, self.optimizer, info, cfg.train.keep_checkpoints)
-        result: dict[str, Any] = {"final": last}
+        result: dict[str, Any] = {"final": last, "skipped": self._skipped_total()}
         if cfg.data.eval:
             result[self.job.eval_key] = self.evaluate()
             self._log({"step": oc.max_steps, self.job.eval_key: result[self.job.eval_key]})
@@ -362,14 +377,14 @@ class Trainer:
             sd = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
             model = create_model(self.pm.model.config, device="meta", init=False)
             model.load_state_dict(sd, assign=True)
-            model.save_pretrained(path)
+            model.save_pretrained(path, overwrite=True)  # the run's own model: replaced atomically
         barrier()
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
+def run(cfg: TrainConfig, *, existing: str = "refuse") -> dict[str, Any]:
     from .distributed import shutdown
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, existing=existing)
     try:
         return trainer.fit()
     finally:
