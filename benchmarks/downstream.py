@@ -65,7 +65,7 @@ def finetune(task: str, recipe: str, out: Path, *overrides: str, fresh: bool = T
 
 def evaluate(task: str, model: Path, manifest: str) -> dict:
     out = model.parent / f"eval-{Path(manifest).stem}.json"
-    onepeace("eval", "task", task, "--model", str(model), "--data", manifest, "--out", str(out))
+    onepeace("eval", "task", task, "--model", str(model), "--data", manifest, "--out", str(out), "--force")
     (metrics,) = json.loads(out.read_text()).values()
     return metrics
 
@@ -80,7 +80,7 @@ def ensure_demo_model() -> Path:
 
 def run_esc10(folds: list[int], steps: int) -> dict:
     data = OUT / "esc10"
-    onepeace("data", "prepare", "esc", "--root", str(DATA / "esc10"), "--out", str(data))
+    onepeace("data", "prepare", "esc", "--root", str(DATA / "esc10"), "--out", str(data), "--force")
     demo = ensure_demo_model()
     res: dict = {"protocol": "5-fold: train on 4 folds, test on the held-out fold (80 clips)", "chance": 10.0}
     for init in ("demo", "scratch"):
@@ -105,7 +105,7 @@ def run_coco(steps: dict[str, int], inits: list[str], reuse: bool = False) -> di
     """Retrieval from scratch; grounding and segmentation from scratch and/or from that retrieval
     model (its image-text training is the only "pretraining" this data allows)."""
     data = OUT / "coco"
-    onepeace("data", "prepare", "coco", "--root", str(DATA / "coco-mini"), "--out", str(data))
+    onepeace("data", "prepare", "coco", "--root", str(DATA / "coco-mini"), "--out", str(data), "--force")
     res: dict = {}
     retrieval = OUT / "coco-retrieval"
     if not (reuse and (retrieval / "model" / "config.json").exists()):

@@ -97,8 +97,8 @@ def test_save_load_roundtrip_fp32_bf16_and_shards(tmp_path):
     files = sorted(p.name for p in (tmp_path / "shards").iterdir())
     assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
     assert torch.equal(onepeace.OnePeace.from_pretrained(tmp_path / "shards").embed(text=texts)["text"], ref)
-    # re-saving unsharded removes the old shards and index
-    m.save_pretrained(tmp_path / "shards")
+    # re-saving unsharded (overwrite=True) removes the old shards and index
+    m.save_pretrained(tmp_path / "shards", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["config.json", "model.safetensors"]
     bf = onepeace.OnePeace.from_pretrained(tmp_path / "fp32", dtype="bf16")
     assert bf.dtype == torch.bfloat16

@@ -14,7 +14,7 @@ from PIL import Image
 
 from onepeace.cli import main
 from onepeace.data.prepare import decode_rle, prepare_coco, prepare_esc, rle_from_string
-from onepeace.errors import InputError
+from onepeace.errors import InputError, OnePeaceError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "esc10").is_dir() or not (DATA / "coco-mini").is_dir(),
@@ -61,9 +61,11 @@ def test_esc_folds(tmp_path):
             for r in rows:
                 p = _resolve(out / f"fold{k}" / f"{name}.jsonl", r["audio"])
                 assert os.path.isfile(p) and r["label"] == (0 if "Dog bark" in p else 1)
-    # a second run gives the same bytes
+    # a second run is refused, unless overwrite; then it gives the same bytes
     before = (out / "fold2" / "train.jsonl").read_bytes()
-    prepare_esc(str(root), str(out))
+    with pytest.raises(OnePeaceError, match="already holds a prepared data set"):
+        prepare_esc(str(root), str(out))
+    prepare_esc(str(root), str(out), overwrite=True)
     assert (out / "fold2" / "train.jsonl").read_bytes() == before
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 

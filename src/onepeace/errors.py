@@ -17,3 +17,13 @@ class CheckpointError(OnePeaceError):
 
 class ConfigError(OnePeaceError, ValueError):
     """A configuration value is invalid or unknown."""
+
+
+class OutputError(OnePeaceError):
+    """An output (file, directory, model) cannot be written: it exists and was not to be replaced,
+    or its folder is missing or read-only."""
+
+
+class OnePeaceWarning(UserWarning):
+    """Something was done that the user may not expect (e.g. a long clip truncated); the CLI
+    prints these as one ``onepeace CMD: warning: ...`` line, with or without ``-v``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -120,10 +121,26 @@ def read_tensors(path: str, want: Callable[[str, tuple, torch.dtype], torch.dtyp
             yield name, t if target == fdt else t.to(target)
 
 
+_MODEL_FILE = re.compile(r"^(config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json)"
+                         r"(\.tmp-\d+)?$")
+
+
+def is_model_file(name: str) -> bool:
+    """Whether ``name`` is a file of our model format (or a temporary one of an interrupted write)."""
+    return _MODEL_FILE.match(name) is not None
+
+
 def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec],
-                         max_shard_bytes: int = 4 * 1024**3) -> None:
-    """config.json + weights (sharded above ``max_shard_bytes``), each file atomic."""
-    os.makedirs(path, exist_ok=True)
+                         max_shard_bytes: int = 4 * 1024**3, *, overwrite: bool = False,
+                         inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+    """config.json + weights (sharded above ``max_shard_bytes``) as a new directory ``path``.
+
+    A non-empty ``path`` is refused unless ``overwrite``, and then only if it holds a model
+    (never other files, nor one of ``inputs``); the new model is written beside it and swapped in
+    when complete, so a crash leaves the old or the new model whole (:mod:`onepeace.outputs`).
+    """
+    from ..outputs import staged_dir
+
     shards: list[list[TensorSpec]] = [[]]
     size = 0
     for s in specs:
@@ -136,20 +153,14 @@ def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec]
         names = [WEIGHTS_NAME]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        write_safetensors(os.path.join(path, name), shard)
-    index_path = os.path.join(path, INDEX_NAME)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                 "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
-        write_text_atomic(index_path, json.dumps(index, indent=1))
-    # remove weights left by an earlier save with another layout
-    for stale in os.listdir(path):
-        if stale.endswith(".safetensors") and stale not in names:
-            os.remove(os.path.join(path, stale))
-    if len(shards) == 1 and os.path.exists(index_path):
-        os.remove(index_path)
-    write_text_atomic(os.path.join(path, CONFIG_NAME), config.to_json())
+    with staged_dir(path, overwrite, owned=is_model_file, inputs=inputs, what="model") as tmp:
+        for name, shard in zip(names, shards):
+            write_safetensors(os.path.join(tmp, name), shard)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+                     "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
+            write_text_atomic(os.path.join(tmp, INDEX_NAME), json.dumps(index, indent=1))
+        write_text_atomic(os.path.join(tmp, CONFIG_NAME), config.to_json())
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -190,6 +201,14 @@ def weight_files(path: str) -> list[str]:
 
 def load_config(path: str) -> ModelConfig:
     cfg_path = os.path.join(path, CONFIG_NAME)
+    if os.path.isfile(path):
+        if os.path.basename(path) == CONFIG_NAME or path.endswith(".safetensors"):
+            raise CheckpointError(f"{path} is a file of a model directory: give the directory, "
+                                  f"{os.path.dirname(path) or '.'}")
+        raise CheckpointError(
+            f"{path} is a file, not an onepeace model directory; an official checkpoint (.pt/.pkl) "
+            f"must be converted first: onepeace convert {path} DST_DIR --dict dict.txt"
+        )
     if not os.path.isdir(path):
         raise CheckpointError(f"model directory not found: {path}")
     if not os.path.exists(cfg_path):
@@ -239,7 +258,10 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu"):
     return model.eval()
 
 
-def save_pretrained(model, path: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 4 * 1024**3) -> None:
+def save_pretrained(model, path: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 4 * 1024**3,
+                    overwrite: bool = False) -> None:
+    """Save ``model`` as a new directory ``path``; an existing model there is replaced only with
+    ``overwrite=True`` (atomically, see :func:`write_checkpoint_dir`)."""
     from ..factory import resolve_dtype
 
     target = resolve_dtype(dtype)
@@ -247,7 +269,7 @@ def save_pretrained(model, path: str | os.PathLike, *, dtype=None, max_shard_byt
     for name, t in model.state_dict().items():
         dt = target if (target is not None and t.is_floating_point()) else t.dtype
         specs.append(TensorSpec(name, tuple(t.shape), dt, (lambda t=t: t)))
-    write_checkpoint_dir(os.fspath(path), model.config, specs, max_shard_bytes)
+    write_checkpoint_dir(os.fspath(path), model.config, specs, max_shard_bytes, overwrite=overwrite)
 
 
-__all__ = ["TensorSpec", "load_pretrained", "save_pretrained", "write_checkpoint_dir"]
+__all__ = ["TensorSpec", "is_model_file", "load_pretrained", "save_pretrained", "write_checkpoint_dir"]

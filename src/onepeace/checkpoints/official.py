@@ -21,7 +21,7 @@ import torch
 from ..config import HeadConfig, ModelConfig
 from ..errors import CheckpointError
 from ..processing.tokenizer import GPT2_VOCAB, SPECIAL_SYMBOLS, VOCAB_SIZE
-from .format import TensorSpec, write_checkpoint_dir
+from .format import TensorSpec, is_model_file, write_checkpoint_dir
 from .safe_pickle import LazyTensor, read_checkpoint, to_plain
 
 log = logging.getLogger(__name__)
@@ -419,15 +419,23 @@ CHECKPOINT_URLS = {
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, dict_path: str | os.PathLike | None = None,
             dtype: torch.dtype | str | None = "fp32", max_shard_bytes: int = 4 * 1024**3,
-            labels: list[str] | None = None) -> ModelConfig:
-    """Convert an official checkpoint to an onepeace model directory, streaming tensor by tensor."""
-    from ..factory import resolve_dtype
+            labels: list[str] | None = None, overwrite: bool = False) -> ModelConfig:
+    """Convert an official checkpoint to an onepeace model directory, streaming tensor by tensor.
 
+    ``dst`` must be new or empty; ``overwrite=True`` replaces a previous model there, atomically
+    (a crash leaves the old or the new model whole), never a folder holding other files."""
+    from ..factory import resolve_dtype
+    from ..outputs import check_output_dir
+
+    if not os.path.isfile(src):
+        raise CheckpointError(f"checkpoint not found: {os.fspath(src)}")
+    inputs = [src, dict_path]
+    check_output_dir(dst, overwrite, owned=is_model_file, inputs=inputs, what="model")  # before any reading
     cfg, state = load_official(src)
     config, specs = plan_conversion(cfg, state, dict_path, resolve_dtype(dtype))
     if labels is not None and config.head is not None:
         if len(labels) != config.head.num_classes:
             raise CheckpointError(f"{len(labels)} labels given for a {config.head.num_classes}-class head")
         config.head.labels = list(labels)
-    write_checkpoint_dir(os.fspath(dst), config, specs, max_shard_bytes)
+    write_checkpoint_dir(os.fspath(dst), config, specs, max_shard_bytes, overwrite=overwrite, inputs=inputs)
     return config

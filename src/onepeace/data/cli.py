@@ -15,6 +15,8 @@ from typing import Any
 from ..errors import InputError
 
 MAX_SKIP_LINES = 20
+_PREPARE_FORCE = ("replace the manifests already in --out (atomically; never a folder holding other files); "
+                  "default: refuse a non-empty --out, before any work")
 
 
 def data_shards(
@@ -29,7 +31,7 @@ def data_shards(
     from .manifest import read_manifest
     from .shards import write_shards_stats
 
-    samples = read_manifest(manifest)
+    samples = read_manifest(manifest)  # then the output is checked, before any shard is written
     if not samples:
         raise InputError(f"manifest {manifest} has no samples")
     stats = write_shards_stats(
@@ -101,9 +103,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from .prepare import prepare_coco, prepare_esc
 
     if args.dataset == "esc":
-        summary = prepare_esc(args.root, args.out)
+        summary = prepare_esc(args.root, args.out, overwrite=args.force)
     else:
-        summary = prepare_coco(args.root, args.out, splits=args.splits, tasks=args.tasks)
+        summary = prepare_coco(args.root, args.out, splits=args.splits, tasks=args.tasks, overwrite=args.force)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -128,8 +130,11 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("out_dir", help="output directory (created if absent)")
     s.add_argument("--samples-per-shard", type=_positive, default=1000, help="samples per shard (default 1000)")
     s.add_argument("--prefix", default="shard", help="shard file prefix (default: shard -> shard-000000.tar)")
-    s.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
+    s.add_argument("--force", "--overwrite", dest="overwrite", action="store_true",
+                   help="replace existing shards with the same prefix (default: refuse them, before any work)")
     s.add_argument("--skip-missing", action="store_true", help="skip samples whose media file is missing")
+    s.add_argument("--max-pixels", type=_positive, metavar="N",
+                   help="decode images of up to N pixels (default: Pillow's decompression-bomb limit)")
     s.set_defaults(func=cmd_data_shards)
 
     c = sub.add_parser("check", help="decode every sample of a source; print ok/skipped counts")
@@ -137,6 +142,8 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("--model", help="preset name or model directory whose processors to use (default: official)")
     c.add_argument("--limit", type=_positive, help="stop after this many good samples")
     c.add_argument("--train", action="store_true", help="apply the training augmentation too")
+    c.add_argument("--max-pixels", type=_positive, metavar="N",
+                   help="decode images of up to N pixels (default: Pillow's decompression-bomb limit)")
     c.set_defaults(func=cmd_data_check)
 
     pr = sub.add_parser("prepare", help="turn ESC-10/50 or COCO-style data into fine-tuning task manifests")
@@ -144,6 +151,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     e = prs.add_parser("esc", help="'NNN - Class/F-ID-T.ogg' folders -> labels.txt, fold{1..5}/{train,test}.jsonl")
     e.add_argument("--root", required=True)
     e.add_argument("--out", required=True)
+    e.add_argument("--force", action="store_true", help=_PREPARE_FORCE)
     e.set_defaults(func=cmd_data_prepare)
     co = prs.add_parser("coco", help="COCO 2017-style annotations -> retrieval, grounding, segmentation manifests")
     co.add_argument("--root", required=True, help="holds annotations/ and <split>2017/")
@@ -151,5 +159,6 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     co.add_argument("--splits", nargs="+", default=["train", "val"])
     co.add_argument("--tasks", nargs="+", default=["retrieval", "grounding", "segmentation"],
                     choices=["retrieval", "grounding", "segmentation"])
+    co.add_argument("--force", action="store_true", help=_PREPARE_FORCE)
     co.set_defaults(func=cmd_data_prepare)
     return p

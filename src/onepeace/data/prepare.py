@@ -25,10 +25,11 @@ from PIL import Image, ImageDraw
 
 from ..checkpoints.format import write_png_atomic, write_text_atomic
 from ..errors import InputError
+from ..processing.audio import AUDIO_EXTENSIONS
 
 _CLASS_DIR = re.compile(r"^(\d+)\s*-\s*(.+)$")
 _FOLD = re.compile(r"^(\d+)-")
-AUDIO_EXTS = (".ogg", ".wav", ".flac", ".mp3")
+AUDIO_EXTS = AUDIO_EXTENSIONS
 MAX_FOLD = 5
 COCO_TASKS = ("retrieval", "grounding", "segmentation")
 
@@ -47,11 +48,38 @@ def _rel(path: str, start: str) -> str:
 
 
 # ====================================================================== ESC
-def prepare_esc(root: str, out_dir: str, template: str = "This is a sound of {}.") -> dict[str, Any]:
-    """ESC-style folders -> 5-fold manifests. Labels follow the folder numbers (``NNN``)."""
+_PREPARED = re.compile(r"^(labels\.txt|all\.jsonl|fold\d+|categories\.txt|masks|"
+                       r"\w+_(retrieval|grounding|segmentation)\.jsonl)(\.tmp-\d+)?$")
+
+
+def is_prepared_file(name: str) -> bool:
+    """Whether ``name`` is one of the files or folders :func:`prepare_esc` / :func:`prepare_coco` write."""
+    return _PREPARED.match(name) is not None
+
+
+def _staged(out_dir: str, root: str, overwrite: bool):
+    """``out_dir`` written as a whole: new or empty, or (``overwrite``) an earlier prepared set
+    replaced atomically; media paths relative to the staging sibling equal those relative to
+    ``out_dir`` (same parent)."""
+    from ..outputs import staged_dir
+
+    return staged_dir(out_dir, overwrite, owned=is_prepared_file, inputs=[root], what="prepared data set")
+
+
+def prepare_esc(root: str, out_dir: str, template: str = "This is a sound of {}.", *,
+                overwrite: bool = False) -> dict[str, Any]:
+    """ESC-style folders -> 5-fold manifests. Labels follow the folder numbers (``NNN``).
+
+    ``out_dir`` must be new or empty; ``overwrite=True`` replaces an earlier prepared set there."""
     if not os.path.isdir(root):
         raise InputError(f"ESC root {root} is not a directory; give --root the folder holding "
                          "'NNN - Class name/' folders (e.g. '001 - Dog bark')")
+    with _staged(out_dir, root, overwrite) as tmp:
+        summary = _write_esc(root, tmp, template)
+    return {**summary, "out": out_dir}
+
+
+def _write_esc(root: str, out_dir: str, template: str) -> dict[str, Any]:
     classes = []
     for name in os.listdir(root):
         m = _CLASS_DIR.match(name)
@@ -181,20 +209,30 @@ def _paint_categories(anns: list[dict[str, Any]], h: int, w: int, cat_index: dic
 
 
 def prepare_coco(root: str, out_dir: str, splits: Iterable[str] = ("train", "val"),
-                 tasks: Iterable[str] = COCO_TASKS, min_box_fraction: float = 0.01) -> dict[str, Any]:
+                 tasks: Iterable[str] = COCO_TASKS, min_box_fraction: float = 0.01, *,
+                 overwrite: bool = False) -> dict[str, Any]:
     """COCO 2017-style annotations -> ``{split}_{task}.jsonl`` manifests (+ masks, categories).
 
     Reads ``root/annotations/{captions,instances}_{split}2017.json`` (captions only for retrieval,
     instances only for grounding and segmentation) and ``root/{split}2017/`` images; images whose
-    file is absent are left out (counted as ``missing_images``)."""
-    tasks = list(tasks)
-    splits = list(splits)
+    file is absent are left out (counted as ``missing_images``). ``out_dir`` must be new or empty;
+    ``overwrite=True`` replaces an earlier prepared set there."""
+    tasks, splits = list(tasks), list(splits)
     unknown = sorted(set(tasks) - set(COCO_TASKS))
     if unknown:
         raise InputError(f"unknown COCO task(s) {unknown}; choose from {', '.join(COCO_TASKS)}")
     if not os.path.isdir(root):
         raise InputError(f"COCO root {root} is not a directory; give --root the folder holding annotations/ "
                          "and <split>2017/")
+    with _staged(out_dir, root, overwrite) as tmp:
+        summary = _write_coco(root, tmp, splits, tasks, min_box_fraction)
+    return {**summary, "out": out_dir}
+
+
+def _write_coco(root: str, out_dir: str, splits: Iterable[str], tasks: Iterable[str],
+                min_box_fraction: float) -> dict[str, Any]:
+    tasks = list(tasks)
+    splits = list(splits)
     os.makedirs(out_dir, exist_ok=True)
     summary: dict[str, Any] = {"out": out_dir}
     categories = None

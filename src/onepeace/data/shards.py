@@ -4,7 +4,9 @@ A sample is a run of consecutive tar members sharing a key: ``{key}.{ext}`` hold
 (the original file, copied as-is, or PNG / 16 kHz FLAC for in-memory arrays) and ``{key}.json``
 holds the caption and metadata (``{"text": ..., "label": ..., "id": ..., ...}``). Shards are
 named ``{prefix}-000000.tar``, ``{prefix}-000001.tar``, ... and each is written to a temporary
-name first, then renamed, so a crash never leaves a half-written shard under a real name.
+name first; all are renamed once the last one is complete (and shards of an earlier, longer run
+with the same prefix removed), so a crash never leaves a half-written shard under a real name, nor
+a new data set mixed with an old one (but for the instant of the renames).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..processing.audio import AUDIO_EXTENSIONS
+from ..processing.image import IMAGE_EXTENSIONS
 from .manifest import MEDIA_KEYS, read_manifest
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "image")
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "oga", "opus", "aif", "aiff", "audio")
+# member name suffixes per modality: the formats the processors read, plus a generic one
+IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ("image",)
+AUDIO_EXTS = tuple(e.lstrip(".") for e in AUDIO_EXTENSIONS) + ("audio",)
 EXTS = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS}
 AUDIO_RATE = 16000
 
@@ -170,6 +175,34 @@ def _existing_shards(out_dir: str, prefix: str) -> list[str]:
     return sorted(glob.glob(pat))
 
 
+def check_shard_output(out_dir: str | os.PathLike, prefix: str = "shard", overwrite: bool = False) -> list[str]:
+    """Check, before any work, that shards ``{prefix}-*.tar`` may be written into ``out_dir``
+    (created if absent; other files are left alone); returns the existing shards of that prefix.
+    Temporary shards left by a killed writer are deleted."""
+    from ..outputs import check_creatable, process_alive
+
+    out_dir = os.fspath(out_dir)
+    if not prefix or os.sep in prefix or "." in prefix:
+        raise InputError(f"shard prefix must be a plain name without '.' or '{os.sep}', got {prefix!r}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"shard output is not a directory: {out_dir}")
+    check_creatable(out_dir)
+    if not os.path.isdir(out_dir):
+        return []
+    old = _existing_shards(out_dir, prefix)
+    if old and not overwrite:
+        raise InputError(
+            f"{out_dir} already holds {len(old)} shard(s) named {prefix}-*.tar; choose another "
+            "directory or prefix, or replace them (--force / overwrite=True)"
+        )
+    pat = os.path.join(glob.escape(out_dir), f"{glob.escape(prefix)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar.tmp-*")
+    for tmp in glob.glob(pat):
+        pid = tmp.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            os.remove(tmp)
+    return old
+
+
 class _ShardWriter:
     def __init__(self, out_dir: str, prefix: str, samples_per_shard: int):
         self.out_dir, self.prefix, self.per = out_dir, prefix, samples_per_shard
@@ -177,9 +210,10 @@ class _ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._tmp = self._final = ""
         self._in_shard = 0
+        self._done: list[tuple[str, str]] = []  # complete shards: (temporary name, final name)
 
     def _open(self) -> None:
-        self._final = os.path.join(self.out_dir, shard_name(self.prefix, len(self.stats.paths)))
+        self._final = os.path.join(self.out_dir, shard_name(self.prefix, len(self._done)))
         self._tmp = f"{self._final}.tmp-{os.getpid()}"
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
         self._in_shard = 0
@@ -206,17 +240,25 @@ class _ShardWriter:
             return
         self._tar.close()
         self._tar = None
-        os.replace(self._tmp, self._final)
-        self.stats.paths.append(self._final)
+        self._done.append((self._tmp, self._final))
+
+    def commit(self) -> None:
+        """Rename every complete shard to its real name."""
+        for tmp, final in self._done:
+            os.replace(tmp, final)
+            self.stats.paths.append(final)
+        self._done = []
 
     def abort(self) -> None:
-        if self._tar is not None:
-            try:
+        try:
+            if self._tar is not None:
                 self._tar.close()
-            finally:
-                self._tar = None
-                if os.path.exists(self._tmp):
-                    os.remove(self._tmp)
+        finally:
+            self._tar = None
+            for tmp in [t for t, _ in self._done] + [self._tmp]:
+                if tmp and os.path.exists(tmp):
+                    os.remove(tmp)
+            self._done = []
 
 
 def write_shards_stats(
@@ -232,17 +274,8 @@ def write_shards_stats(
     out_dir = os.fspath(out_dir)
     if isinstance(samples_per_shard, bool) or not isinstance(samples_per_shard, int) or samples_per_shard < 1:
         raise InputError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}")
-    if not prefix or os.sep in prefix or "." in prefix:
-        raise InputError(f"shard prefix must be a plain name without '.' or '{os.sep}', got {prefix!r}")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"shard output is not a directory: {out_dir}")
+    old = check_shard_output(out_dir, prefix, overwrite)
     os.makedirs(out_dir, exist_ok=True)
-    old = _existing_shards(out_dir, prefix)
-    if old and not overwrite:
-        raise InputError(
-            f"{out_dir} already holds {len(old)} shard(s) named {prefix}-*.tar; choose another "
-            "directory or prefix, or overwrite them (overwrite=True / --overwrite)"
-        )
     writer = _ShardWriter(out_dir, prefix, samples_per_shard)
     try:
         for i, sample in enumerate(samples):
@@ -258,11 +291,12 @@ def write_shards_stats(
                 continue
             writer.write(f"{writer.stats.samples:09d}", ext, media, meta)
         writer.close()
+        if writer.stats.samples == 0:
+            raise InputError("no samples to write" + (f" ({writer.stats.skipped} skipped)" if writer.stats.skipped else ""))
     except BaseException:
         writer.abort()
         raise
-    if writer.stats.samples == 0:
-        raise InputError("no samples to write" + (f" ({writer.stats.skipped} skipped)" if writer.stats.skipped else ""))
+    writer.commit()
     stale = sorted(set(old) - set(writer.stats.paths))
     for p in stale:  # overwrite=True: shards of an earlier, longer run would otherwise be read too
         os.remove(p)
