@@ -23,7 +23,7 @@ from ..config import OFFICIAL_AUDIO_STEM
 from ..errors import InputError
 from ..model.relpos import token_buckets, token_num_buckets
 from ..pretrain.masking import span_keep
-from ..processing.audio import AudioProcessor, stem_frames
+from ..processing.audio import AUDIO_EXTENSIONS, AudioProcessor, stem_frames
 from .base import AdapterOutput, Modality, register_modality, trunc_normal_
 
 
@@ -95,6 +95,7 @@ class AudioModality(Modality):
     name = "audio"
     Options = AudioOptions
     input_keys = ("waveform", "padding_mask")
+    file_extensions = AUDIO_EXTENSIONS
 
     def __init__(self, config, options: AudioOptions):
         super().__init__(config, options)

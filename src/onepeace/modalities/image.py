@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..model.relpos import grid_buckets, grid_num_buckets
-from ..processing.image import ImageProcessor
+from ..processing.image import IMAGE_EXTENSIONS, ImageProcessor
 from .base import Modality, register_modality, trunc_normal_
 
 PATCH = 16
@@ -55,6 +55,7 @@ class ImageModality(Modality):
     name = "image"
     Options = ImageOptions
     input_keys = ("pixels", "second")
+    file_extensions = IMAGE_EXTENSIONS
 
     def __init__(self, config, options: ImageOptions):
         if options.image_size % PATCH or options.image_size < PATCH:

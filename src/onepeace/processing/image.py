@@ -5,6 +5,7 @@ RGB, square bicubic resize of the PIL image (no crop, aspect not kept), [0, 1], 
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -15,6 +16,8 @@ from PIL import Image
 from ..errors import InputError
 from .inputs import describe, open_binary
 
+#: file name extensions of common image formats (all read by Pillow); folders are searched for these
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -32,11 +35,12 @@ def load_image(item: Any) -> Image.Image:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(stream)
                 img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputError(_too_large(item, e)) from None
+        except Image.UnidentifiedImageError:
             raise InputError(
-                f"image {describe(item)} is too large to decode safely (over "
-                f"{Image.MAX_IMAGE_PIXELS} pixels; a possible decompression bomb). Downscale it "
-                "first, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+                f"cannot decode image {describe(item)}: not an image in a format Pillow reads "
+                f"({', '.join(x.lstrip('.') for x in IMAGE_EXTENSIONS)}, ...)"
             ) from None
         except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
             raise InputError(f"cannot decode image {describe(item)}: {e}") from None
@@ -44,6 +48,19 @@ def load_image(item: Any) -> Image.Image:
         return img.convert("RGB")
     except Exception as e:  # noqa: BLE001
         raise InputError(f"cannot convert image {describe(item)} to RGB: {e}") from None
+
+
+def _too_large(item: Any, e: Exception) -> str:
+    """The decompression-bomb refusal, with both ways to raise Pillow's pixel limit."""
+    found = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds ..."
+    size = f"{int(found.group(1)):,} pixels, " if found else ""
+    need = found.group(1) if found else "N"
+    return (
+        f"image {describe(item)} is too large to decode safely ({size}over the limit of "
+        f"{Image.MAX_IMAGE_PIXELS:,}; a possible decompression bomb). Downscale it first, or if you "
+        f"trust it raise the limit: --max-pixels {need} on the command line, "
+        f"PIL.Image.MAX_IMAGE_PIXELS = {need} in Python"
+    )
 
 
 def _from_array(arr: np.ndarray | torch.Tensor) -> Image.Image:

@@ -24,8 +24,21 @@ def describe(item: Any) -> str:
     return f"<{type(item).__name__}>"
 
 
-def open_binary(item: Any, kind: str) -> io.IOBase:
-    """A readable binary stream for a path, bytes or file object; clear error otherwise."""
+class NamedBytes(io.BytesIO):
+    """In-memory bytes that keep the name of the input they came from, so that a decoder's own
+    error message (which shows the stream's ``repr``) names the file, not ``<_io.BytesIO ...>``."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+
+def open_binary(item: Any, kind: str) -> io.BytesIO:
+    """A readable in-memory binary stream, named after the input, for a path, bytes or file
+    object; clear error otherwise."""
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.exists(path):
@@ -39,11 +52,11 @@ def open_binary(item: Any, kind: str) -> io.IOBase:
             raise InputError(f"cannot read {kind} file {path}: {e.strerror or e}") from None
         if not data:
             raise InputError(f"{kind} file is empty: {path}")
-        return io.BytesIO(data)
+        return NamedBytes(data, path)
     if isinstance(item, (bytes, bytearray, memoryview)):
         if not len(item):
             raise InputError(f"{kind} input is empty (0 bytes)")
-        return io.BytesIO(bytes(item))
+        return NamedBytes(bytes(item), describe(item))
     if hasattr(item, "read"):
         try:
             data = item.read()
@@ -53,7 +66,7 @@ def open_binary(item: Any, kind: str) -> io.IOBase:
             raise InputError(f"{kind} file object {describe(item)} is open in text mode; open it with 'rb'")
         if not data:
             raise InputError(f"{kind} input {describe(item)} is empty")
-        return io.BytesIO(data)
+        return NamedBytes(data, describe(item))
     raise InputError(
         f"unsupported {kind} input {describe(item)}: give a path, bytes, a binary file object, "
         "a numpy array or a torch tensor"

@@ -25,22 +25,24 @@ DEFAULT_TEMPLATES = {"image": IMAGE_TEMPLATES, "audio": AUDIO_TEMPLATES}
 
 
 @torch.inference_mode()
-def class_embeddings(model, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def class_embeddings(model, labels: Sequence[str], templates: Sequence[str], *, batch_size: int = 16,
+                     progress: bool | None = False) -> torch.Tensor:
     """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
     if not labels:
         raise InputError("no class labels given")
     if not templates or any("{}" not in t for t in templates):
         raise InputError("each template needs a '{}' where the label goes")
     prompts = [t.format(label) for label in labels for t in templates]
-    z = model.embed(text=prompts)["text"].view(len(labels), len(templates), -1)
+    z = model.embed(text=prompts, batch_size=batch_size, progress=progress)["text"].view(len(labels), len(templates), -1)
     return F.normalize(z.mean(1), dim=-1)
 
 
 @torch.inference_mode()
 def zero_shot(model, labels: Sequence[str], *, templates: Sequence[str] | None = None,
-              batch_size: int = 16, **inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+              batch_size: int = 16, long_audio: str = "truncate", progress: bool | None = False,
+              **inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
     """Per given modality: class probabilities [N, C] (softmax of the model's temperature-scaled
-    cosine similarities)."""
+    cosine similarities). ``long_audio`` and ``progress`` are as in :meth:`OnePeace.embed`."""
     given = {k: v for k, v in inputs.items() if v is not None}
     if not given:
         raise InputError("nothing to classify: give image=[...] or audio=[...]")
@@ -48,32 +50,82 @@ def zero_shot(model, labels: Sequence[str], *, templates: Sequence[str] | None =
     scale = float(model.logit_scale_exp()) if model.logit_scale is not None else 100.0
     for name, items in given.items():
         tpl = templates or DEFAULT_TEMPLATES.get(name, ["{}"])
-        classes = class_embeddings(model, labels, tpl)
-        z = model.embed(batch_size=batch_size, **{name: items})[name]
+        classes = class_embeddings(model, labels, tpl, batch_size=batch_size, progress=progress)
+        z = model.embed(batch_size=batch_size, long_audio=long_audio, progress=progress, **{name: items})[name]
         out[name] = (scale * z @ classes.T).softmax(-1)
     return out
 
 
 def parse_labels(spec: str) -> list[str]:
-    """A file (one label per line, or .json list/dict) or a comma-separated list."""
+    """Class names from a file (one label per line; or ``.json``: a list of names, a
+    ``{name: index}`` or an ``{index: name}`` object, indices 0..N-1) or a comma-separated list.
+    Anything else is an :class:`InputError` naming the spec."""
     import json
     import os
 
-    if os.path.exists(spec):
+    if os.path.isdir(spec):
+        raise InputError(f"labels {spec} is a directory; give a .txt (one label per line) or .json file")
+    if not os.path.exists(spec):
+        if spec.lower().endswith((".json", ".txt")):
+            raise InputError(f"labels file not found: {spec}")
+        labels = [s.strip() for s in spec.split(",") if s.strip()]
+        if len(labels) < 2:
+            raise InputError(f"labels {spec!r}: give a file that exists or at least two comma-separated names")
+        return labels
+    try:
+        with open(spec, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read labels file {spec}: {e}") from None
+    if spec.lower().endswith(".json"):
         try:
-            with open(spec, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read labels file {spec}: {e}") from None
-        if spec.endswith(".json"):
             data = json.loads(text)
-            if isinstance(data, dict):
-                if all(str(k).isdigit() for k in data):
-                    return [str(data[k]) for k in sorted(data, key=int)]
-                return [k for k, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
-            return [str(x) for x in data]
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    labels = [s.strip() for s in spec.split(",") if s.strip()]
-    if len(labels) < 2:
-        raise InputError(f"labels {spec!r}: give a file that exists or at least two comma-separated names")
+        except ValueError as e:
+            raise InputError(f"labels file {spec} is not valid JSON: {e}") from None
+        labels = _labels_from_json(data, spec)
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise InputError(f"labels file {spec} holds no labels")
     return labels
+
+
+def _labels_from_json(data: Any, spec: str) -> list[str]:
+    def is_name(x: Any) -> bool:
+        return isinstance(x, str) and bool(x.strip())
+
+    def by_index(pairs: list[tuple[Any, str]]) -> list[str]:
+        try:
+            index = {int(i): name for i, name in pairs}
+        except (TypeError, ValueError):
+            index = {}
+        if len(index) != len(pairs) or sorted(index) != list(range(len(pairs))):
+            raise InputError(f"labels file {spec}: the class indices must be the integers 0..{len(pairs) - 1}, "
+                             "each once")
+        return [index[i] for i in range(len(pairs))]
+
+    if isinstance(data, list):
+        if not all(is_name(x) for x in data):
+            raise InputError(f"labels file {spec}: a JSON list of labels must hold only non-empty strings")
+        return [x.strip() for x in data]
+    if isinstance(data, dict):
+        if all(is_name(v) for v in data.values()):  # {"0": "dog", "1": "cat"}
+            if not all(k.strip().isdigit() for k in data):
+                raise InputError(f"labels file {spec}: in an {{index: name}} object every key must be an integer")
+            return by_index([(k, v.strip()) for k, v in data.items()])
+        # {"dog": 0, "cat": 1}; bool is an int subclass, but never a class index
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+            if not all(is_name(k) for k in data):
+                raise InputError(f"labels file {spec}: a class name is empty")
+            return by_index([(v, k.strip()) for k, v in data.items()])
+        raise InputError(f"labels file {spec}: a JSON object must map names to integer indices "
+                         "({\"dog\": 0, ...}) or indices to names ({\"0\": \"dog\", ...})")
+    raise InputError(f"labels file {spec}: expected a JSON list of names or an object, "
+                     f"got {type(data).__name__} {_json_preview(data)}")
+
+
+def _json_preview(data: Any, n: int = 40) -> str:
+    import json
+
+    text = json.dumps(data)
+    return text if len(text) <= n else text[: n - 1] + "…"
