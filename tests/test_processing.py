@@ -13,7 +13,7 @@ from PIL import Image
 
 import onepeace
 from conftest import ASSETS, TINY
-from onepeace.errors import InputError
+from onepeace.errors import InputError, OnePeaceWarning
 from onepeace.processing.audio import AudioProcessor, load_audio, stem_frames
 from onepeace.processing.image import ImageProcessor, load_image
 from onepeace.processing.text import TextProcessor
@@ -87,7 +87,8 @@ def test_audio_resampling_and_channels_like_librosa(tmp_path):
 
 def test_audio_cap_tiling_and_silence():
     p = AudioProcessor(STEM)
-    long = p([np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32)])
+    with pytest.warns(OnePeaceWarning, match="only its first 15 s"):
+        long = p([np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32)])
     assert long["waveform"].shape == (1, 240000) and long["padding_mask"].shape == (1, 750)
     short = p([np.ones(3000, np.float32) * np.arange(3000) / 3000])
     assert short["waveform"].shape == (1, 16000)

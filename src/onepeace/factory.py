@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 
 from .config import ModelConfig, get_preset
 from .errors import ConfigError
+from .modalities.base import deferred_init
 from .model.onepeace import OnePeace
 
 _DTYPES = {
@@ -38,7 +40,8 @@ def create_model(
     """Build a model from a preset name (``onepeace.list_presets()``) or a config.
 
     On ``device="meta"`` no memory is allocated (useful for counting parameters or for loading
-    weights with ``assign=True``). ``init=False`` skips the official init (weights to be loaded).
+    weights with ``assign=True``). ``init=False`` skips the official init (weights to be loaded),
+    and leaves the embedding tables uninitialised rather than drawing torch's default init for them.
     """
     if isinstance(name_or_config, str):
         config = get_preset(name_or_config, **overrides)
@@ -48,7 +51,8 @@ def create_model(
         config = name_or_config.replace(**overrides) if overrides else name_or_config
     dt = resolve_dtype(dtype)
     device = torch.device(device)
-    with torch.device(device):
+    skip_module_init = not init or device.type == "meta"  # values to be loaded, or none at all
+    with torch.device(device), (deferred_init() if skip_module_init else contextlib.nullcontext()):
         model = OnePeace(config)
     if init and device.type != "meta":
         model.reset_parameters()

@@ -15,12 +15,14 @@ projection; it never branches on a modality's name. A new modality is one more f
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -43,6 +45,9 @@ class Modality(nn.Module):
     Options: ClassVar[type]
     #: keys of the processed batch that ``forward`` takes, in order
     input_keys: ClassVar[tuple[str, ...]]
+    #: lower-case file name extensions (with the dot) of the files its processor reads; the command
+    #: line picks these out of folders. Empty: the modality is not read from files.
+    file_extensions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig, options: Any):
         super().__init__()
@@ -53,7 +58,7 @@ class Modality(nn.Module):
         n_tables = config.layers if config.per_layer_rel_tables else 1
         n_buckets = self.num_buckets()
         self.rel_tables = nn.ModuleList(
-            [nn.Embedding(n_buckets, h) for _ in range(n_tables)] if n_buckets else []
+            [embedding(n_buckets, h) for _ in range(n_tables)] if n_buckets else []
         )
         self._buckets: dict[torch.device, torch.Tensor] = {}
 
@@ -108,14 +113,20 @@ class Modality(nn.Module):
 
         With ``positions`` ([B, n] original indices of kept tokens) the bias is gathered at the
         tokens' true positions: [B, H, n, n].
+
+        The lookup is ``F.embedding``, not ``weight[idx]``: on a multi-threaded CPU the backward
+        of advanced indexing accumulates with atomic adds (one of the nondeterministic ops listed
+        by ``torch.use_deterministic_algorithms``), so the table's gradient (many (query, key)
+        pairs share a bucket) changed in its last bits from run to run; the CPU embedding
+        backward sums each row in a fixed order.
         """
         weight = self.rel_tables[table].weight
         if positions is None:
             idx = self.buckets(n, weight.device)
-            return weight[idx].permute(2, 0, 1)
+            return F.embedding(idx, weight).permute(2, 0, 1)
         full = self.buckets(int(positions.max()) + 1, weight.device)
         idx = full[positions[:, :, None], positions[:, None, :]]  # B, n, n
-        return weight[idx].permute(0, 3, 1, 2)
+        return F.embedding(idx, weight).permute(0, 3, 1, 2)
 
     # ---- masking (pretraining) ------------------------------------------------------------
     def valid_mask(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -166,6 +177,32 @@ class Modality(nn.Module):
         trunc_normal_(self.cls_embedding)
         for t in self.rel_tables:
             nn.init.zeros_(t.weight)
+
+
+_DEFER_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("onepeace_defer_init", default=False)
+
+
+@contextlib.contextmanager
+def deferred_init():
+    """Within this block, :func:`embedding` tables skip ``nn.Embedding``'s own N(0, 1) init.
+
+    For models whose weights are about to be loaded, or built on the meta device: the init is
+    thrown away, and on the meta device its ``normal_`` is the one call that imports
+    ``torch._dynamo`` (seconds, once per process). Outside it nothing changes, so a model built
+    with the official init draws exactly the same random numbers as before.
+    """
+    token = _DEFER_INIT.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_INIT.reset(token)
+
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding(num, dim)``; inside :func:`deferred_init` its weight is left uninitialised."""
+    if _DEFER_INIT.get():
+        return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim)
 
 
 def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:

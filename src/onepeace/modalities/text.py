@@ -12,7 +12,7 @@ from ..model.relpos import token_buckets, token_num_buckets
 from ..pretrain.masking import random_keep, word_keep
 from ..processing.text import TextProcessor
 from ..processing.tokenizer import PAD_ID, VOCAB_SIZE, default_bpe
-from .base import Modality, register_modality, trunc_normal_
+from .base import Modality, embedding, register_modality, trunc_normal_
 
 
 @dataclass
@@ -33,8 +33,8 @@ class TextModality(Modality):
 
     def __init__(self, config, options: TextOptions):
         super().__init__(config, options)
-        self.embed_tokens = nn.Embedding(options.vocab_size, config.dim)
-        self.embed_positions = nn.Embedding(options.max_positions, config.dim)
+        self.embed_tokens = embedding(options.vocab_size, config.dim)
+        self.embed_positions = embedding(options.max_positions, config.dim)
         self._word_start: torch.Tensor | None = None
         self.type_embedding = nn.Parameter(torch.zeros(1, 1, config.dim)) if options.type_embedding else None
 

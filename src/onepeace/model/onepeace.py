@@ -234,25 +234,73 @@ class OnePeace(nn.Module):
         *,
         batch_size: int = 16,
         normalize: bool = True,
+        long_audio: str = "truncate",
+        progress: bool | None = False,
         **others: Sequence[Any] | None,
     ) -> dict[str, torch.Tensor]:
-        """L2-normalised embeddings per modality, rows in input order (float32, on the CPU)."""
+        """L2-normalised embeddings per modality, rows in input order (float32, on the CPU).
+
+        ``progress``: a progress bar on stderr (``None``: only when stderr is a terminal).
+
+        ``long_audio`` decides what happens to clips over the 15 s cap: ``"truncate"`` (the
+        official behaviour) embeds the first 15 s and warns; ``"chunk"`` embeds consecutive 15 s
+        windows (a last remainder of at least 1 s included) and returns their duration-weighted
+        mean of L2-normalised window embeddings, renormalised. Both are batch-invariant.
+        """
+        from ..processing.audio import check_long_audio
+        from ..progress import progress_bar
+
+        check_long_audio(long_audio)
         given = {"text": text, "image": image, "audio": audio, **others}
+        given = {name: [items] if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Sequence)
+                 else list(items) for name, items in given.items() if items is not None}
         result = {}
-        for name, items in given.items():
-            if items is None:
-                continue
-            if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Sequence):
-                items = [items]
-            proc = self.processor.get(name)
-            rows = [
-                self.embed_batch(name, proc(list(chunk)), normalize).float().cpu()
-                for chunk in self._batches(list(items), batch_size)
-            ]
-            result[name] = torch.cat(rows) if rows else torch.empty(0, self.config.dim)
+        with progress_bar(progress, total=sum(map(len, given.values())), desc="embedding") as bar:
+            for name, items in given.items():
+                proc = self.processor.get(name)
+                if name == "audio" and long_audio == "chunk":
+                    result[name] = self._embed_windows(proc, items, batch_size, normalize)
+                    bar.update(len(items))
+                    continue
+                rows = []
+                for chunk in self._batches(items, batch_size):
+                    rows.append(self.embed_batch(name, proc(chunk), normalize).float().cpu())
+                    bar.update(len(chunk))
+                result[name] = torch.cat(rows) if rows else torch.empty(0, self.config.dim)
         if not result:
             raise InputError("nothing to embed: pass text=, image= or audio=")
         return result
+
+    def _embed_windows(self, proc, items: list[Any], batch_size: int, normalize: bool) -> torch.Tensor:
+        """Audio in 15 s windows: up to ``batch_size`` windows (from any clips) per forward pass,
+        each clip's window embeddings averaged with its duration weights, then renormalised."""
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        if not items:
+            return torch.empty(0, self.config.dim)
+        parts: list[list[tuple[torch.Tensor, float]]] = [[] for _ in items]
+        pending: list[tuple[int, float, torch.Tensor]] = []
+
+        def flush() -> None:
+            z = self.embed_batch("audio", proc.collate([w for _, _, w in pending]), normalize)
+            for (i, weight, _), row in zip(pending, z.float().cpu()):
+                parts[i].append((row, weight))
+            pending.clear()
+
+        def combine(rows: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+            if len(rows) == 1:  # a clip within the cap: its truncate embedding, untouched
+                return rows[0][0]
+            z = sum(r.double() * w for r, w in rows) / sum(w for _, w in rows)
+            return (F.normalize(z, dim=-1) if normalize else z).float()
+
+        for i, item in enumerate(items):
+            for w, weight in zip(*proc.windows(item, "chunk")):
+                pending.append((i, weight, w))
+                if len(pending) == batch_size:
+                    flush()
+        if pending:
+            flush()
+        return torch.stack([combine(rows) for rows in parts])
 
     @torch.inference_mode()
     def classify(self, *, batch_size: int = 16, **inputs: Sequence[Any] | None) -> torch.Tensor:
@@ -310,7 +358,10 @@ class OnePeace(nn.Module):
         return load_pretrained(path, dtype=dtype, device=device)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
-                        max_shard_bytes: int = 4 * 1024**3) -> None:
+                        max_shard_bytes: int = 4 * 1024**3, overwrite: bool = False) -> None:
+        """Write ``config.json`` + safetensors weights to the new directory ``path``. A non-empty
+        ``path`` is refused unless ``overwrite=True``, which replaces a previous model (never a
+        folder holding other files) atomically: a crash leaves the old or the new model whole."""
         from ..checkpoints.format import save_pretrained
 
-        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite)

@@ -4,12 +4,22 @@ Any format soundfile reads, any rate and channel count -> 16 kHz mono (channel m
 librosa 0.10 does, length fixed to ceil(n * ratio)), whole-clip normalisation, *then* the length
 cap, clips under the minimum tiled. Arrays and tensors are taken as 16 kHz mono unless a rate is
 given as ``(array, rate)``.
+
+Clips over the cap (15 s) are handled by one of :data:`LONG_AUDIO_MODES`:
+
+* ``"truncate"`` (the default, as the official code): only the first 15 s count, and a
+  :class:`~onepeace.errors.OnePeaceWarning` names the clip and its length;
+* ``"chunk"``: the normalised clip is cut into consecutive, non-overlapping 15 s windows; a final
+  remainder of at least the minimum length (1 s) is kept as a shorter window, a shorter one is
+  dropped (under a second, it is below what the model takes without tiling). The caller embeds the
+  windows and averages them weighted by their duration (:meth:`AudioProcessor.windows` returns the
+  weights). A clip within the cap gives exactly one window, identical to ``"truncate"``.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -18,8 +28,21 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, OnePeaceWarning
 from .inputs import describe, open_binary
+
+LONG_AUDIO_MODES = ("truncate", "chunk")
+
+
+def check_long_audio(mode: str) -> str:
+    """``mode`` if it is one of :data:`LONG_AUDIO_MODES`; an InputError otherwise."""
+    if mode not in LONG_AUDIO_MODES:
+        raise InputError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, got {mode!r}")
+    return mode
+
+
+#: file name extensions of the audio formats read (through libsndfile); folders are searched for these
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 
 
 def stem_frames(num_samples: int, stem: list[tuple[int, int, int]] | list[list[int]]) -> int:
@@ -58,9 +81,10 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
         try:
             data, rate = sf.read(stream, dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
-            reason = re.sub(r"^Error opening <[^>]*>: ", "", str(e)).rstrip(".")
+            reason = str(e).removeprefix(f"Error opening {stream!r}: ").rstrip(".")
             raise InputError(
-                f"cannot decode audio {describe(item)}: {reason}. Give a wav/flac/ogg/mp3 file"
+                f"cannot decode audio {describe(item)}: {reason}. Give a file in one of the formats "
+                f"{', '.join(x.lstrip('.') for x in AUDIO_EXTENSIONS)}"
             ) from None
         wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if wav.size == 0:
@@ -85,16 +109,47 @@ class AudioProcessor:
         self.max_samples = int(sample_rate * max_seconds)
         self.min_samples = int(sample_rate * min_seconds)
 
-    def one(self, item: Any) -> torch.Tensor:
+    def normalized(self, item: Any) -> torch.Tensor:
+        """The whole clip at the model's rate, normalised with its own statistics (no cap)."""
         wav = torch.from_numpy(load_audio(item, self.sample_rate))
-        wav = F.layer_norm(wav, wav.shape)  # statistics of the whole clip, before the cap
-        if wav.numel() > self.max_samples:
-            wav = wav[: self.max_samples]
+        return F.layer_norm(wav, wav.shape)  # statistics of the whole clip, before the cap
+
+    def _fit(self, wav: torch.Tensor, item: Any) -> torch.Tensor:
+        """Tile a window under the minimum; refuse one the conv stem cannot take."""
         if wav.numel() < self.min_samples:
             wav = wav.repeat(math.ceil(self.min_samples / wav.numel()))[: self.min_samples]
         if stem_frames(wav.numel(), self.stem) < 1:
             raise InputError(f"audio {describe(item)} is too short for the conv stem")
         return wav
+
+    def one(self, item: Any) -> torch.Tensor:
+        """One clip, capped at ``max_seconds`` silently (training data loaders use this)."""
+        return self._fit(self.normalized(item)[: self.max_samples], item)
+
+    def windows(self, item: Any, long_audio: str = "truncate") -> tuple[list[torch.Tensor], list[float]]:
+        """The windows to embed for one clip and their weights (seconds of audio each covers).
+
+        ``"truncate"``: one window, the first ``max_seconds``, with a warning when the clip is
+        longer. ``"chunk"``: consecutive ``max_seconds`` windows; a final remainder shorter than
+        ``min_seconds`` is dropped unless it is the whole clip.
+        """
+        check_long_audio(long_audio)
+        wav = self.normalized(item)
+        n, cap = wav.numel(), self.max_samples
+        if n <= cap:
+            return [self._fit(wav, item)], [n / self.sample_rate]
+        if long_audio == "truncate":
+            warnings.warn(
+                f"audio {describe(item)} is {n / self.sample_rate:.1f} s long; only its first "
+                f"{cap / self.sample_rate:g} s are used (the model's cap). To use all of it, average "
+                f"{cap / self.sample_rate:g} s windows: embed/zeroshot --long-audio chunk (Python: long_audio='chunk')",
+                OnePeaceWarning,
+                stacklevel=2,
+            )
+            return [self._fit(wav[:cap], item)], [cap / self.sample_rate]
+        starts = [s for s in range(0, n, cap) if s == 0 or n - s >= self.min_samples]
+        parts = [wav[s : s + cap] for s in starts]
+        return [self._fit(p, item) for p in parts], [p.numel() / self.sample_rate for p in parts]
 
     def collate(self, wavs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         longest = max(w.numel() for w in wavs)
@@ -108,6 +163,7 @@ class AudioProcessor:
         return {"waveform": wave, "padding_mask": mask}
 
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        """One window per clip (the first ``max_seconds``; longer clips warn)."""
         if not items:
             raise InputError("no audio given")
-        return self.collate([self.one(i) for i in items])
+        return self.collate([self.windows(i)[0][0] for i in items])
