@@ -274,9 +274,9 @@ def check_run_dir(path: str | os.PathLike, max_steps: int, existing: str = "refu
     if not os.path.isdir(path):
         return "new"
     # the final model replaces model/: checked now (a stranded save recovered), not after training
-    from .checkpoints.format import is_model_file
+    from .checkpoints.format import model_files
 
-    check_output_dir(os.path.join(path, "model"), True, owned=is_model_file, what="model")
+    check_output_dir(os.path.join(path, "model"), True, owned=model_files(os.path.join(path, "model")), what="model")
     entries = [e for e in sorted(os.listdir(path)) if not is_staging_name(e)]
     if not entries:
         return "new"

@@ -122,12 +122,40 @@ def read_tensors(path: str, want: Callable[[str, tuple, torch.dtype], torch.dtyp
 
 
 _MODEL_FILE = re.compile(r"^(config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json)"
-                         r"(\.tmp-\d+)?$")
+                         r"(\.tmp-\d+)?$|^README\.md\.tmp-\d+$")
+CARD_NAME = "README.md"
 
 
-def is_model_file(name: str) -> bool:
-    """Whether ``name`` is a file of our model format (or a temporary one of an interrupted write)."""
-    return _MODEL_FILE.match(name) is not None
+def is_model_file(name: str, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``name`` is a file of our model format (or a temporary one of an interrupted write);
+    with ``folder``, also its ``README.md`` when that is an onepeace model card (a user's own
+    README is never taken for part of a model). :func:`model_files` binds ``folder``."""
+    if _MODEL_FILE.match(name) is not None:
+        return True
+    return name == CARD_NAME and folder is not None and is_model_card(os.path.join(folder, name))
+
+
+def model_files(folder: str | os.PathLike) -> Callable[[str], bool]:
+    """The ``owned`` predicate of a model directory ``folder`` (see :mod:`onepeace.outputs`)."""
+    return lambda name: is_model_file(name, folder)
+
+
+def is_model_card(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model card written for onepeace (YAML front matter naming the library)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(8192)
+    except OSError:
+        return False
+    lines = head.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return False
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return False
+        if re.fullmatch(r"library_name:\s*['\"]?onepeace['\"]?\s*", line):
+            return True
+    return False
 
 
 def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec],
@@ -153,7 +181,7 @@ def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec]
         names = [WEIGHTS_NAME]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    with staged_dir(path, overwrite, owned=is_model_file, inputs=inputs, what="model") as tmp:
+    with staged_dir(path, overwrite, owned=model_files(path), inputs=inputs, what="model") as tmp:
         for name, shard in zip(names, shards):
             write_safetensors(os.path.join(tmp, name), shard)
         if len(shards) > 1:
@@ -199,7 +227,13 @@ def weight_files(path: str) -> list[str]:
     return [single]
 
 
-def load_config(path: str) -> ModelConfig:
+def load_config(path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                local_files_only: bool | None = None) -> ModelConfig:
+    """The config of the model directory ``path``, or of a Hugging Face Hub id ``org/name[@rev]``
+    (see :func:`onepeace.checkpoints.hub.resolve_model`)."""
+    from .hub import resolve_model
+
+    path = resolve_model(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     cfg_path = os.path.join(path, CONFIG_NAME)
     if os.path.isfile(path):
         if os.path.basename(path) == CONFIG_NAME or path.endswith(".safetensors"):
@@ -223,11 +257,16 @@ def load_config(path: str) -> ModelConfig:
         raise CheckpointError(f"invalid {cfg_path}: {e}") from None
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu"):
-    """Build the model on ``meta`` and read every weight straight into place."""
+def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu", revision: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None):
+    """Build the model on ``meta`` and read every weight straight into place. ``path`` is a model
+    directory or a Hugging Face Hub id ``org/name[@rev]`` (snapshotted into the Hub cache, see
+    :func:`onepeace.checkpoints.hub.resolve_model`)."""
     from ..factory import create_model, resolve_dtype
+    from .hub import resolve_model
 
-    path = os.fspath(path)
+    given = os.fspath(path)
+    path = resolve_model(given, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     config = load_config(path)
     model = create_model(config, device="meta", init=False)
     expected = {k: v for k, v in model.state_dict().items()}
@@ -255,6 +294,9 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu"):
             f"{'...' if len(missing) > 10 else ''}, unexpected {sorted(unexpected)[:10]}"
         )
     model.load_state_dict(state, assign=True)
+    # where the weights came from: search indexes fingerprint these files (onepeace.search);
+    # name_or_path is what a user would pass again: the directory or the Hub id as given
+    model.source_dir, model.name_or_path = path, given
     return model.eval()
 
 
@@ -272,4 +314,5 @@ def save_pretrained(model, path: str | os.PathLike, *, dtype=None, max_shard_byt
     write_checkpoint_dir(os.fspath(path), model.config, specs, max_shard_bytes, overwrite=overwrite)
 
 
-__all__ = ["TensorSpec", "is_model_file", "load_pretrained", "save_pretrained", "write_checkpoint_dir"]
+__all__ = ["TensorSpec", "is_model_card", "is_model_file", "load_pretrained", "model_files", "save_pretrained",
+           "write_checkpoint_dir"]

@@ -21,7 +21,7 @@ import torch
 from ..config import HeadConfig, ModelConfig
 from ..errors import CheckpointError
 from ..processing.tokenizer import GPT2_VOCAB, SPECIAL_SYMBOLS, VOCAB_SIZE
-from .format import TensorSpec, is_model_file, write_checkpoint_dir
+from .format import TensorSpec, model_files, write_checkpoint_dir
 from .safe_pickle import LazyTensor, read_checkpoint, to_plain
 
 log = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dict_path: str | os.
     if not os.path.isfile(src):
         raise CheckpointError(f"checkpoint not found: {os.fspath(src)}")
     inputs = [src, dict_path]
-    check_output_dir(dst, overwrite, owned=is_model_file, inputs=inputs, what="model")  # before any reading
+    check_output_dir(dst, overwrite, owned=model_files(dst), inputs=inputs, what="model")  # before any reading
     cfg, state = load_official(src)
     config, specs = plan_conversion(cfg, state, dict_path, resolve_dtype(dtype))
     if labels is not None and config.head is not None:

@@ -51,11 +51,14 @@ def _load_config(model: str | None) -> Any:
         from ..config import get_preset
 
         return get_preset(model)
-    if os.path.isdir(model):
+    from ..checkpoints.hub import looks_like_hub_id
+
+    if os.path.isdir(model) or looks_like_hub_id(model):
         from ..checkpoints.format import load_config
 
         return load_config(model)
-    raise InputError(f"--model {model!r} is neither a preset ({', '.join(list_presets())}) nor a model directory")
+    raise InputError(f"--model {model!r} is neither a preset ({', '.join(list_presets())}), a model directory "
+                     "nor a Hugging Face Hub id (org/name)")
 
 
 def data_check(source: str, model: str | None = None, limit: int | None = None, train: bool = False) -> int:

@@ -352,16 +352,44 @@ class OnePeace(nn.Module):
     # ------------------------------------------------------------------ persistence
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
-                        device: str | torch.device = "cpu") -> OnePeace:
+                        device: str | torch.device = "cpu", revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None) -> OnePeace:
+        """Load a model directory, or a Hugging Face Hub id ``org/name`` (``org/name@rev`` or
+        ``revision=`` pins a branch, tag or commit), snapshotted into the standard Hub cache
+        (``cache_dir``); with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` the cache alone."""
         from ..checkpoints.format import load_pretrained
 
-        return load_pretrained(path, dtype=dtype, device=device)
+        return load_pretrained(path, dtype=dtype, device=device, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only)
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
-                        max_shard_bytes: int = 4 * 1024**3, overwrite: bool = False) -> None:
+                        max_shard_bytes: int = 4 * 1024**3, overwrite: bool = False, push_to_hub: bool = False,
+                        repo_id: str | None = None, private: bool | None = None, token: str | None = None,
+                        commit_message: str | None = None) -> str | None:
         """Write ``config.json`` + safetensors weights to the new directory ``path``. A non-empty
         ``path`` is refused unless ``overwrite=True``, which replaces a previous model (never a
-        folder holding other files) atomically: a crash leaves the old or the new model whole."""
+        folder holding other files) atomically: a crash leaves the old or the new model whole.
+
+        With ``push_to_hub=True`` a model card (``README.md``) is added to ``path`` and the
+        directory is uploaded to the Hub repository ``repo_id`` (default: the directory's name);
+        returns the commit URL (see :func:`onepeace.checkpoints.hub.push_to_hub`)."""
         from ..checkpoints.format import save_pretrained
 
         save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+        if not push_to_hub:
+            return None
+        from ..checkpoints import hub
+
+        hub.write_model_card(self, path, repo_id=repo_id)
+        return hub.push_to_hub(path, repo_id or os.path.basename(os.path.abspath(path)), private=private, token=token,
+                    commit_message=commit_message)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None, metrics: dict | None = None,
+                    trained_on: str | Sequence[str] | None = None) -> str:
+        """Upload this model with a generated model card to the Hub repository ``repo_id``;
+        returns the commit URL (see :func:`onepeace.checkpoints.hub.push_to_hub`)."""
+        from ..checkpoints.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                           metrics=metrics, trained_on=trained_on)
