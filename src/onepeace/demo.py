@@ -4,6 +4,14 @@ Stage 1 aligns handwritten digit images with captions; stage 2 aligns spoken dig
 captions, with the official stage-2 freezing. Audio and images never meet in training, yet audio
 -> image retrieval works: the emergent alignment through language that ONE-PEACE claims. Evaluation
 is on held-out images and on voices never heard in training.
+
+The run directory (``runs/demo``) is resumable: ``demo.json`` records the settings (seed, step
+counts) and which stages are done, so a rerun after an interruption continues where it stopped
+(each stage from its last checkpoint). A finished demo is never overwritten unless ``force``.
+Once finished, the intermediate files (the shards, both stages' checkpoints and models) are
+removed unless ``keep_checkpoints``; what stays is the final model, metrics, plot and logs.
+
+Same seed, same machine, same thread count -> the same losses and metrics, bit for bit.
 """
 
 from __future__ import annotations
@@ -11,18 +19,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import random
+import shutil
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoints.format import write_text_atomic
+from .checkpoints.format import write_png_atomic, write_text_atomic
+from .errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
 PAIRS = ["image->text", "text->image", "audio->text", "text->audio", "audio->image", "image->audio"]
+STATE = "demo.json"  # settings and progress of the run in this directory
+DEMO_ENTRIES = {"data", "stage1", "stage2", "model", "metrics.json", "demo.png", STATE, "index", "index-media"}
+#: what a finished demo no longer needs (kept with ``keep_checkpoints``)
+INTERMEDIATE = ("data", "stage1/checkpoints", "stage1/model", "stage2/checkpoints", "stage2/model")
 
 
 def recipe(name: str) -> str:
@@ -30,11 +45,14 @@ def recipe(name: str) -> str:
 
 
 def build_data(root: str, seed: int = 0) -> dict[str, str]:
-    """Shards for train/test x image/audio from the bundled arrays (captions from templates)."""
+    """Shards for train/test x image/audio from the bundled arrays (captions from templates).
+
+    Each set is written whole or not at all, and its captions depend only on (seed, set), so a
+    set rebuilt after an interruption is the one an uninterrupted run writes."""
     from .data.demo import audio_captions, eval_caption, image_captions, load_digits, load_speech
     from .data.shards import write_shards_from_samples
+    from .outputs import staged_dir
 
-    rng = random.Random(seed)
     sources = {
         "image": (lambda split: load_digits(split), image_captions),
         "audio": (lambda split: load_speech(split)[:2], audio_captions),
@@ -42,58 +60,195 @@ def build_data(root: str, seed: int = 0) -> dict[str, str]:
     out = {}
     for split in ("train", "test"):
         for m, (load, caption) in sources.items():
-            items, labels = load(split)
-            path = os.path.join(root, f"{m}-{split}")
+            name = f"{m}-{split}"
+            path = os.path.join(root, name)
             if not os.path.isdir(path):
+                rng = random.Random(f"onepeace-demo-captions:{seed}:{name}")
+                items, labels = load(split)
                 # training captions vary by template; evaluation uses one fixed prompt per digit
-                cap = (lambda lab, c=caption: c(lab, rng)) if split == "train" else (lambda lab, m=m: eval_caption(lab, m))
-                write_shards_from_samples(
-                    ({m: x, "text": cap(lab), "label": int(lab), "id": f"{m}-{split}-{i}"}
-                     for i, (x, lab) in enumerate(zip(items, labels))), path, samples_per_shard=5000)
-            out[f"{m}-{split}"] = path
+                cap = (lambda lab, c=caption, r=rng: c(lab, r)) if split == "train" else (lambda lab, m=m: eval_caption(lab, m))
+                with staged_dir(path, what="demo data set") as tmp:
+                    write_shards_from_samples(
+                        ({m: x, "text": cap(lab), "label": int(lab), "id": f"{m}-{split}-{i}"}
+                         for i, (x, lab) in enumerate(zip(items, labels))), tmp, samples_per_shard=5000)
+            out[name] = path
     return out
 
 
-def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, steps: int | None = None,
+                 progress: bool = True, init: str | None = None):
+    """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
+    sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model)."""
     from .train.config import load_config
+
+    if stage not in (1, 2):
+        raise ValueError(f"the demo has stages 1 and 2, not {stage!r}")
+    over = [f"train.seed={seed}", f"train.progress={'true' if progress else 'false'}",
+            f"train.output={json.dumps(os.path.join(out, f'stage{stage}'))}"]
+    if stage == 1:
+        over.append(f"data.train={json.dumps(data['image-train'])}")
+    else:
+        over += [f"data.train={json.dumps(data['audio-train'])}",
+                 f"model.init={json.dumps(init or os.path.join(out, 'stage1', 'model'))}"]
+    cfg = load_config(recipe(f"demo_stage{stage}.toml"), over)
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"--stage{stage}-steps must be a positive number of steps, got {steps!r}")
+        cfg.optim.max_steps = steps
+    if stage == 2:
+        cfg.data.eval = [data["image-test"], data["audio-test"]]
+    return cfg
+
+
+def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
+             seed: int = 0, progress: bool = True, force: bool = False,
+             keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Run (or resume) the demo in ``out``; returns what ``metrics.json`` holds, plus ``plot``
+    and ``kept`` (the intermediate paths left, with their sizes in bytes)."""
     from .train.trainer import Trainer
 
+    # the settings are checked against the directory before any work
+    settings = {"seed": int(seed),
+                "stage1_steps": stage_config(1, out, _NO_DATA, steps=stage1_steps).optim.max_steps,
+                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps).optim.max_steps}
+    state = _open_run(out, settings, force)
     data = build_data(os.path.join(out, "data"), seed)
-    common = [f"train.seed={seed}", f"train.progress={'true' if progress else 'false'}"]
-    s1 = load_config(recipe("demo_stage1.toml"), common + [
-        f"data.train={json.dumps(data['image-train'])}", f"train.output={json.dumps(os.path.join(out, 'stage1'))}"])
-    if stage1_steps:
-        s1.optim.max_steps = stage1_steps
-    Trainer(s1).fit()
-    s2 = load_config(recipe("demo_stage2.toml"), common + [
-        f"data.train={json.dumps(data['audio-train'])}", f"train.output={json.dumps(os.path.join(out, 'stage2'))}",
-        f"model.init={json.dumps(os.path.join(out, 'stage1', 'model'))}"])
-    s2.data.eval = [data["image-test"], data["audio-test"]]
-    if stage2_steps:
-        s2.optim.max_steps = stage2_steps
-    result = Trainer(s2).fit()
+    if not state.get("stage1"):
+        Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress),
+                existing="resume").fit()  # an interrupted stage continues from its last checkpoint
+        state["stage1"] = True
+        _save_state(out, state)
     model_dir = os.path.join(out, "model")
-    _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
-    retrieval = {p: {"R@1": round(result["retrieval"][p]["R@1"], 2), "chance": round(result["retrieval"][p]["chance"], 2),
-                     "R@5": round(result["retrieval"][p]["R@5"], 2)} for p in PAIRS}
-    metrics = {"retrieval": retrieval, "model": model_dir,
-               "train": {"stage1_steps": s1.optim.max_steps, "stage2_steps": s2.optim.max_steps}}
-    write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    if "retrieval" not in state:
+        result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress),
+                         existing="resume").fit()
+        _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
+        state["retrieval"] = result["retrieval"]
+        _save_state(out, state)
     plot = os.path.join(out, "demo.png")
     _plot(out, model_dir, data, plot)
-    metrics["plot"] = plot
-    return metrics
+    res = state["retrieval"]
+    # R@5 is absent where the gallery is smaller (e.g. a test set with fewer than 5 digits)
+    retrieval = {p: {k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]} for p in PAIRS}
+    metrics = {"retrieval": retrieval, "model": model_dir,
+               "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
+                         "stage2_steps": settings["stage2_steps"]},
+               "environment": environment()}
+    write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    from .checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
+
+    write_model_card(model_dir, model_dir, {"retrieval on the held-out test sets (%)": retrieval}, trained_on=[
+        "the bundled demo set (onepeace/assets/demo): stage 1 handwritten MNIST digits with template captions "
+        f"(image-text, {settings['stage1_steps']} steps), stage 2 synthetic spoken digit words with template "
+        f"captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}",
+        "audio and images never meet in training: audio -> image retrieval is emergent"])
+    if not keep_checkpoints:
+        for rel in INTERMEDIATE:
+            shutil.rmtree(os.path.join(out, rel), ignore_errors=True)
+    state["finished"] = True
+    _save_state(out, state)
+    kept = {p: _size(p) for rel in INTERMEDIATE if os.path.exists(p := os.path.join(out, rel))}
+    return {**metrics, "plot": plot, "kept": kept}
+
+
+_NO_DATA = {k: "" for k in ("image-train", "audio-train", "image-test", "audio-test")}
+
+
+def environment() -> dict[str, Any]:
+    """What besides the seed decides the exact numbers (see the README's reproducibility notes)."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _describe(s: dict[str, Any]) -> str:
+    return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps"
+
+
+def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]:
+    """The state of the demo in ``out``: an unfinished run with the same settings is resumed;
+    anything else already there (a finished demo, an unfinished one with other settings, an
+    older layout) is refused unless ``force``, which starts over: the intermediate files are
+    removed, the previous model, metrics and plot stay until the new ones replace them."""
+    from .outputs import check_creatable, is_staging_name
+
+    _check_demo_dir(out)
+    check_creatable(out)
+    entries = sorted(e for e in (os.listdir(out) if os.path.isdir(out) else []) if not is_staging_name(e))
+    state = _load_state(out) if STATE in entries else None
+    if not force and state is not None and not state.get("finished") and state.get("settings") == settings:
+        log.info("resuming the demo in %s (%s)", out, _describe(settings))
+        return state
+    if entries and not force:
+        if state is None and "metrics.json" not in entries:
+            raise OutputError(f"--out {out} holds an unfinished demo from an older onepeace ({', '.join(entries[:3])}); "
+                              "pass --force to start it over, or choose another --out")
+        if state is None or state.get("finished"):
+            raise OutputError(f"--out {out} holds a finished demo (model/, metrics.json); pass --force to run it "
+                              "again from scratch, or choose another --out")
+        raise OutputError(f"--out {out} holds an unfinished demo with {_describe(state['settings'])}; rerun with "
+                          f"those settings to resume it, pass --force to start over with {_describe(settings)}, "
+                          "or choose another --out")
+    for name in ("data", "stage1", "stage2"):
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    state = {"settings": settings}
+    os.makedirs(out, exist_ok=True)
+    _save_state(out, state)
+    return state
+
+
+def _load_state(out: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(out, STATE)) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _save_state(out: str, state: dict[str, Any]) -> None:
+    write_text_atomic(os.path.join(out, STATE), json.dumps(state, indent=1))
+
+
+def _check_demo_dir(out: str) -> None:
+    """The demo resumes or reruns in its own directory, but never writes into another one."""
+    from .checkpoints.format import model_files
+    from .outputs import check_output_dir, is_staging_name
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"--out {out} is a file, not a directory; give the demo a directory")
+    other = sorted(e for e in (os.listdir(out) if os.path.isdir(out) else [])
+                   if e not in DEMO_ENTRIES and not is_staging_name(e))
+    if other:
+        raise OutputError(f"--out {out} is not a demo run directory (it holds {', '.join(other[:3])}"
+                          f"{' ...' if len(other) > 3 else ''}); choose a new or empty directory")
+    check_output_dir(os.path.join(out, "model"), True, owned=model_files(os.path.join(out, "model")),
+                     what="model")  # replaced at the end
 
 
 def _replace_dir(src: str, dst: str) -> None:
-    import shutil
+    """Copy the model directory ``src`` over ``dst``, atomically (the old or the new one, whole)."""
+    from .checkpoints.format import model_files
+    from .outputs import staged_dir
 
-    tmp = dst + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    with staged_dir(dst, force=True, owned=model_files(dst), what="model") as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def _read_losses(path: str) -> list[tuple[int, float]]:
@@ -103,10 +258,48 @@ def _read_losses(path: str) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
-    """Loss curves of both stages and the class-averaged audio->image similarity, with Pillow."""
-    from PIL import Image, ImageDraw
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    import math
 
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / max(1, n)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float, step: float) -> str:
+    import math
+
+    digits = max(0, -math.floor(math.log10(step))) if step > 0 else 2
+    return f"{v:.{digits}f}"
+
+
+_VIRIDIS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+
+
+def _colour(t: float) -> tuple[int, int, int]:
+    """A viridis-like colour for t in [0, 1]."""
+    t = min(1.0, max(0.0, float(t))) * (len(_VIRIDIS) - 1)
+    i = min(int(t), len(_VIRIDIS) - 2)
+    a, b, f = _VIRIDIS[i], _VIRIDIS[i + 1], t - i
+    return tuple(int(round(x + (y - x) * f)) for x, y in zip(a, b))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # a Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _class_similarity(model_dir: str, data: dict[str, str]) -> np.ndarray:
+    """[10, 10] mean cosine similarity of test audio of digit a (rows) to test images of digit b."""
     from .data.dataset import make_loader
     from .model.onepeace import OnePeace
 
@@ -119,43 +312,96 @@ def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
                 zs.append(model.embed_batch(m, batch[m]).float())
             ls.append(batch["label"])
         emb[m] = (torch.cat(zs), torch.cat(ls))
-    sim = np.zeros((10, 10))
     za, la = emb["audio"]
     zi, li = emb["image"]
     s = (za @ zi.T).numpy()
+    sim = np.full((10, 10), np.nan)  # NaN: a digit missing from a test set
     for a in range(10):
         for b in range(10):
-            sim[a, b] = s[np.ix_((la == a).numpy(), (li == b).numpy())].mean()
-    w, h = 900, 420
-    img = Image.new("RGB", (w, h), "white")
+            rows, cols = (la == a).numpy(), (li == b).numpy()
+            if rows.any() and cols.any():
+                sim[a, b] = s[np.ix_(rows, cols)].mean()
+    return sim
+
+
+def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
+    """demo.png: the loss curves of both stages (steps and loss on the axes), and the
+    class-averaged audio->image similarity on the test sets with its colour scale."""
+    from PIL import Image, ImageDraw
+
+    sim = _class_similarity(model_dir, data)
+    img = Image.new("RGB", (1000, 470), "white")
     d = ImageDraw.Draw(img)
-    # loss curves
-    x0, y0, x1, y1 = 50, 30, 470, 380
+    font, small = _font(14), _font(12)
+
+    def text(xy, s, anchor="la", f=small, fill="black"):
+        d.text(xy, s, fill=fill, font=f, anchor=anchor)
+
+    # ---- loss curves: stage 2's steps continue stage 1's on the x axis
+    x0, y0, x1, y1 = 70, 50, 490, 400
+    text((x0, 14), "pretraining loss", f=font)
+    s1 = _read_losses(os.path.join(out, "stage1", "metrics.jsonl"))
+    s2 = _read_losses(os.path.join(out, "stage2", "metrics.jsonl"))
+    n1 = max((s for s, _ in s1), default=0)
+    curves = [(s1, (31, 119, 180), "stage 1: image-text"),
+              ([(s + n1, v) for s, v in s2], (214, 39, 40), "stage 2: audio-text")]
+    pts = [p for c, _, _ in curves for p in c]
+    if pts:
+        smax = max(s for s, _ in pts)
+        vmin, vmax = min(v for _, v in pts), max(v for _, v in pts)
+        pad = (vmax - vmin) * 0.05 or 0.5
+        vlo, vhi = vmin - pad, vmax + pad
+        sx = lambda s: x0 + s / max(1, smax) * (x1 - x0)  # noqa: E731
+        sy = lambda v: y1 - (v - vlo) / (vhi - vlo) * (y1 - y0)  # noqa: E731
+        yt = _nice_ticks(vlo, vhi, 6)
+        for v in yt:
+            d.line((x0, sy(v), x1, sy(v)), fill=(232, 232, 232))
+            d.line((x0 - 4, sy(v), x0, sy(v)), fill="black")
+            text((x0 - 7, sy(v)), _fmt(v, yt[1] - yt[0] if len(yt) > 1 else 1.0), anchor="rm")
+        xt = _nice_ticks(0, smax, 6)
+        for s in xt:
+            d.line((sx(s), y1, sx(s), y1 + 4), fill="black")
+            text((sx(s), y1 + 7), str(int(round(s))), anchor="ma")
+        if s2 and n1:
+            for y in range(y0, y1, 8):  # dashed line between the stages
+                d.line((sx(n1), y, sx(n1), min(y + 4, y1)), fill=(150, 150, 150))
+        for c, col, _ in curves:
+            if len(c) > 1:
+                d.line([(sx(s), sy(v)) for s, v in c], fill=col, width=2)
+            elif c:
+                d.ellipse((sx(c[0][0]) - 2, sy(c[0][1]) - 2, sx(c[0][0]) + 2, sy(c[0][1]) + 2), fill=col)
+        ly = y0 + 10
+        for _, col, label in curves:
+            d.line((x1 - 150, ly, x1 - 128, ly), fill=col, width=2)
+            text((x1 - 122, ly), label, anchor="lm")
+            ly += 18
+    else:
+        text(((x0 + x1) // 2, (y0 + y1) // 2), "no losses logged", anchor="mm")
     d.rectangle((x0, y0, x1, y1), outline="black")
-    d.text((x0, 8), "pretraining loss (stage 1 blue, stage 2 red)", fill="black")
-    curves = [(_read_losses(os.path.join(out, st, "metrics.jsonl")), col) for st, col in (("stage1", "blue"), ("stage2", "red"))]
-    n1 = max([s for s, _ in curves[0][0]], default=0)
-    pts_all = [(s + (n1 if i else 0), v) for i, (c, _) in enumerate(curves) for s, v in c]
-    if pts_all:
-        smax = max(s for s, _ in pts_all) or 1
-        vmin, vmax = min(v for _, v in pts_all), max(v for _, v in pts_all)
-        vr = (vmax - vmin) or 1.0
-        for i, (c, col) in enumerate(curves):
-            pts = [(x0 + (s + (n1 if i else 0)) / smax * (x1 - x0), y1 - (v - vmin) / vr * (y1 - y0)) for s, v in c]
-            if len(pts) > 1:
-                d.line(pts, fill=col, width=2)
-        d.text((x0, y1 + 5), f"steps 0..{smax}   loss {vmin:.2f}..{vmax:.2f}", fill="black")
-    # heatmap
-    hx, hy, cell = 540, 40, 32
-    d.text((hx, 8), "audio (rows) -> image (cols) similarity, test set", fill="black")
-    lo, hi = sim.min(), sim.max()
+    text(((x0 + x1) // 2, y1 + 26), "step (stage 2 continues after stage 1)", anchor="ma")
+    text((x0 - 7, y0 - 8), "loss", anchor="rb")
+
+    # ---- heat map of audio (rows) -> image (cols) similarity, with its colour scale
+    hx, hy, cell = 590, 70, 30
+    text((hx - 30, 14), "audio -> image cosine similarity (test set)", f=font)
+    text((hx - 30, 34), "mean over pairs of a spoken digit (row) and an image (column)")
+    lo, hi = (float(np.nanmin(sim)), float(np.nanmax(sim))) if np.isfinite(sim).any() else (0.0, 0.0)
     for a in range(10):
-        d.text((hx - 14, hy + a * cell + 10), str(a), fill="black")
-        d.text((hx + a * cell + 12, hy + 10 * cell + 4), str(a), fill="black")
+        text((hx - 8, hy + a * cell + cell // 2), str(a), anchor="rm")
+        text((hx + a * cell + cell // 2, hy + 10 * cell + 6), str(a), anchor="ma")
         for b in range(10):
-            t = (sim[a, b] - lo) / ((hi - lo) or 1)
-            col = (int(255 * t), int(80 + 100 * (1 - abs(t - 0.5) * 2)), int(255 * (1 - t)))
+            t = (sim[a, b] - lo) / ((hi - lo) or 1.0)
+            col = _colour(t) if np.isfinite(sim[a, b]) else (220, 220, 220)
             d.rectangle((hx + b * cell, hy + a * cell, hx + (b + 1) * cell - 1, hy + (a + 1) * cell - 1), fill=col)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    text((hx + 5 * cell, hy + 10 * cell + 24), "image digit", anchor="ma")
+    text((hx - 8, hy - 6), "spoken digit", anchor="rb")
+    bx, bw, bh = hx + 10 * cell + 24, 16, 10 * cell
+    for y in range(bh):
+        d.line((bx, hy + y, bx + bw - 1, hy + y), fill=_colour(1 - y / max(1, bh - 1)))
+    d.rectangle((bx, hy, bx + bw - 1, hy + bh - 1), outline="black")
+    for v, y in ((hi, hy), ((hi + lo) / 2, hy + bh // 2), (lo, hy + bh - 1)):
+        d.line((bx + bw - 1, y, bx + bw + 3, y), fill="black")
+        text((bx + bw + 6, y), f"{v:.3f}", anchor="lm")
+    text((bx + bw // 2, hy - 6), "max", anchor="mb")
+    text((bx + bw // 2, hy + bh + 6), "min", anchor="ma")
+    write_png_atomic(path, np.asarray(img))

@@ -1,0 +1,143 @@
+"""The laptop demo over seeds: how much its retrieval numbers move with the seed alone.
+
+Runs the full ``onepeace demo`` (the command a user runs) once per seed, each into its own
+directory under a scratch folder, and writes ``benchmarks/results/demo-seeds.json``: every seed's
+metrics (and the environment they were measured in), and the median / min / max of each metric
+per retrieval pair. ``--table`` prints the README's markdown table from that file.
+
+    python benchmarks/demo_seeds.py [--seeds 0 1 2 3 4] [--scratch runs/demo-seeds] [--reuse]
+    python benchmarks/demo_seeds.py --table
+    python benchmarks/demo_seeds.py --stage1-steps 2 --stage2-steps 2   # a pipeline check, not results
+
+With ``--stage1-steps`` / ``--stage2-steps`` the run is a quick check and goes to
+``demo-seeds-quick.json`` unless ``--out`` says otherwise. Each seed's run directory stays in the
+scratch folder (the final model, metrics, plot and logs; about 40 MB); a seed whose demo finished
+there with the same settings is reused with ``--reuse`` (an interrupted one resumes), otherwise
+every seed is run afresh (``onepeace demo --force``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_model import machine_facts  # noqa: E402  (the house helper; imports torch lazily)
+
+PAIRS = ["image->text", "text->image", "audio->text", "text->audio", "audio->image", "image->audio"]
+RESULTS = HERE / "results"
+
+
+def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool) -> dict:
+    """The demo's metrics.json for ``seed`` (run now, or a finished run with the same settings)."""
+    state, metrics = out / "demo.json", out / "metrics.json"
+    if reuse and state.exists() and metrics.exists():
+        s = json.loads(state.read_text())
+        m = json.loads(metrics.read_text())
+        want = {k: v for k, v in steps.items() if v is not None}
+        if s.get("finished") and s["settings"]["seed"] == seed and all(s["settings"][k] == v for k, v in want.items()):
+            print(f"seed {seed}: reusing the finished demo in {out}", flush=True)
+            return {**m, "seconds": None}
+    # --reuse: an interrupted demo with these settings resumes; otherwise every seed starts afresh
+    cmd = [sys.executable, "-m", "onepeace.cli", "demo", "--seed", str(seed), "--out", str(out)]
+    cmd += [] if reuse else ["--force"]
+    for k, v in steps.items():
+        if v is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    print(f"seed {seed}: {' '.join(cmd[2:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"seed {seed}: the demo failed (exit {proc.returncode})")
+    m = json.loads(metrics.read_text())
+    m["seconds"] = round(time.perf_counter() - t0, 1)
+    r1 = m["retrieval"]["audio->image"]["R@1"]
+    print(f"seed {seed}: done in {m['seconds']:.0f} s, audio->image R@1 {r1:.1f}", flush=True)
+    return m
+
+
+def summarise(per_seed: dict[str, dict]) -> dict[str, dict]:
+    """Median / min / max of every metric per pair, over the seeds."""
+    out = {}
+    for pair in PAIRS:
+        rows = [m["retrieval"][pair] for m in per_seed.values()]
+        keys = [k for k in rows[0] if all(k in r for r in rows)]
+        out[pair] = {k: {"median": round(statistics.median(r[k] for r in rows), 2),
+                         "min": min(r[k] for r in rows), "max": max(r[k] for r in rows)} for k in keys}
+    return out
+
+
+def table(result: dict) -> str:
+    """The README's table: R@1 median (min-max) per pair over the seeds, against chance."""
+    seeds = result["settings"]["seeds"]
+    lines = [f"| pair | R@1, median of {len(seeds)} seeds | min - max | chance | per seed ({', '.join(map(str, seeds))}) |",
+             "|---|---:|---:|---:|---|"]
+    for pair, s in result["summary"].items():
+        r1 = s["R@1"]
+        each = " / ".join(f"{result['per_seed'][str(k)]['retrieval'][pair]['R@1']:.1f}" for k in seeds)
+        lines.append(f"| {pair} | {r1['median']:.1f} | {r1['min']:.1f} - {r1['max']:.1f} | "
+                     f"{s['chance']['median']:.1f} | {each} |")
+    st = result["settings"]
+    quick = " (quick check: step counts overridden, not results)" if result.get("mode") == "quick" else ""
+    lines.append(f"\n{st['stage1_steps']} + {st['stage2_steps']} steps; {result['machine'].get('cpu_model', '?')}, "
+                 f"{result['threads']} threads, torch {result['machine'].get('torch', '?')}{quick}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--stage1-steps", type=int, help="passed to onepeace demo (a quick check, not results)")
+    ap.add_argument("--stage2-steps", type=int, help="passed to onepeace demo (a quick check, not results)")
+    ap.add_argument("--scratch", default=str(ROOT / "runs" / "demo-seeds"), help="one demo directory per seed here")
+    ap.add_argument("--reuse", action="store_true", help="reuse seeds whose demo already finished with these settings")
+    ap.add_argument("--out", help="results file (default benchmarks/results/demo-seeds.json, "
+                                  "demo-seeds-quick.json with step overrides)")
+    ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    args = ap.parse_args()
+    steps = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
+    quick = any(v is not None for v in steps.values())
+    out = Path(args.out) if args.out else RESULTS / ("demo-seeds-quick.json" if quick else "demo-seeds.json")
+    if args.table:
+        if not out.exists():
+            raise SystemExit(f"{out} does not exist: run python benchmarks/demo_seeds.py first")
+        print(table(json.loads(out.read_text())))
+        return
+    if len(set(args.seeds)) != len(args.seeds):
+        raise SystemExit(f"--seeds has repeats: {args.seeds}")
+    t0 = time.perf_counter()
+    per_seed = {str(s): run_seed(s, Path(args.scratch) / f"seed-{s}", steps, args.reuse) for s in args.seeds}
+    first = next(iter(per_seed.values()))
+    envs = {json.dumps(m.get("environment"), sort_keys=True) for m in per_seed.values()}
+    result = {
+        "schema": 1,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full",
+        "settings": {"seeds": args.seeds, "stage1_steps": first["train"]["stage1_steps"],
+                     "stage2_steps": first["train"]["stage2_steps"]},
+        "machine": {k: v for k, v in machine_facts().items() if k != "threads"},
+        "threads": first.get("environment", {}).get("threads"),
+        "same_environment_for_all_seeds": len(envs) == 1,
+        "per_seed": per_seed,
+        "summary": summarise(per_seed),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    from onepeace.checkpoints.format import write_text_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(str(out), json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}\n")
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
