@@ -27,3 +27,12 @@ __all__ = [
     "registered_modalities",
     "resolve_dtype",
 ]
+
+# LanceDB has no plugin entry points: where lancedb is already imported, register the "onepeace"
+# embedding function now (lancedb itself is never imported here; otherwise import
+# onepeace.search.lancedb_fn, see there, which also reports a LanceDB too old for it)
+if "lancedb" in __import__("sys").modules:
+    try:
+        from .search import lancedb_fn as _lancedb_fn  # noqa: F401
+    except ImportError:
+        pass

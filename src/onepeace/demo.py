@@ -129,7 +129,9 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
     _plot(out, model_dir, data, plot)
     res = state["retrieval"]
     # R@5 is absent where the gallery is smaller (e.g. a test set with fewer than 5 digits)
-    retrieval = {p: {k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]} for p in PAIRS}
+    # class-level retrieval over distinct items (relevant = same digit), as the result names it
+    retrieval = {p: {**{k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]},
+                     **{k: res[p][k] for k in ("protocol", "queries", "gallery") if k in res[p]}} for p in PAIRS}
     metrics = {"retrieval": retrieval, "model": model_dir,
                "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
                          "stage2_steps": settings["stage2_steps"]},

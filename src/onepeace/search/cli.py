@@ -1,0 +1,330 @@
+"""``onepeace index build|info`` and ``onepeace search``.
+
+The main CLI calls :func:`add_search_parsers` on its subparsers. Inputs (sources, the index
+directory, query files, weights) are checked before any model is loaded; bad input raises
+:class:`onepeace.OnePeaceError` subclasses, printed by the main CLI as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ..errors import InputError
+
+_WEIGHTS_HELP = ("one weight per query input, in the order text, image, audio (e.g. --weights 1 -0.5), or per "
+                 "modality (--weights text=1 image=0.5); negative weights subtract; default 1 each")
+
+
+def _short(s: str, n: int) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _counts(modalities: dict[str, int]) -> str:
+    return ", ".join(f"{m} {n:,}" for m, n in modalities.items()) or "empty"
+
+
+# ---------------------------------------------------------------------------------- index build
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from ..cli import _runtime
+    from .fingerprint import model_fingerprint, model_name
+    from .ingest import build, check_sources, prepare_db_dir
+    from .store import Index, is_index
+
+    ray_options = _ray_options(args)
+    srcs = check_sources(args.sources)
+    if args.report:
+        from ..outputs import check_output_file
+
+        check_output_file(args.report, args.force, hint="--force")
+    prepare_db_dir(args.db)
+    if is_index(args.db) and os.path.isdir(args.model):  # a mismatch is refused before the model loads
+        Index.open(args.db).check_model(model_fingerprint(args.model), model_name(args.model))
+    t0 = time.monotonic()
+    if args.engine == "ray":
+        model: Any = args.model  # each Ray actor loads its own copy
+    else:
+        from ..model.onepeace import OnePeace
+
+        model = OnePeace.from_pretrained(args.model, dtype=args.dtype, device=_runtime(args))
+    result = build(args.db, model, srcs, batch_size=args.batch_size, workers=args.workers, prune=args.prune,
+                   report_path=args.report, progress=None, engine=args.engine, address=args.address,
+                   ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options)
+    elapsed = time.monotonic() - t0
+    idx = Index.open(args.db)
+    report = result.get("report")
+    if result.get("skipped"):
+        first = _first_skipped(report)
+        print(f"onepeace index: warning: skipped {result['skipped']} item(s) that could not be read or decoded"
+              f"{f' (first: {first})' if first else ''}; all are listed in {report}", file=sys.stderr)
+    if result.get("left_out"):
+        print(f"onepeace index: note: left out {result['left_out']} file(s) in the folders that this model does "
+              f"not read (by extension; examples in {report})", file=sys.stderr)
+    pruned = f", pruned {result['pruned']}" if args.prune else ""
+    print(f"indexed {result['added']:,} new and {result.get('changed', 0):,} changed item(s) "
+          f"({result['unchanged']:,} unchanged, {result['skipped']:,} skipped{pruned}) in {elapsed:.1f} s; "
+          f"{args.db} holds {idx.count():,} rows ({_counts(idx.modality_counts())}), search: {result.get('index', 'exact')}")
+    print(f"report: {report}")
+    return 0
+
+
+def _ray_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--engine ray`` options (checked before any work), or None for the local engine."""
+    given = [flag for flag, value in (("--address", args.address), ("--actors", args.actors),
+                                      ("--cpus-per-actor", args.cpus_per_actor),
+                                      ("--gpus-per-actor", args.gpus_per_actor)) if value is not None]
+    if args.engine != "ray":
+        if given:
+            raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --engine ray only")
+        return None
+    if args.device != "cpu":
+        raise InputError("--device applies to --engine local; with --engine ray each actor takes a GPU when the "
+                         "Ray cluster has GPUs (see --gpus-per-actor)")
+    if args.threads:
+        raise InputError("--threads applies to --engine local; with --engine ray give --cpus-per-actor (each actor "
+                         "runs that many threads)")
+    return {"actors": args.actors, "cpus_per_actor": args.cpus_per_actor, "gpus_per_actor": args.gpus_per_actor,
+            "dtype": args.dtype}
+
+
+def _first_skipped(report: str | None) -> str | None:
+    try:
+        with open(report, encoding="utf-8") as f:
+            s = json.load(f)["skipped"][0]
+        return _short(f"{s.get('uri') or s.get('item')}: {s['reason']}", 160)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------- index info
+def _last_report(db: str) -> tuple[str, dict[str, Any]] | None:
+    from .ingest import REPORTS
+
+    folder = os.path.join(db, REPORTS)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith("build-") and n.endswith(".json"))
+    except OSError:
+        return None
+    for name in reversed(names):
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return path, json.load(f)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from .store import Index
+
+    idx = Index.open(args.db)
+    info = idx.info()
+    last = _last_report(args.db)
+    if args.json:
+        if last:
+            info["last_build"] = {"report": last[0], "started": last[1].get("started"), **last[1].get("counts", {})}
+        print(json.dumps(info, indent=1))
+        return 0
+    ann = info["ann"]
+    search = (f"{info['index']} ANN index ({ann['indexed_rows']:,} rows indexed, {ann['unindexed_rows']:,} not yet: "
+              "those are searched exactly)" if ann else "exact (every row is compared; an ANN index is built from "
+              "50,000 rows)")
+    print(f"index:   {info['path']} ({_human_bytes(info['size_bytes'])} on disk, version {info['version']})")
+    print(f"model:   {info['model']} (fingerprint {info['fingerprint'][:12]}, {info['dim']} dimensions)")
+    print(f"rows:    {info['rows']:,} ({_counts(info['modalities'])})")
+    print(f"search:  {search}")
+    if last:
+        c = last[1].get("counts", {})
+        state = "" if c.get("finished", True) else " (interrupted)"
+        print(f"last build{state}: {last[1].get('started', '?')}: added {c.get('added', 0):,}, changed "
+              f"{c.get('changed', 0):,}, unchanged {c.get('unchanged', 0):,}, skipped {c.get('skipped', 0):,}, "
+              f"pruned {c.get('pruned', 0):,} ({last[0]})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- search
+def parse_weights(values: list[str] | None) -> dict[str, float] | list[float] | None:
+    """``--weights`` values: numbers (one per input) or ``modality=number`` pairs."""
+    if not values:
+        return None
+    named = [v for v in values if "=" in v]
+    if named and len(named) != len(values):
+        raise InputError(f"--weights: give either numbers (one per input) or modality=number pairs, not both: {values}")
+    try:
+        if named:
+            out: dict[str, float] = {}
+            for v in values:
+                k, _, w = v.partition("=")
+                out[k.strip()] = float(w)
+            return out
+        return [float(v) for v in values]
+    except ValueError:
+        raise InputError(f"--weights: not a number in {values}") from None
+
+
+def _query_file(path: str, modality: str) -> str:
+    if not os.path.exists(path):
+        raise InputError(f"{modality} query file not found: {path}")
+    if not os.path.isfile(path):
+        raise InputError(f"{modality} query is not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{modality} query file is not readable: {path}")
+    return path
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..cli import _runtime
+    from .fingerprint import IN_MEMORY, model_fingerprint, model_name
+    from .query import query_inputs, resolve_weights, search
+    from .store import Index
+
+    idx = Index.open(args.db)
+    text = args.text or None
+    image = [_query_file(p, "image") for p in args.image] or None
+    audio = [_query_file(p, "audio") for p in args.audio] or None
+    inputs = query_inputs(text, image, audio)
+    if not inputs:
+        raise InputError("nothing to search for: give --text, --image or --audio (several combine into one query)")
+    weights = resolve_weights(inputs, parse_weights(args.weights))
+    path = args.model or idx.model_name
+    if not path or path == IN_MEMORY:
+        raise InputError(f"the index {args.db} was built with a model that was never saved; give it with --model DIR")
+    if os.path.isdir(path):
+        idx.check_model(model_fingerprint(path), model_name(path))  # before loading it
+    elif args.model is None and not _looks_like_hub_id(path):
+        raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
+    from ..model.onepeace import OnePeace
+
+    model = OnePeace.from_pretrained(path, dtype=args.dtype, device=_runtime(args))
+    hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
+                  k=args.k, where=args.where, exact=True if args.exact else None)
+    if args.json:
+        query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
+        print(json.dumps({"index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
+                          "hits": hits}, indent=1, ensure_ascii=False))
+        return 0
+    terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]
+    print(f"query: {' + '.join(terms)}")
+    if not hits:
+        print("no rows match" + (f" --where {args.where!r}" if args.where else "") +
+              (f" --modality {args.modality}" if args.modality else ""))
+        return 0
+    print(f"{'#':>3}  {'score':>6}  {'prob':>6}  {'modality':<8}  item")
+    for i, h in enumerate(hits, 1):
+        prob = f"{h['prob']:.3f}" if h.get("prob") is not None else "-"
+        what = h["uri"] or repr(h["text"])
+        extra = f"  ({_short(h['text'], 50)})" if h["uri"] and h["text"] else ""
+        print(f"{i:>3}  {h['score']:>6.3f}  {prob:>6}  {h['modality']:<8}  {what}{extra}")
+    return 0
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+# ---------------------------------------------------------------------------------- parsers
+def _nonneg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return x
+
+
+def add_search_parsers(subparsers: Any) -> None:
+    """Register ``index build``, ``index info`` and ``search`` on the main CLI's subparsers."""
+    from ..cli import _add_max_pixels, _add_runtime_options, _positive_int
+
+    p = subparsers.add_parser("index", help="build a searchable index (LanceDB) of images, audio and texts; info")
+    sub = p.add_subparsers(dest="index_command", required=True)
+
+    b = sub.add_parser("build", help="embed folders, JSONL manifests and text files into an index (incremental)")
+    b.add_argument("db", metavar="DB", help="index directory (created if absent; an existing index is updated)")
+    b.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folders (searched recursively for image and audio files), .jsonl manifests "
+                        "({\"image\"|\"audio\": path, \"text\": caption, ...} or {\"text\": ...} per line), "
+                        ".txt files (one text per line) or single media files")
+    b.add_argument("--model", required=True, help="an onepeace model directory (or hub id)")
+    b.add_argument("--batch-size", type=_positive_int, default=32, help="items per model batch (default 32)")
+    b.add_argument("--workers", type=_nonneg, default=None,
+                   help="decoding processes running beside the model (default 2, fewer on small machines; "
+                        "0: decode in the main process)")
+    b.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
+                   help="rows per commit (default 256, at least the batch size): a killed build loses at most "
+                        "the rows not yet committed, and a rerun adds exactly those")
+    b.add_argument("--prune", action="store_true",
+                   help="also delete rows whose file or source is gone, or that a source no longer lists")
+    b.add_argument("--report", metavar="FILE", help="write the build report (counts, skipped files and why) here "
+                                                    "(default DB/reports/build-<time>.json)")
+    b.add_argument("--force", action="store_true", help="overwrite an existing --report file (default: refuse it, "
+                                                        "before any work)")
+    b.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (this process and its decoding workers; default) or ray (Ray Data actors, "
+                        "pip install 'onepeace[scale]')")
+    b.add_argument("--address", help="with --engine ray: the Ray cluster to join (auto: the cluster of this node; "
+                                     "default: a new local one)")
+    b.add_argument("--actors", type=_positive_int, metavar="N",
+                   help="with --engine ray: models embedding in parallel, one per Ray actor (default: one per "
+                        "GPU of the cluster, else one per CPU)")
+    b.add_argument("--cpus-per-actor", type=_positive_int, metavar="N",
+                   help="with --engine ray: CPUs (torch threads) per actor (default 1)")
+    b.add_argument("--gpus-per-actor", type=_nonneg_float, metavar="G",
+                   help="with --engine ray: GPUs per actor, e.g. 0.5 for two models per GPU (default: 1 when "
+                        "the cluster has GPUs, else 0)")
+    b.add_argument("--ann-threshold", type=_nonneg, default=50_000, metavar="N",
+                   help="build an ANN index (IVF-PQ) once the index holds N rows (default 50000; 0: never)")
+    _add_runtime_options(b)
+    _add_max_pixels(b)
+    b.set_defaults(func=cmd_index_build)
+
+    i = sub.add_parser("info", help="rows per modality, model, search type, size on disk, last build")
+    i.add_argument("db", metavar="DB")
+    i.add_argument("--json", action="store_true", help="print the information as JSON")
+    i.set_defaults(func=cmd_index_info)
+
+    s = subparsers.add_parser("search", help="search an index with a text, image or audio query, or a weighted mix")
+    s.add_argument("db", metavar="DB", help="an index built with `onepeace index build`")
+    s.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT", help="query texts")
+    s.add_argument("--image", nargs="+", action="extend", default=[], metavar="FILE", help="query images")
+    s.add_argument("--audio", nargs="+", action="extend", default=[], metavar="FILE", help="query audio clips")
+    s.add_argument("--weights", nargs="+", metavar="W", help=_WEIGHTS_HELP)
+    s.add_argument("--modality", help="return only rows of this modality (image, audio, text)")
+    s.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="results (default 10)")
+    s.add_argument("--where", metavar="SQL",
+                   help="filter on the columns id, modality, uri, text, metadata, content_hash, e.g. "
+                        "\"uri LIKE '%%/cats/%%'\"")
+    s.add_argument("--exact", action="store_true", help="compare every row even where an ANN index exists")
+    s.add_argument("--json", action="store_true", help="print the hits as JSON (score, prob, metadata)")
+    s.add_argument("--model", help="the model to embed the query with (default: the one the index was built "
+                                   "with; another one is refused)")
+    _add_runtime_options(s)
+    _add_max_pixels(s)
+    s.set_defaults(func=cmd_search)
