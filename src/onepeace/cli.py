@@ -338,6 +338,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nnext, embed your own inputs with it:")
     print(f"  onepeace embed --model {m['model']} --text 'someone saying seven' --text 'a handwritten digit seven' "
           "--audio your_recording.wav --image your_digit.png")
+    from .search.demo import demo_search_step  # last: index the held-out digits, one composed query
+
+    demo_search_step(args.out, m["model"])
     return 0
 
 
@@ -345,10 +348,10 @@ def _demo_samples(args: argparse.Namespace) -> int:
     from .factory import create_model
 
     if args.save:
-        from .checkpoints.format import is_model_file
+        from .checkpoints.format import model_files
         from .outputs import check_output_dir
 
-        check_output_dir(args.save, args.force, owned=is_model_file, what="model", hint="--force")
+        check_output_dir(args.save, args.force, owned=model_files(args.save), what="model", hint="--force")
     torch.manual_seed(args.seed)
     samples = resources.files("onepeace").joinpath("assets", "samples")
     images = sorted(str(p) for p in samples.iterdir() if str(p).endswith(".png"))
@@ -634,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     e = sub.add_parser("embed", help="embed texts, images and audio; print cross-modal similarities")
-    e.add_argument("--model", required=True, help="an onepeace model directory")
+    e.add_argument("--model", required=True,
+                   help="an onepeace model directory, or a Hugging Face Hub id org/name[@revision]")
     e.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT",
                    help="texts (several per flag; the flag may repeat)")
     e.add_argument("--text-file", action="append", default=[], metavar="FILE", help="texts, one per line (repeatable)")
@@ -653,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_pixels(e)
     e.set_defaults(func=cmd_embed)
 
-    i = sub.add_parser("info", help="print the config and parameter count of a model directory or preset")
+    i = sub.add_parser("info", help="print the config and parameter count of a model directory, Hub id or preset")
     i.add_argument("model")
     i.set_defaults(func=cmd_info)
 
@@ -782,9 +786,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_data_parser
 
     add_data_parser(sub)
+    from .search.cli import add_search_parsers
+
+    add_search_parsers(sub)
     from .checkpoints.download import add_download_parser
 
     add_download_parser(sub)
+    from .serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
     _verbose_after_commands(p)
     return p
 

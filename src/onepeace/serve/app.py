@@ -1,0 +1,719 @@
+"""The HTTP service: an OpenAI-compatible embedding API, a search API over an index, and a web page.
+
+``create_app(model, index)`` returns a FastAPI application (``onepeace serve`` runs it with uvicorn):
+
+* ``POST /v1/embeddings`` — OpenAI's request and response. ``input`` is a string or a list of
+  strings; ``modality`` (``text`` by default, or ``image``, ``audio``, any branch of the model)
+  says what they are: texts, or base64 / ``data:`` URIs of files, the convention of the
+  OpenAI-compatible multimodal embedding servers (infinity). ``encoding_format`` float or base64;
+  ``usage`` counts the text tokens the model reads (images and audio count 0).
+* ``POST /search`` — a composed query (text, image and/or audio, weights, target modality, ``k``,
+  a ``where`` filter) as JSON (files as base64 / data URIs) or multipart form data (files as
+  uploads) → ranked hits with ``score``, ``prob`` and a ``media_url``.
+* ``GET /media/{id}`` — the indexed file of an item, looked up by its id in the index (never a
+  path from the request); ``?thumb=N`` gives an image at most N pixels on its longer side.
+* ``GET /health``, ``GET /v1/models``, ``GET /`` (the page; ``/static/*`` its script and style).
+
+Concurrent embeddings share forward passes (:mod:`.batching`). Every error is a JSON body
+``{"error": {"message", "type", "param", "code"}}`` with a 4xx status — 400 bad input, 401 a
+missing or wrong API key, 404 unknown item, 408 over ``timeout_s``, 413 over
+``max_request_bytes`` — and never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import io
+import json
+import logging
+import math
+import mimetypes
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..errors import InputError, OnePeaceError
+from .batching import MicroBatcher
+
+log = logging.getLogger("onepeace.serve")
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+#: an item id in the index: a hex digest (sha1 is 40 characters)
+_ID = re.compile(r"[0-9a-f]{16,64}")
+_DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 415: "invalid_request_error",
+          500: "server_error", 503: "service_unavailable"}
+
+
+# ---------------------------------------------------------------------------------------- errors
+class ServeError(StarletteHTTPException):
+    """An error answered as JSON: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, message, headers)
+        self.message, self.param, self.code = message, param, code
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable line for pydantic's list of errors (the first few of them)."""
+    parts, param = [], None
+    for err in exc.errors()[:3]:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            where = f" at character {loc[0]}" if loc else ""
+            return f"the request body is not valid JSON ({ctx.get('error', 'decode error')}{where})", None
+        field = ".".join(loc) or "body"
+        param = param or field
+        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts), param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError):
+        return error_response(exc.status_code, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(OnePeaceError)
+    async def _onepeace_error(request: Request, exc: OnePeaceError):
+        return error_response(400, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect):
+        return error_response(400, "the client disconnected before sending the whole request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+# ------------------------------------------------------------------------- size and time limits
+class _LimitsMiddleware:
+    """Bounds every HTTP request: a body over ``max_bytes`` is refused with 413 (from its
+    Content-Length before reading, or as soon as the streamed bytes pass it), and a request that
+    has not started its response within ``timeout_s`` (reading the body included) gets 408 and its
+    work is cancelled. Sending a started response (a media file) has no deadline."""
+
+    def __init__(self, app: Callable, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def _reply(self, send: Callable, status: int, message: str) -> None:
+        response = error_response(status, message)
+        await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = (f"the request body is over the server's limit of {self.max_bytes:,} bytes "
+                     "(--max-request-bytes); send smaller or fewer files")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await self._reply(send, 400, "the Content-Length header is not a number")
+                return
+            if declared > self.max_bytes:
+                await self._reply(send, 413, too_large)
+                return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise ServeError(413, too_large)
+            return message
+
+        started = asyncio.Event()
+
+        async def tracked_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, limited_receive, tracked_send))
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                if not started.is_set():
+                    await self._reply(send, 408, f"the request took longer than the server's limit of "
+                                                 f"{self.timeout_s:g} s (--timeout); send fewer or smaller inputs")
+                return
+            await task
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+
+
+# ----------------------------------------------------------------------------- request decoding
+def decode_base64_input(value: Any, modality: str, where: str) -> bytes:
+    """The bytes of a base64 string or a ``data:`` URI; ``where`` names the input in errors."""
+    if not isinstance(value, str):
+        raise ServeError(400, f"{where}: a {modality} input must be a base64 string or a data: URI, "
+                              f"got {type(value).__name__}", param=where)
+    text = value.strip()
+    if text.lower().startswith(("http://", "https://", "file:")):  # (base64 may start with "/": JPEG's "/9j/")
+        raise ServeError(400, f"{where}: this server does not fetch URLs or read paths; send the {modality} "
+                              "file itself as base64 or a data: URI (data:<type>;base64,...)", param=where)
+    found = _DATA_URI.match(text)
+    if found:
+        kind = (found.group("type") or "").lower()
+        if not found.group("b64"):
+            raise ServeError(400, f"{where}: only base64 data: URIs are accepted (data:<type>;base64,...)", param=where)
+        major = kind.split("/")[0]
+        if major in ("image", "audio", "video", "text") and major != modality and modality in ("image", "audio", "video"):
+            raise ServeError(400, f"{where}: a data: URI of type {kind} was sent as {modality}; set \"modality\" to "
+                                  f"the kind of file you send", param=where)
+        text = text[found.end():]
+    text = re.sub(r"\s+", "", text)
+    try:
+        if "-" in text or "_" in text:
+            data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        else:
+            data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ServeError(400, f"{where}: not valid base64; send the {modality} file as base64 or a data: URI",
+                         param=where) from None
+    if not data:
+        raise ServeError(400, f"{where}: the {modality} input is empty", param=where)
+    return data
+
+
+def decode_media(model: Any, modality: str, data: bytes, name: str) -> Any:
+    """Decode one uploaded file for ``modality`` (raises InputError naming ``name`` if it cannot).
+    Images become RGB PIL images and audio a waveform at the model's rate — what the processors
+    would make of the bytes, so embedding the decoded input gives the same rows; other modalities
+    are passed on as bytes, decoded by their processor inside the batch (a failure there fails
+    only this request: the batcher retries the batch's requests one by one)."""
+    from ..processing.inputs import NamedBytes
+
+    if modality == "image":
+        from ..processing.image import load_image
+
+        return load_image(NamedBytes(data, name))
+    if modality == "audio":
+        from ..processing.audio import load_audio
+
+        rate = getattr(model.processor.get("audio"), "sample_rate", 16000)
+        return load_audio(NamedBytes(data, name), rate)
+    return data
+
+
+# ------------------------------------------------------------------------------- request models
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, plus ``modality`` for images and audio (base64 or data URIs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = Field(..., description="a string or a list of strings: texts, or base64/data: URIs of files")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    modality: str = Field("text", description="text, image, audio (or another branch of the model)")
+
+
+class SearchRequest(BaseModel):
+    """A composed query: at least one of text / image / audio (files as base64 or data: URIs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    image: str | None = None
+    audio: str | None = None
+    weights: dict[str, float] | list[float] | None = None
+    modality: str | None = Field(None, description="the modality of the results (default: all)")
+    k: int = 10
+    where: str | None = Field(None, description="a filter over the index columns (LanceDB SQL)")
+
+
+# ------------------------------------------------------------------------------------ the model
+class _BatchedModel:
+    """The model as query.compose sees it, with ``embed`` going through the micro-batcher (so the
+    query embeddings of /search share forward passes with /v1/embeddings); called from threads."""
+
+    def __init__(self, model: Any, batcher: MicroBatcher):
+        self._model, self._batcher = model, batcher
+
+    def embed(self, text=None, image=None, audio=None, **others):
+        import torch
+
+        given = {"text": text, "image": image, "audio": audio}
+        given.update({k: v for k, v in others.items() if k in self._model.modality_names})
+        futures = {}
+        for name, items in given.items():
+            if items is None:
+                continue
+            items = [items] if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)) else list(items)
+            futures[name] = self._batcher.submit(name, items)
+        if not futures:
+            raise InputError("nothing to embed: give a text, an image or an audio clip")
+        return {name: torch.from_numpy(f.result()) for name, f in futures.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _served_name(model: Any) -> str:
+    from ..search.fingerprint import IN_MEMORY, model_name
+
+    name = model_name(model)
+    return "onepeace" if name == IN_MEMORY else name
+
+
+# ------------------------------------------------------------------------------------- the app
+def create_app(
+    model: Any,
+    index: Any = None,
+    *,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_request_bytes: int = 16 * 1024 * 1024,
+    timeout_s: float = 30.0,
+    max_inputs: int = 256,
+    max_text_chars: int = 8192,
+    max_k: int = 200,
+    model_name: str | None = None,
+    warmup: bool = False,
+) -> FastAPI:
+    """The FastAPI application serving ``model`` (an ``OnePeace``) and, if given, ``index`` (an
+    ``onepeace.search.Index`` built with that model) — see the module docstring for the endpoints.
+
+    ``api_key``: require ``Authorization: Bearer <key>`` on the API (the page and /health stay
+    open). ``max_batch`` / ``max_wait_ms``: the micro-batcher's forward-pass size and collection
+    window (``max_batch=1``: one request at a time). ``max_request_bytes`` and ``timeout_s`` bound
+    each request (413 / 408); ``max_inputs`` the inputs of one embeddings request, ``max_text_chars``
+    one text (the model reads its first 70 tokens), ``max_k`` the hits of one search.
+    ``warmup``: at start-up, run one small input of each modality through the model (its first
+    forward passes are slow), so that the first request is answered at full speed.
+    """
+    model.eval()
+    name = model_name or _served_name(model)
+    aliases = {name, os.path.basename(name.rstrip("/")), "onepeace"}
+    modalities = list(model.modality_names)
+    dim = int(model.config.dim)
+
+    def embed_rows(modality: str, items: list[Any]) -> np.ndarray:
+        return model.embed(**{modality: items}, batch_size=max(1, len(items)))[modality].numpy()
+
+    batcher = MicroBatcher(embed_rows, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    batched_model = _BatchedModel(model, batcher)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        if warmup:
+            await run_in_threadpool(_warm_up, batcher, modalities)
+        yield
+        batcher.close()
+
+    app = FastAPI(title="onepeace", version=_version(), lifespan=lifespan,
+                  description="ONE-PEACE embeddings (OpenAI-compatible) and search over an index of images, audio and text")
+    app.state.model, app.state.index, app.state.batcher = model, index, batcher
+    _install_error_handlers(app)
+    app.add_middleware(_LimitsMiddleware, max_bytes=int(max_request_bytes), timeout_s=float(timeout_s))
+
+    async def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ServeError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def need_index() -> Any:
+        if index is None:
+            raise ServeError(404, "this server has no index; start it with `onepeace serve DB --model MODEL`")
+        return index
+
+    def check_modality(modality: str, param: str) -> str:
+        if not isinstance(modality, str) or modality not in modalities:
+            raise ServeError(400, f"{param}: unknown modality {modality!r}; this model has {', '.join(modalities)}",
+                             param=param)
+        return modality
+
+    # ------------------------------------------------------------------------------- embeddings
+    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    async def embeddings(req: EmbeddingRequest):
+        if req.model is not None and req.model not in aliases:
+            raise ServeError(404, f"model {req.model!r} is not served here; this server serves {name!r}",
+                             param="model", code="model_not_found")
+        modality = check_modality(req.modality, "modality")
+        items = req.input
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list):
+            raise ServeError(400, "input: give a string or a list of strings", param="input")
+        if not items:
+            raise ServeError(400, "input: the list is empty; give at least one input", param="input")
+        if len(items) > max_inputs:
+            raise ServeError(413, f"input: {len(items)} inputs in one request; send at most {max_inputs} per request",
+                             param="input")
+        for i, x in enumerate(items):
+            if not isinstance(x, str):
+                what = "token ids are not accepted, send the text" if isinstance(x, (int, list)) else "not a string"
+                raise ServeError(400, f"input[{i}]: {what}", param="input")
+        if req.dimensions is not None and req.dimensions != dim:
+            raise ServeError(400, f"dimensions: this model's embeddings have {dim} dimensions and cannot be "
+                                  "shortened (it was not trained for it); leave dimensions out", param="dimensions")
+        tokens = 0
+        if modality == "text":
+            proc = model.processor.get("text")
+            for i, x in enumerate(items):
+                if len(x) > max_text_chars:
+                    raise ServeError(400, f"input[{i}]: {len(x):,} characters; at most {max_text_chars:,} (the model "
+                                          f"reads only the first {getattr(proc, 'context_length', 70)} tokens)", param="input")
+
+            def count() -> int:
+                return sum(len(proc.encode(x)) for x in items)
+
+            # long texts are tokenized off the event loop (short ones cost less than the thread hop)
+            tokens = count() if sum(map(len, items)) < 4096 else await run_in_threadpool(count)
+            decoded = items
+        else:
+            def decode_all() -> list[Any]:
+                out = []
+                for i, x in enumerate(items):
+                    data = decode_base64_input(x, modality, f"input[{i}]")
+                    out.append(decode_media(model, modality, data, f"input[{i}]"))
+                return out
+
+            decoded = await run_in_threadpool(decode_all)
+        rows = await batcher.embed(modality, decoded)
+        data = []
+        for i, row in enumerate(rows):
+            row = np.ascontiguousarray(row, dtype="<f4")
+            value = base64.b64encode(row.tobytes()).decode() if req.encoding_format == "base64" else row.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        # a JSONResponse, not a dict: FastAPI's encoder would visit every float one by one
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "onepeace",
+                                            "modalities": modalities, "dimensions": dim}]}
+
+    # ----------------------------------------------------------------------------------- search
+    async def parse_search(request: Request) -> tuple[SearchRequest, dict[str, bytes]]:
+        """The query of a JSON or multipart /search request, with its files' bytes."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        files: dict[str, bytes] = {}
+        if ctype == "multipart/form-data" or ctype == "application/x-www-form-urlencoded":
+            form = await request.form(max_files=4, max_fields=16)
+            fields: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if key not in SearchRequest.model_fields:
+                    raise ServeError(400, f"unknown form field {key!r}; expected {', '.join(SearchRequest.model_fields)}",
+                                     param=key)
+                if hasattr(value, "read"):  # an uploaded file
+                    if key not in ("image", "audio") and key not in modalities:
+                        raise ServeError(400, f"{key}: a file was uploaded in a text field", param=key)
+                    data = await value.read()
+                    if not data:
+                        raise ServeError(400, f"{key}: the uploaded file {value.filename or ''!r} is empty", param=key)
+                    files[key] = data
+                    fields[key] = None
+                elif value != "":
+                    fields[key] = value
+            if "weights" in fields:
+                fields["weights"] = _parse_weights(fields["weights"])
+            try:
+                req = SearchRequest.model_validate(fields)
+            except Exception as e:  # pydantic.ValidationError
+                raise RequestValidationError(e.errors()) from None
+        elif ctype in ("application/json", ""):
+            body = await request.body()
+            try:
+                payload = json.loads(body or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ServeError(400, f"the request body is not valid JSON ({e})") from None
+            if not isinstance(payload, dict):
+                raise ServeError(400, "the request body must be a JSON object, e.g. {\"text\": \"a dog\", \"k\": 10}")
+            try:
+                req = SearchRequest.model_validate(payload)
+            except Exception as e:  # pydantic.ValidationError
+                raise RequestValidationError(e.errors()) from None
+        else:
+            raise ServeError(415, f"unsupported Content-Type {ctype!r}: send application/json or multipart/form-data")
+        for key in ("image", "audio"):  # files sent as base64 / data URIs (JSON, or form fields)
+            value = getattr(req, key)
+            if value is not None and key not in files:
+                files[key] = decode_base64_input(value, key, key)
+        return req, files
+
+    @app.post("/search", dependencies=[Depends(authorize)])
+    async def search(request: Request):
+        from ..search import query as query_mod
+
+        idx = need_index()
+        req, files = await parse_search(request)
+        if not 1 <= req.k <= max_k:
+            raise ServeError(400, f"k: {req.k} is out of range; give 1 to {max_k}", param="k")
+        if req.modality is not None:
+            check_modality(req.modality, "modality")
+        if req.text is not None and len(req.text) > max_text_chars:
+            raise ServeError(400, f"text: {len(req.text):,} characters; at most {max_text_chars:,}", param="text")
+        inputs: dict[str, Any] = {}
+        if req.text is not None:
+            inputs["text"] = req.text
+        for key in files:
+            check_modality(key, key)
+
+        def run() -> list[dict]:
+            for key, data in files.items():
+                inputs[key] = decode_media(model, key, data, f"{key} upload")
+            if not inputs:
+                raise ServeError(400, "the query is empty: give a text, an image or an audio clip (or several)")
+            try:
+                return query_mod.search(idx, batched_model, weights=req.weights, modality=req.modality, k=req.k,
+                                        where=req.where, **inputs)
+            except (OnePeaceError, ServeError):
+                raise
+            except Exception as e:  # noqa: BLE001 - LanceDB's own errors: a bad filter is the request's fault
+                if req.where:
+                    raise ServeError(400, f"where: the filter {req.where!r} was refused by the index: "
+                                          f"{str(e).splitlines()[0][:300]}", param="where") from None
+                raise
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        hits = await run_in_threadpool(run)
+        took = round((loop.time() - t0) * 1000, 1)
+        return JSONResponse({"results": [_hit(h) for h in hits], "k": req.k, "modality": req.modality,
+                             "inputs": sorted(inputs), "took_ms": took})
+
+    # ------------------------------------------------------------------------------------ media
+    @app.get("/media/{item_id}", dependencies=[Depends(authorize)])
+    async def media(item_id: str, thumb: int | None = None):
+        idx = need_index()
+        if not _ID.fullmatch(item_id):
+            raise ServeError(400, f"not an item id: {item_id[:80]!r} (ids are hex digests, as /search returns them)",
+                             param="item_id")
+        if thumb is not None and not 16 <= thumb <= 2048:
+            raise ServeError(400, f"thumb: {thumb} is out of range; give 16 to 2048 pixels", param="thumb")
+        row = await run_in_threadpool(idx.get, item_id)
+        if row is None:
+            raise ServeError(404, f"no item {item_id} in the index")
+        uri = row.get("uri") or ""
+        if not uri:
+            raise ServeError(404, f"item {item_id} is a {row.get('modality', 'text')} item with no file")
+        if not os.path.isfile(uri):
+            raise ServeError(404, f"the file of item {item_id} is no longer there; rebuild the index (--prune)")
+        ctype = mimetypes.guess_type(uri)[0] or "application/octet-stream"
+        headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        if thumb is not None and row.get("modality") == "image":
+            data = await run_in_threadpool(_thumbnail, uri, thumb)
+            if data is not None:
+                return Response(data[0], media_type=data[1], headers=headers)
+        return FileResponse(uri, media_type=ctype, headers=headers)
+
+    # ----------------------------------------------------------------------------------- health
+    @app.get("/health")
+    async def health(request: Request):
+        authorized = True
+        if api_key is not None:
+            try:
+                await authorize(request)
+            except ServeError:
+                authorized = False
+        out: dict[str, Any] = {"status": "ok", "auth": api_key is not None}
+        if not authorized:
+            return out
+        out.update(model=name, dim=dim, modalities=modalities, index=None,
+                   batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
+                             **batcher.stats.as_dict()})
+        if index is not None:
+            out["index"] = await run_in_threadpool(_index_summary, index)
+        return out
+
+    # ------------------------------------------------------------------------------------- page
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC_DIR, "index.html"), media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _warm_up(batcher: MicroBatcher, modalities: list[str]) -> None:
+    """One small input per built-in modality through the batcher (the first passes are slow)."""
+    from PIL import Image
+
+    samples = {"text": ["warm up"], "image": [Image.new("RGB", (64, 64), (128, 128, 128))],
+               "audio": [(np.random.default_rng(0).standard_normal(16000) * 0.01).astype(np.float32)]}
+    for modality in modalities:
+        if modality in samples:
+            batcher.embed_sync(modality, samples[modality])
+
+
+def _parse_weights(value: Any) -> Any:
+    """Form weights: JSON (``{"text": 1, "image": 0.5}`` or ``[1, 0.5]``) or ``text=1,image=0.5``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ServeError(400, f"weights: not valid JSON ({e})", param="weights") from None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, number = part.partition("=")
+        try:
+            out[key.strip()] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not math.isfinite(out.get(key.strip(), 0.0)):
+            raise ServeError(400, f"weights: {part!r} is not NAME=NUMBER (e.g. text=1,image=0.5)", param="weights")
+    return out
+
+
+def _hit(h: dict) -> dict:
+    """A search hit as the API returns it: no vector and no server path, a media URL instead."""
+    meta = h.get("metadata") or {}
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta) if meta else {}
+        except json.JSONDecodeError:
+            meta = {"raw": meta}
+    uri = h.get("uri") or ""
+    return {"id": h.get("id"), "modality": h.get("modality"), "text": h.get("text") or "",
+            "name": os.path.basename(uri) if uri else "", "metadata": meta,
+            "score": float(h["score"]), "prob": None if h.get("prob") is None else float(h["prob"]),
+            "media_url": f"/media/{h.get('id')}" if uri else None}
+
+
+def _index_summary(index: Any) -> dict:
+    """Rows per modality and the model of the index (cheap: no walk of the files on disk)."""
+    counts = index.modality_counts() if hasattr(index, "modality_counts") else index.info().get("modalities", {})
+    return {"rows": int(sum(counts.values())), "modalities": counts, "model": getattr(index, "model_name", ""),
+            "dim": getattr(index, "dim", None)}
+
+
+def _thumbnail(path: str, size: int) -> tuple[bytes, str] | None:
+    """A downscaled copy of an image file (JPEG, or PNG with transparency); ``None`` if the image
+    is already that small or cannot be read (then the file itself is sent)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if max(img.size) <= size:
+                return None
+            img.thumbnail((size, size), Image.BICUBIC)
+            alpha = img.mode in ("RGBA", "LA", "P")
+            img = img.convert("RGBA" if alpha else "RGB")
+            buf = io.BytesIO()
+            img.save(buf, format="PNG" if alpha else "JPEG", quality=85)
+            return buf.getvalue(), "image/png" if alpha else "image/jpeg"
+    except Exception:  # noqa: BLE001 - any unreadable file: serve it as it is
+        return None
+
+
+class ServerThread:
+    """Run an app with uvicorn in a background thread (tests, benchmarks, notebooks)::
+
+        with ServerThread(create_app(model, index)) as server:
+            httpx.get(server.url + "/health")
+
+    ``port=0`` takes a free port; ``url`` is the address it listens on."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(512)
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        self.url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
+                                                    timeout_graceful_shutdown=2))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="onepeace-server", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        import time
+
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("onepeace")
+    except Exception:  # noqa: BLE001
+        return "0"
+
+

@@ -1,0 +1,167 @@
+"""``onepeace serve DB --model MODEL``: the HTTP service (embeddings API, search API, web page).
+
+The main CLI calls :func:`add_serve_parser` on its subparsers. Everything that can be wrong with
+the command line (no index at DB, a model that did not build it, a port in use) is one line and
+exit 2 before the server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from typing import Any
+
+from ..errors import InputError, OnePeaceError
+
+API_KEY_ENV = "ONEPEACE_API_KEY"
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    n = _positive(text) if text != "0" else 0
+    if n > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {n}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return x
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``serve`` on the main CLI's subparsers."""
+    from ..cli import _add_runtime_options
+
+    p = subparsers.add_parser(
+        "serve", help="serve an index: OpenAI-compatible /v1/embeddings, /search and a web page (FastAPI)")
+    p.add_argument("db", metavar="DB", help="an index directory built by `onepeace index build`")
+    p.add_argument("--model", help="the model that built the index: a directory or a hub id "
+                                   "(default: the one recorded in the index)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on the API (default: the {API_KEY_ENV} environment "
+                        "variable, which keeps the key out of the process list; none: open)")
+    p.add_argument("--max-batch", type=_positive, default=16,
+                   help="most inputs in one forward pass of the micro-batcher (1: one request at a time; default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its forward pass (default 5)")
+    p.add_argument("--max-request-bytes", type=_positive, default=16 * 1024 * 1024,
+                   help="largest request body; larger ones get 413 (default 16 MiB)")
+    p.add_argument("--timeout", type=_seconds, default=30.0,
+                   help="seconds a request may take before it gets 408 (default 30)")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the model loads so a busy port is reported at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InputError(f"--host {host!r}: not an address of this machine ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        what = "is in use (another server?); pick another with --port" if e.errno in (98, 48) else e.strerror
+        raise InputError(f"cannot listen on {host}:{port}: the port {what}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_served(db: str, model_spec: str | None, dtype: str | None = None, device: str = "cpu"):
+    """Open the index at ``db`` and load the model that built it (``model_spec`` or the index's
+    own record); a model whose fingerprint differs from the index's is refused, naming both."""
+    from ..model.onepeace import OnePeace
+    from ..search.fingerprint import model_fingerprint
+    from ..search.store import Index
+
+    index = Index.open(db)
+    spec = model_spec or index.model_name
+    if not spec or spec.startswith("<"):
+        raise InputError(f"{db} does not record a loadable model ({spec!r}); pass --model")
+    model = OnePeace.from_pretrained(spec, dtype=dtype, device=device)
+    index.check_model(model_fingerprint(model), spec)
+    return model, index
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise OnePeaceError(f"onepeace serve needs the serve extra ({e.name} is missing): "
+                            "pip install 'onepeace[serve]'") from None
+    from ..cli import _runtime
+
+    if not os.path.isdir(args.db):
+        raise InputError(f"no index at {args.db}: build one with `onepeace index build {args.db} --model MODEL SOURCE...`")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if args.api_key == "":
+        raise InputError("--api-key is empty; give a key, or leave the option out for an open server")
+    device = _runtime(args)
+    sock = _bind(args.host, args.port)
+    try:
+        model, index = load_served(args.db, args.model, args.dtype, device)
+        app = create_app(model, index, api_key=api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        counts = ", ".join(f"{n} {m}" for m, n in sorted(_counts(index).items()))
+        print(f"onepeace serve: http://{shown}:{port}/ — index {args.db} ({counts or 'empty'}), model "
+              f"{getattr(model, 'name_or_path', None) or args.model}; Ctrl-C stops", file=sys.stderr)
+        if not _is_loopback(args.host) and api_key is None:
+            print(f"onepeace serve: warning: listening on {args.host} without an API key: anyone who can reach "
+                  f"this machine can use the service (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
+        config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.verbose,
+                                timeout_graceful_shutdown=5)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised it
+            pass
+        print("onepeace serve: stopped", file=sys.stderr)
+    finally:
+        sock.close()
+    return 0
+
+
+def _counts(index: Any) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in index.modality_counts().items()}
+    except Exception:  # noqa: BLE001 - the banner is informative only
+        return {}

@@ -1,0 +1,268 @@
+// The onepeace search page: compose a query (text, image, audio, weights), POST /search as
+// multipart form data, show the ranked hits. Plain JavaScript, no build step.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const files = { image: null, audio: null };
+const objectUrls = [];
+let apiKey = sessionStorage.getItem("onepeace-api-key") || "";
+
+function authHeaders() {
+  return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+// ------------------------------------------------------------------ server info
+async function loadInfo() {
+  const info = $("#info");
+  try {
+    const r = await fetch("/health", { headers: authHeaders() });
+    const h = await r.json();
+    $("#key-row").hidden = !h.auth;
+    if (!h.model) {
+      info.textContent = "this server needs an API key: enter it below";
+      return;
+    }
+    const idx = h.index;
+    const counts = idx ? Object.entries(idx.modalities || {}).map(([m, n]) => `${n} ${m}`).join(", ") : "no index";
+    const short = h.model.split("/").filter(Boolean).slice(-2).join("/");  // the full path is the tooltip
+    info.textContent = `model ${short} · ${h.dim}-d · index: ${counts || "empty"}`;
+    info.title = `model ${h.model}; index ${idx ? idx.rows : 0} rows`;
+    for (const slot of ["image", "audio"]) {
+      if (!h.modalities.includes(slot)) $(`#${slot}-slot`).hidden = true;
+    }
+    if (idx && idx.modalities) {
+      indexModalities = ["image", "audio", "text"].filter((m) => m in idx.modalities)
+        .concat(Object.keys(idx.modalities).filter((m) => !["image", "audio", "text"].includes(m)));
+    }
+    for (const radio of document.querySelectorAll('#target input[type="radio"]')) {
+      if (radio.value && idx && !(radio.value in (idx.modalities || {}))) radio.parentElement.hidden = true;
+    }
+  } catch (e) {
+    info.textContent = `cannot reach the server: ${e}`;
+  }
+}
+
+// ------------------------------------------------------------------ inputs
+function setFile(modality, file) {
+  files[modality] = file;
+  const preview = $(`#${modality}-preview`);
+  const slot = $(`#${modality}-slot`);
+  if (preview.src && preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  if (file) {
+    preview.src = URL.createObjectURL(file);
+    preview.hidden = false;
+    slot.classList.add("filled");
+    slot.querySelector(".hint").textContent = file.name;
+  } else {
+    preview.removeAttribute("src");
+    preview.hidden = true;
+    slot.classList.remove("filled");
+    slot.querySelector(".hint").innerHTML = modality === "image"
+      ? "drop an image here or <u>choose one</u>" : "drop a sound here or <u>choose one</u>";
+    $(`#${modality}`).value = "";
+  }
+  slot.querySelector(".clear").hidden = !file;
+}
+
+function modalityOf(file) {
+  if (file.type.startsWith("image/")) return "image";
+  if (file.type.startsWith("audio/")) return "audio";
+  if (/\.(wav|flac|ogg|oga|opus|mp3|aiff?)$/i.test(file.name)) return "audio";
+  if (/\.(png|jpe?g|webp|bmp|gif|tiff?)$/i.test(file.name)) return "image";
+  return null;
+}
+
+function setupInputs() {
+  for (const modality of ["image", "audio"]) {
+    const input = $(`#${modality}`);
+    input.addEventListener("change", () => setFile(modality, input.files[0] || null));
+  }
+  for (const button of document.querySelectorAll("button.clear")) {
+    button.addEventListener("click", () => setFile(button.dataset.clear, null));
+  }
+  for (const range of document.querySelectorAll('input[type="range"]')) {
+    const out = range.parentElement.querySelector("output");
+    const show = () => { out.textContent = Number(range.value).toFixed(1); };
+    range.addEventListener("input", show);
+    show();
+  }
+  // drop a file anywhere: it goes to the image or the audio slot by its type
+  document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) document.body.classList.remove("dragging"); });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    for (const file of e.dataTransfer.files) {
+      const modality = modalityOf(file);
+      if (modality) setFile(modality, file);
+      else showStatus(`${file.name}: not an image or an audio file`, true);
+    }
+  });
+  $("#api-key").value = apiKey;
+  $("#api-key").addEventListener("change", () => {
+    apiKey = $("#api-key").value.trim();
+    sessionStorage.setItem("onepeace-api-key", apiKey);
+    loadInfo();
+  });
+}
+
+function showStatus(text, isError = false) {
+  const status = $("#status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+// ------------------------------------------------------------------ search
+async function mediaUrl(url, thumb) {
+  const full = thumb ? `${url}?thumb=${thumb}` : url;
+  if (!apiKey) return full;
+  const r = await fetch(full, { headers: authHeaders() });  // <img src> cannot send the key
+  if (!r.ok) return "";
+  const blobUrl = URL.createObjectURL(await r.blob());
+  objectUrls.push(blobUrl);
+  return blobUrl;
+}
+
+function describe(hit) {
+  const meta = hit.metadata || {};
+  const parts = [];
+  if (meta.label !== undefined && meta.label !== null) parts.push(`label ${meta.label}`);
+  if (hit.modality !== "text" && hit.text) parts.push(hit.text);
+  if (hit.name) parts.push(hit.name);
+  return parts.join(" · ");
+}
+
+async function renderHit(hit, rank) {
+  const li = document.createElement("li");
+  li.className = `result ${hit.modality}`;
+  li.dataset.id = hit.id;
+  const media = document.createElement("div");
+  media.className = "media";
+  if (hit.modality === "image" && hit.media_url) {
+    const img = document.createElement("img");
+    img.alt = hit.name || hit.id;
+    img.loading = "lazy";
+    // small images (digits) are enlarged with sharp pixels, large ones scaled down smoothly
+    img.addEventListener("load", () => img.classList.toggle("pixelated", img.naturalWidth < 128));
+    img.src = await mediaUrl(hit.media_url, 256);
+    media.appendChild(img);
+  } else if (hit.modality === "audio" && hit.media_url) {
+    const audio = document.createElement("audio");
+    audio.controls = true;
+    audio.preload = "none";
+    audio.src = await mediaUrl(hit.media_url, 0);
+    media.appendChild(audio);
+  } else {
+    const q = document.createElement("blockquote");
+    q.textContent = hit.text || "(empty text)";
+    media.appendChild(q);
+  }
+  li.appendChild(media);
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const head = document.createElement("div");
+  head.className = "score";
+  head.innerHTML = `<span class="rank">#${rank}</span> <span class="modality"></span> <b></b>`;
+  head.querySelector(".modality").textContent = hit.modality;
+  head.querySelector("b").textContent = hit.score.toFixed(3);
+  meta.appendChild(head);
+  if (hit.prob !== null && hit.prob !== undefined) {
+    const bar = document.createElement("div");
+    bar.className = "prob";
+    bar.title = `probability among these results: ${(100 * hit.prob).toFixed(1)}%`;
+    bar.innerHTML = `<i style="width:${Math.max(1, 100 * hit.prob).toFixed(1)}%"></i><span>${(100 * hit.prob).toFixed(1)}%</span>`;
+    meta.appendChild(bar);
+  }
+  const caption = document.createElement("div");
+  caption.className = "caption";
+  caption.textContent = describe(hit);
+  meta.appendChild(caption);
+  li.appendChild(meta);
+  return li;
+}
+
+const KIND_NAMES = { image: "Images", audio: "Audio", text: "Texts" };
+let indexModalities = ["image", "audio", "text"];
+
+function queryForm(modality, k) {
+  const form = new FormData();
+  const weights = {};
+  const text = $("#text").value.trim();
+  if (text) { form.append("text", text); weights.text = Number($("#w-text").value); }
+  for (const m of ["image", "audio"]) {
+    if (files[m]) {
+      form.append(m, files[m], files[m].name);
+      weights[m] = Number($(`#w-${m}`).value);
+    }
+  }
+  if (!Object.keys(weights).length) return null;
+  form.append("weights", JSON.stringify(weights));
+  if (modality) form.append("modality", modality);
+  form.append("k", k);
+  const where = $("#where").value.trim();
+  if (where) form.append("where", where);
+  return form;
+}
+
+async function searchOne(modality, k) {
+  const r = await fetch("/search", { method: "POST", body: queryForm(modality, k), headers: authHeaders() });
+  if (!r.ok) throw new Error(await errorMessage(r));
+  return r.json();
+}
+
+async function search(event) {
+  event.preventDefault();
+  const target = document.querySelector('#target input[name="modality"]:checked').value;
+  const k = $("#k").value || "6";
+  if (!queryForm(target, k)) {
+    showStatus("type a text, or drop an image or a sound, then search", true);
+    return;
+  }
+  // "each kind": one search per kind of item, side by side (scores of different kinds are not
+  // comparable: a text is always closest to texts). The server runs their query embeddings in
+  // one batch.
+  const kinds = target ? [target] : indexModalities;
+  const button = $("#search");
+  button.disabled = true;
+  showStatus("searching…");
+  const t0 = performance.now();
+  try {
+    const answers = await Promise.all(kinds.map((m) => searchOne(m, k)));
+    while (objectUrls.length) URL.revokeObjectURL(objectUrls.pop());
+    const groups = [];
+    let n = 0;
+    for (const [i, body] of answers.entries()) {
+      const section = document.createElement("section");
+      section.className = `group ${kinds[i]}`;
+      const h = document.createElement("h2");
+      h.textContent = `${KIND_NAMES[kinds[i]] || kinds[i]} (${body.results.length})`;
+      const list = document.createElement("ol");
+      list.className = "grid";
+      list.replaceChildren(...await Promise.all(body.results.map((hit, j) => renderHit(hit, j + 1))));
+      section.append(h, list);
+      groups.push(section);
+      n += body.results.length;
+    }
+    $("#results").replaceChildren(...groups);
+    const inputs = answers.length ? answers[0].inputs.join(" + ") : "";
+    showStatus(`${n} result${n === 1 ? "" : "s"} for ${inputs} in ${Math.round(performance.now() - t0)} ms`);
+  } catch (e) {
+    showStatus(e.message || `search failed: ${e}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupInputs();
+  $("#query").addEventListener("submit", search);
+  loadInfo();
+});
