@@ -114,13 +114,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+    from ..cli import _positive_int  # one parser of counts for every sub-command
+
+    return _positive_int(text)
 
 
 def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from ..checkpoints.hub import looks_like_hub_id
 from ..errors import InputError
 
 _WEIGHTS_HELP = ("one weight per query input, in the order text, image, audio (e.g. --weights 1 -0.5), or per "
@@ -206,7 +207,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"the index {args.db} was built with a model that was never saved; give it with --model DIR")
     if os.path.isdir(path):
         idx.check_model(model_fingerprint(path), model_name(path))  # before loading it
-    elif args.model is None and not _looks_like_hub_id(path):
+    elif args.model is None and not looks_like_hub_id(path):
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
     from ..model.onepeace import OnePeace
 
@@ -231,11 +232,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         extra = f"  ({_short(h['text'], 50)})" if h["uri"] and h["text"] else ""
         print(f"{i:>3}  {h['score']:>6.3f}  {prob:>6}  {h['modality']:<8}  {what}{extra}")
     return 0
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 # ---------------------------------------------------------------------------------- parsers

@@ -20,13 +20,9 @@ API_KEY_ENV = "ONEPEACE_API_KEY"
 
 
 def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+    from ..cli import _positive_int  # one parser of counts for every sub-command
+
+    return _positive_int(text)
 
 
 def _port(text: str) -> int:
