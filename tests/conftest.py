@@ -151,3 +151,23 @@ def load_fp64(path):
     import onepeace
 
     return onepeace.OnePeace.from_pretrained(path, dtype=torch.float64)
+
+
+def tiny_search_collection(root: Path) -> tuple[Path, Path]:
+    """A seeded tiny tri-modal model saved in ``root/model`` and the bundled PNG/WAV samples copied
+    into ``root/media``, for the search-index, Ray and server tests: (model dir, media dir)."""
+    import shutil
+    from importlib import resources
+
+    import onepeace
+
+    torch.manual_seed(0)
+    m = onepeace.create_model("tiny", layers=2, layer_scale_init=0.5,
+                              modalities={"text": {}, "image": {"image_size": 64}, "audio": {}})
+    m.save_pretrained(root / "model")
+    media = root / "media"
+    media.mkdir()
+    for f in (resources.files("onepeace") / "assets" / "samples").iterdir():
+        if f.name.endswith((".png", ".wav")):
+            shutil.copy(f, media / f.name)
+    return root / "model", media

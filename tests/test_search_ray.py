@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("lancedb")
 
 import onepeace  # noqa: E402
-from conftest import derived_tol, maxdiff, model_depth  # noqa: E402
+from conftest import derived_tol, maxdiff, model_depth, tiny_search_collection  # noqa: E402
 from onepeace.cli import main  # noqa: E402
 from onepeace.errors import InputError  # noqa: E402
 from onepeace.search import ray_engine  # noqa: E402
@@ -40,15 +40,7 @@ def world(tmp_path_factory):
     import torch
 
     root = tmp_path_factory.mktemp("ray")
-    torch.manual_seed(0)
-    m = onepeace.create_model("tiny", layers=2, layer_scale_init=0.5,
-                              modalities={"text": {}, "image": {"image_size": 64}, "audio": {}})
-    m.save_pretrained(root / "model")
-    media = root / "media"
-    media.mkdir()
-    for f in SAMPLES.iterdir():
-        if f.name.endswith((".png", ".wav")):
-            shutil.copy(f, media / f.name)
+    _, media = tiny_search_collection(root)
     (media / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     texts = root / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")

@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ pytest.importorskip("lancedb")
 httpx = pytest.importorskip("httpx")
 
 import onepeace  # noqa: E402
-from conftest import derived_tol, maxdiff, model_depth  # noqa: E402
+from conftest import derived_tol, maxdiff, model_depth, tiny_search_collection  # noqa: E402
 from onepeace.serve.app import ServerThread, create_app  # noqa: E402
 from onepeace.serve.batching import MicroBatcher  # noqa: E402
 
@@ -41,15 +40,7 @@ def world(tmp_path_factory):
     from onepeace.search.ingest import build
 
     root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    m = onepeace.create_model("tiny", layers=2, layer_scale_init=0.5,
-                              modalities={"text": {}, "image": {"image_size": 64}, "audio": {}})
-    m.save_pretrained(root / "model")
-    media = root / "media"
-    media.mkdir()
-    for f in SAMPLES.iterdir():
-        if f.name.endswith((".png", ".wav")):
-            shutil.copy(f, media / f.name)
+    _, media = tiny_search_collection(root)
     (root / "captions.txt").write_text("\n".join(TEXTS) + "\n")
     model = onepeace.OnePeace.from_pretrained(root / "model")
     counts = build(root / "index", model, [media, root / "captions.txt"], batch_size=4, workers=0, progress=False)

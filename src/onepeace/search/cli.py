@@ -235,16 +235,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- parsers
-def _nonneg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
 def _nonneg_float(text: str) -> float:
     try:
         x = float(text)
@@ -257,7 +247,7 @@ def _nonneg_float(text: str) -> float:
 
 def add_search_parsers(subparsers: Any) -> None:
     """Register ``index build``, ``index info`` and ``search`` on the main CLI's subparsers."""
-    from ..cli import _add_max_pixels, _add_runtime_options, _positive_int
+    from ..cli import _add_max_pixels, _add_runtime_options, _nonnegative_int, _positive_int
 
     p = subparsers.add_parser("index", help="build a searchable index (LanceDB) of images, audio and texts; info")
     sub = p.add_subparsers(dest="index_command", required=True)
@@ -270,7 +260,7 @@ def add_search_parsers(subparsers: Any) -> None:
                         ".txt files (one text per line) or single media files")
     b.add_argument("--model", required=True, help="an onepeace model directory (or hub id)")
     b.add_argument("--batch-size", type=_positive_int, default=32, help="items per model batch (default 32)")
-    b.add_argument("--workers", type=_nonneg, default=None,
+    b.add_argument("--workers", type=_nonnegative_int, default=None,
                    help="decoding processes running beside the model (default 2, fewer on small machines; "
                         "0: decode in the main process)")
     b.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
@@ -295,7 +285,7 @@ def add_search_parsers(subparsers: Any) -> None:
     b.add_argument("--gpus-per-actor", type=_nonneg_float, metavar="G",
                    help="with --engine ray: GPUs per actor, e.g. 0.5 for two models per GPU (default: 1 when "
                         "the cluster has GPUs, else 0)")
-    b.add_argument("--ann-threshold", type=_nonneg, default=50_000, metavar="N",
+    b.add_argument("--ann-threshold", type=_nonnegative_int, default=50_000, metavar="N",
                    help="build an ANN index (IVF-PQ) once the index holds N rows (default 50000; 0: never)")
     _add_runtime_options(b)
     _add_max_pixels(b)
