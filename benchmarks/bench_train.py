@@ -37,7 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from bench_model import (  # noqa: E402  (the house helpers; they import torch lazily)
+from _bench import (  # noqa: E402  (the house helpers; they import torch lazily)
     CAPTION_WORDS,
     GB,
     gemm_peak,

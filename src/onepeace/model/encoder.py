@@ -83,7 +83,10 @@ class Encoder(nn.Module):
             bias = bias.to(dtype)
         if pad_bias is not None:
             bias = pad_bias if bias is None else bias + pad_bias
-        return bias
+        # Once per forward, not once per layer: the table lookup is [N, N, H] permuted to [H, N, N]
+        # (and a sum keeps that layout), and SDPA's CPU kernel copies a mask that is not contiguous
+        # in every call.
+        return None if bias is None else bias.contiguous()
 
     def forward(self, parts: Sequence[AdapterOutput], return_layer_states: bool = False) -> EncoderOutput:
         x = torch.cat([p.x for p in parts], dim=1) if len(parts) > 1 else parts[0].x

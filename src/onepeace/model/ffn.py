@@ -16,4 +16,7 @@ class GeGLU(nn.Module):
         self.wo = nn.Linear(hidden, dim, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.sub_norm(F.gelu(self.wi_0(x)) * self.wi_1(x)))
+        h = F.gelu(self.wi_0(x))
+        # in place where autograd does not need the GELU output: no new [B, N, F] buffer to allocate
+        h = h * self.wi_1(x) if torch.is_grad_enabled() else h.mul_(self.wi_1(x))
+        return self.wo(self.sub_norm(h))

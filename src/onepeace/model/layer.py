@@ -52,17 +52,20 @@ class Layer(nn.Module):
             self.gamma_1 = self.gamma_2 = None
         self.drop_path = drop_path
 
-    def _scale(self, h: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
-        h = h if gamma is None else h * gamma
-        return drop_path(h, self.drop_path, self.training)
+    def _residual(self, x: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        """``x + drop_path(gamma * h)``; without drop path one fused ``addcmul`` (one pass over the
+        activations instead of two, and in bf16 one rounding instead of two)."""
+        if self.drop_path and self.training:
+            return x + drop_path(h if gamma is None else h * gamma, self.drop_path, True)
+        return x + h if gamma is None else torch.addcmul(x, h, gamma)
 
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor | None, segments: Sequence[Segment]
     ) -> torch.Tensor:
-        x = x + self._scale(self.attn(self.attn_norm(x), bias), self.gamma_1)
+        x = self._residual(x, self.attn(self.attn_norm(x), bias), self.gamma_1)
         h = self.ffn_norm(x)
         if len(segments) == 1:
             h = self.ffns[segments[0][0]](h)
         else:
             h = torch.cat([self.ffns[m](h[:, s:e]) for m, s, e in segments], dim=1)
-        return x + self._scale(h, self.gamma_2)
+        return self._residual(x, h, self.gamma_2)

