@@ -38,3 +38,13 @@ class TextProcessor:
         for i, r in enumerate(rows):
             tokens[i, : len(r)] = torch.tensor(r)
         return {"tokens": tokens}
+
+    # -- variable-length batches (onepeace.model.packing): real lengths, and sub-batches without padding
+    def lengths(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """Encoder tokens of each row of a processed batch (the CLS, the BPE tokens and ``</s>``)."""
+        return (batch["tokens"] != self.pad_id).sum(1).add(1).tolist()
+
+    def select(self, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        """Rows ``rows`` of a processed batch, padded only to the longest of them."""
+        tokens = batch["tokens"][torch.as_tensor(rows, dtype=torch.long)]
+        return {"tokens": tokens[:, : int((tokens != self.pad_id).sum(1).max())]}

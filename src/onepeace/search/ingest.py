@@ -377,7 +377,8 @@ def embed_decoded(model: Any, decoded: Decoded) -> Result:
     rows = []
     if decoded.items:
         with torch.inference_mode():
-            z = model.embed_batch(decoded.modality, decoded.inputs).float().cpu().numpy()
+            # bucket: a batch of captions or clips of mixed lengths skips its padding
+            z = model.embed_batch(decoded.modality, decoded.inputs, bucket=True).float().cpu().numpy()
         rows = [make_row(it, h, v) for it, h, v in zip(decoded.items, decoded.hashes, z)]
     return Result(decoded.modality, rows, decoded.skipped, decoded.unchanged, decoded.warnings)
 
