@@ -111,7 +111,8 @@ def model_spec(model: Any) -> tuple[ModelSpec, dict[str, Any] | None]:
     has_files = name != IN_MEMORY and bool(source) and os.path.isdir(source)
     spec = ModelSpec(load=name if has_files else None, name=name, fingerprint=model_fingerprint(model),
                      dim=int(model.config.dim), modalities=list(model.modality_names),
-                     config_json=model.config.to_json(), dtype=str(model.dtype).removeprefix("torch."))
+                     config_json=model.config.to_json(),
+                     dtype="int8" if getattr(model, "int8", False) else str(model.dtype).removeprefix("torch."))
     return spec, (None if has_files else {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
@@ -247,7 +248,7 @@ class Embedder:
 
     @staticmethod
     def _load(spec: ModelSpec, shipped: dict[str, Any] | None, device: str) -> Any:
-        from ..factory import resolve_dtype
+        import torch
 
         if shipped is not None:  # the weights of a model that has no files
             from ..config import ModelConfig
@@ -255,7 +256,14 @@ class Embedder:
 
             model = create_model(ModelConfig.from_dict(json.loads(spec.config_json)), device="meta", init=False)
             model.load_state_dict(shipped, assign=True)
-            return model.to(device=device, dtype=resolve_dtype(spec.dtype)).eval()
+            from ..model.precision import resolve_runtime
+
+            target = resolve_runtime(spec.dtype, device)  # "auto" is resolved on the actor's own machine
+            if target == "int8":
+                from ..model.quant import quantize_int8
+
+                return quantize_int8(model.to(device=device, dtype=torch.float32))
+            return model.to(device=device, dtype=target).eval()
         from ..model.onepeace import OnePeace
         from .fingerprint import model_fingerprint
 
@@ -375,9 +383,12 @@ def build_ray(db: str, model: Any, sources: list[str], *, batch_size: int = 32, 
     import_ray()  # a missing extra is reported before any work
     spec, shipped = model_spec(model)
     if dtype is not None:
-        from ..factory import resolve_dtype
+        from ..model.precision import resolve_runtime
 
-        spec = dataclasses.replace(spec, dtype=str(resolve_dtype(dtype)).removeprefix("torch."))
+        target = resolve_runtime(dtype)  # checked here; "auto" is resolved by each actor on its machine
+        auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+        spec = dataclasses.replace(spec, dtype="auto" if auto else target if target == "int8"
+                                   else str(target).removeprefix("torch."))
     if is_index(db):  # a model mismatch is refused before the cluster starts
         Index.open(db).check_model(spec.fingerprint, spec.name)
     with ray_cluster(address) as ray:

@@ -1,0 +1,36 @@
+"""``onepeace export onnx MODEL OUT_DIR [--modalities text,image,audio] [--force]``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .onnx import export_onnx
+
+    names = None
+    if args.modalities is not None:
+        names = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    record = export_onnx(args.model, args.out_dir, modalities=names, force=args.force, opset=args.opset)
+    for g in record["graphs"].values():
+        inputs = ", ".join(f"{k} {v['dtype']}[{', '.join(map(str, v['shape']))}]" for k, v in g["inputs"].items())
+        print(f"{args.out_dir}/{g['file']}: ({inputs}) -> embedding, features; "
+              f"max |onnxruntime - torch| = {g['max_abs_diff']:.1e}")
+    return 0
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``export onnx`` on the main CLI's subparsers."""
+    from .onnx import OPSET
+
+    p = subparsers.add_parser("export", help="export a model's branches to another runtime: `onepeace export onnx ...`")
+    sub = p.add_subparsers(dest="export_format", required=True)
+    o = sub.add_parser("onnx", help="one ONNX graph per modality (OUT_DIR/<modality>.onnx), checked with onnxruntime")
+    o.add_argument("model", metavar="MODEL", help="a model directory or Hub id (exported in fp32)")
+    o.add_argument("out_dir", metavar="OUT_DIR", help="output directory (created if absent; written whole or not at all)")
+    o.add_argument("--modalities", help="comma-separated branches to export (default: every branch with an embedding)")
+    o.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    o.add_argument("--force", action="store_true", help="replace a previous export in OUT_DIR (default: refuse it)")
+    o.set_defaults(func=cmd_export_onnx)
+    return p
