@@ -103,8 +103,8 @@ def test_manifest_round_trip(tmp_path):
     [
         ('{"image": "a.png", "text": ', "invalid JSON"),
         ('{"image": "a.png"}', "missing the 'text' field"),
-        ('{"text": "hi"}', "exactly one of 'image' or 'audio'"),
-        ('{"image": "a.png", "audio": "b.wav", "text": "x"}', "both 'image' and 'audio'"),
+        ('{"text": "hi"}', "needs a media field, one of '"),
+        ('{"image": "a.png", "audio": 5, "text": "x"}', "'audio' must be a non-empty path string"),
         ('{"image": "a.png", "text": "x", "label": "3"}', "'label' must be an integer"),
         ('{"image": "a.png", "text": 5}', "'text' must be a string"),
         ('["a.png", "x"]', "must be a JSON object"),

@@ -90,8 +90,8 @@ def test_model_dir_recorded_absolute(world, monkeypatch):
     monkeypatch.chdir(world["root"])
     recorded = get_registry().get("onepeace").create(model="model").safe_model_dump()["model"]
     assert os.path.isabs(recorded) and os.path.samefile(recorded, world["model_dir"])
-    with pytest.raises(InputError, match="OnePeaceEmbeddings modality='video'"):
-        get_registry().get("onepeace").create(model="model", modality="video")
+    with pytest.raises(InputError, match="OnePeaceEmbeddings modality='smell'"):
+        get_registry().get("onepeace").create(model="model", modality="smell")
 
 
 def test_text_column_embedded_on_insert_and_query(world, tmp_path):

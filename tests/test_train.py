@@ -153,10 +153,8 @@ def test_align_a_new_modality_trains_only_its_branch(tmp_path):
     write_shards_from_samples(({"audio": rng.standard_normal(8000).astype(np.float32), "text": f"sound {i % 3}"}
                                for i in range(16)), tmp_path / "pairs")
     recipe = os.path.join(os.path.dirname(__file__), "..", "configs", "align_new_modality.toml")
-    text = open(recipe).read().replace("NEW", "audio")
-    (tmp_path / "new.toml").write_text(text)
-    cfg = load_config(str(tmp_path / "new.toml"), [
-        f'model.init="{tmp_path / "base"}"',
+    cfg = load_config(recipe, [
+        "objective.other=audio", f'model.init="{tmp_path / "base"}"',
         'model.add_modalities={audio={stem=[[32,10,5],[32,3,2],[32,3,2],[32,3,2],[32,3,2],[32,2,2],[32,2,2]]}}',
         f'data.train="{tmp_path / "pairs"}"', "data.batch_size=8", "optim.max_steps=2", "train.save_every=0",
         f'train.output="{tmp_path / "run"}"', "train.progress=false"])

@@ -45,8 +45,12 @@ def data_shards(
 def _load_config(model: str | None) -> Any:
     from ..config import ModelConfig, list_presets
 
-    if model is None:
-        return ModelConfig()  # the official processors (256 px images, 16 kHz audio)
+    if model is None:  # the official processors (256 px images, 16 kHz audio), and every other
+        from .manifest import media_modalities  # registered modality's with its default options
+
+        base = ModelConfig()
+        return base.replace(modalities={**base.modalities,
+                                        **{m: {} for m in media_modalities() if m not in base.modalities}})
     if model in list_presets():
         from ..config import get_preset
 
@@ -78,7 +82,7 @@ def data_check(source: str, model: str | None = None, limit: int | None = None, 
                      rank=0, world_size=1, on_skip=on_skip)
     kinds: dict[str, int] = {}
     for sample in ds:
-        kind = "image" if "image" in sample else "audio"
+        kind = "+".join(k for k in sample if k not in ("text", "label", "item"))  # its media fields
         kinds[kind] = kinds.get(kind, 0) + 1
         if limit is not None and ds.ok >= limit:
             break
@@ -125,7 +129,8 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="data_command", required=True)
 
     s = sub.add_parser("shards", help="pack a JSONL manifest into WebDataset-layout tar shards")
-    s.add_argument("manifest", help="JSONL manifest: {\"image\"|\"audio\": path, \"text\": caption} per line")
+    s.add_argument("manifest", help="JSONL manifest: {\"image\"|\"audio\"|\"video\"|<modality>: path, \"text\": caption} "
+                                    "per line")
     s.add_argument("out_dir", help="output directory (created if absent)")
     s.add_argument("--samples-per-shard", type=_positive, default=1000, help="samples per shard (default 1000)")
     s.add_argument("--prefix", default="shard", help="shard file prefix (default: shard -> shard-000000.tar)")
@@ -137,7 +142,8 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_data_shards)
 
     c = sub.add_parser("check", help="decode every sample of a source; print ok/skipped counts")
-    c.add_argument("source", help="a .jsonl manifest, a .tar shard, a directory of shards, or a quoted glob")
+    c.add_argument("source", help="a .jsonl manifest, a .tar shard, a directory of shards, a quoted glob, or a "
+                                  "webdataset spec ('pipe:COMMAND', a URL, 'shard-{000000..000009}.tar')")
     c.add_argument("--model", help="preset name or model directory whose processors to use (default: official)")
     c.add_argument("--limit", type=_positive, help="stop after this many good samples")
     c.add_argument("--train", action="store_true", help="apply the training augmentation too")

@@ -1,13 +1,16 @@
 """JSONL manifests: one training pair per line.
 
-Each line is a JSON object with exactly one media field and a caption::
+Each line is a JSON object with a caption and a media field named after a registered modality
+(any whose plug-in reads files: ``image``, ``audio``, ``video``, or one of your own)::
 
     {"image": "images/cat.jpg", "text": "a cat on a mat"}
     {"audio": "clips/dog.flac", "text": "a dog barks", "label": 3, "id": "dog-0001"}
+    {"video": "clips/dog.mp4", "audio": "clips/dog.wav", "text": "a dog barks"}
 
-``label`` (an int) and ``id`` (a string) are optional; any other field is kept as metadata.
-Relative media paths are resolved against the manifest's own directory, so a manifest and its
-files can be moved together.
+A line may hold several media fields (a clip and its soundtrack): each is decoded by its own
+modality's processor. ``label`` (an int) and ``id`` (a string) are optional; any other field is
+kept as metadata. Relative media paths are resolved against the manifest's own directory, so a
+manifest and its files can be moved together.
 """
 
 from __future__ import annotations
@@ -19,21 +22,31 @@ from typing import Any
 
 from ..errors import InputError
 
-MEDIA_KEYS = ("image", "audio")
+
+def media_modalities() -> tuple[str, ...]:
+    """The registered modalities a data record can hold as a media field: those whose plug-in
+    reads files (``file_extensions``), in registration order (text is the caption)."""
+    from ..modalities import get_modality, registered_modalities
+
+    return tuple(m for m in registered_modalities() if get_modality(m).file_extensions)
 
 
-def validate_sample(sample: Any, where: str) -> str:
-    """Check one manifest/shard record; returns its modality. ``where`` names it in errors."""
+def media_fields(sample: dict[str, Any]) -> list[str]:
+    """The media fields of a record (registered modality names), in registration order."""
+    return [k for k in media_modalities() if k in sample]
+
+
+def validate_sample(sample: Any, where: str) -> list[str]:
+    """Check one manifest/shard record; returns its media fields. ``where`` names it in errors."""
     if not isinstance(sample, dict):
         raise InputError(f"{where}: a sample must be a JSON object, got {type(sample).__name__}")
-    media = [k for k in MEDIA_KEYS if k in sample]
-    if len(media) != 1:
-        what = "both 'image' and 'audio'" if media else "no 'image' or 'audio' field"
-        raise InputError(f"{where}: a sample needs exactly one of 'image' or 'audio'; it has {what}")
-    kind = media[0]
-    path = sample[kind]
-    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise InputError(f"{where}: '{kind}' must be a non-empty path string, got {path!r}")
+    media = media_fields(sample)
+    if not media:
+        raise InputError(f"{where}: a sample needs a media field, one of {', '.join(repr(m) for m in media_modalities())}; it has none")
+    for kind in media:
+        path = sample[kind]
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise InputError(f"{where}: '{kind}' must be a non-empty path string, got {path!r}")
     if "text" not in sample:
         raise InputError(f"{where}: missing the 'text' field (the caption)")
     if not isinstance(sample["text"], str):
@@ -42,7 +55,7 @@ def validate_sample(sample: Any, where: str) -> str:
         raise InputError(f"{where}: 'label' must be an integer, got {sample['label']!r}")
     if "id" in sample and not isinstance(sample["id"], str):
         raise InputError(f"{where}: 'id' must be a string, got {sample['id']!r}")
-    return kind
+    return media
 
 
 def iter_jsonl(path: str | os.PathLike, what: str = "manifest"):
@@ -84,8 +97,8 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     base = os.path.dirname(os.path.abspath(os.fspath(path)))
     samples: list[dict[str, Any]] = []
     for where, sample in iter_jsonl(path):
-        kind = validate_sample(sample, where)
-        sample[kind] = resolve_media(base, sample[kind])
+        for kind in validate_sample(sample, where):
+            sample[kind] = resolve_media(base, sample[kind])
         samples.append(sample)
     return samples
 
@@ -102,9 +115,9 @@ def write_manifest(path: str | os.PathLike, samples: Iterable[dict[str, Any]]) -
         raise InputError(f"output directory does not exist: {parent}")
     lines = []
     for i, sample in enumerate(samples):
-        kind = validate_sample(sample, f"sample {i}")
         row = dict(sample)
-        row[kind] = os.fspath(row[kind])
+        for kind in validate_sample(sample, f"sample {i}"):
+            row[kind] = os.fspath(row[kind])
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

@@ -1,12 +1,19 @@
-"""WebDataset-layout tar shards, written and read with :mod:`tarfile` only.
+"""WebDataset-layout tar shards: written here with :mod:`tarfile`, read with :mod:`webdataset`.
 
-A sample is a run of consecutive tar members sharing a key: ``{key}.{ext}`` holds the media bytes
-(the original file, copied as-is, or PNG / 16 kHz FLAC for in-memory arrays) and ``{key}.json``
-holds the caption and metadata (``{"text": ..., "label": ..., "id": ..., ...}``). Shards are
-named ``{prefix}-000000.tar``, ``{prefix}-000001.tar``, ... and each is written to a temporary
+A sample is a run of consecutive tar members sharing a key: ``{key}.{ext}`` holds the bytes of one
+media field per modality (the original file, copied as-is, or PNG / 16 kHz FLAC for in-memory image
+and audio arrays) and ``{key}.json`` holds the caption and metadata (``{"text": ..., "label": ...,
+"id": ..., ...}``). A member's extension names its modality: any that a registered modality's
+plug-in lists in ``file_extensions``, or the modality's own name (``.image``, ``.video``). Shards
+are named ``{prefix}-000000.tar``, ``{prefix}-000001.tar``, ... and each is written to a temporary
 name first; all are renamed once the last one is complete (and shards of an earlier, longer run
 with the same prefix removed), so a crash never leaves a half-written shard under a real name, nor
 a new data set mixed with an old one (but for the instant of the renames).
+
+Reading goes through webdataset's opener and tar iterator, so a shard may be a local path, a
+``pipe:COMMAND`` whose standard output is the tar (``pipe:aws s3 cp s3://b/s-0.tar -``), or a
+URL (``https://...``), and a source may use webdataset's brace notation
+(``shard-{000000..000099}.tar``).
 """
 
 from __future__ import annotations
@@ -20,21 +27,16 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..processing.audio import AUDIO_EXTENSIONS
-from ..processing.image import IMAGE_EXTENSIONS
-from .manifest import MEDIA_KEYS, read_manifest
+from .manifest import media_modalities, read_manifest
 
 log = logging.getLogger(__name__)
 
-# member name suffixes per modality: the formats the processors read, plus a generic one
-IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS) + ("image",)
-AUDIO_EXTS = tuple(e.lstrip(".") for e in AUDIO_EXTENSIONS) + ("audio",)
-EXTS = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS}
 AUDIO_RATE = 16000
 
 
@@ -74,20 +76,27 @@ def sniff_ext(data: bytes) -> str | None:
         return "ogg"
     if head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"):
         return "aiff"
+    if head[4:8] == b"ftyp":
+        return "mov" if head[8:10] == b"qt" else "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "mkv"  # Matroska / WebM
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
     if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
         return "mp3"
     return None
 
 
 def _pick_ext(kind: str, data: bytes, filename: str | None = None) -> str:
-    """Extension for a member: the file's own when it is a known one for the modality, else the
-    sniffed type, else the generic ``image`` / ``audio`` (the reader decodes by content anyway)."""
+    """Extension for a member: the file's own when the modality's plug-in reads it, else the
+    sniffed type when it does, else the modality's name (the processor decodes by content)."""
+    own = {e for e, m in media_extensions().items() if m == kind}
     if filename:
         ext = os.path.splitext(filename)[1].lower().lstrip(".")
-        if ext in EXTS[kind]:
+        if ext in own:
             return ext
     ext = sniff_ext(data)
-    return ext if ext in EXTS[kind] else kind
+    return ext if ext in own else kind
 
 
 def _encode_image(item: Any) -> bytes:
@@ -120,6 +129,11 @@ def _encode_audio(item: Any) -> bytes:
     return buf.getvalue()
 
 
+#: in-memory values (arrays, PIL images, tensors) the writer can encode, per modality; any
+#: modality's files and raw bytes are copied as they are
+ENCODERS = {"image": (_encode_image, "png"), "audio": (_encode_audio, "flac")}
+
+
 def _media_bytes(kind: str, item: Any) -> tuple[bytes, str]:
     """(bytes, extension) for one media value of a sample."""
     if isinstance(item, (str, os.PathLike)):
@@ -136,26 +150,24 @@ def _media_bytes(kind: str, item: Any) -> tuple[bytes, str]:
         if not data:
             raise InputError(f"{kind} bytes are empty")
         return data, _pick_ext(kind, data)
-    if kind == "image":
-        return _encode_image(item), "png"
-    if isinstance(item, (np.ndarray, torch.Tensor, tuple)):
-        return _encode_audio(item), "flac"
-    raise InputError(
-        f"unsupported {kind} value of type {type(item).__name__}: give a path, bytes, "
-        + ("a PIL image or an array" if kind == "image" else "an array or (array, sample_rate)")
-    )
+    if kind in ENCODERS and (kind == "image" or isinstance(item, (np.ndarray, torch.Tensor, tuple))):
+        encode, ext = ENCODERS[kind]
+        return encode(item), ext
+    what = {"image": "a PIL image or an array", "audio": "an array or (array, sample_rate)"}.get(kind)
+    raise InputError(f"unsupported {kind} value of type {type(item).__name__}: give a path or bytes"
+                     + (f", {what}" if what else f" (the shard writer encodes no in-memory {kind})"))
 
 
-def _sample_record(sample: Any, index: int) -> tuple[str, Any, dict[str, Any]]:
-    """(kind, media value, json metadata) of one in-memory sample, with clear errors."""
+def _sample_record(sample: Any, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({modality: media value}, json metadata) of one in-memory sample, with clear errors."""
     where = f"sample {index}"
     if not isinstance(sample, dict):
         raise InputError(f"{where}: a sample must be a dict, got {type(sample).__name__}")
-    media = [k for k in MEDIA_KEYS if k in sample]
-    if len(media) != 1:
-        raise InputError(f"{where}: a sample needs exactly one of 'image' or 'audio', it has {media or 'neither'}")
-    kind = media[0]
-    meta = {k: v for k, v in sample.items() if k != kind}
+    names = media_modalities()
+    media = {k: sample[k] for k in names if k in sample}
+    if not media:
+        raise InputError(f"{where}: a sample needs a media field (one of {', '.join(names)}); it has none")
+    meta = {k: v for k, v in sample.items() if k not in media}
     if not isinstance(meta.get("text"), str):
         raise InputError(f"{where}: 'text' must be a string caption, got {meta.get('text')!r}")
     label = meta.get("label")
@@ -167,7 +179,7 @@ def _sample_record(sample: Any, index: int) -> tuple[str, Any, dict[str, Any]]:
         json.dumps(meta)
     except (TypeError, ValueError) as e:
         raise InputError(f"{where}: metadata is not JSON-serialisable: {e}") from None
-    return kind, sample[kind], meta
+    return media, meta
 
 
 def _existing_shards(out_dir: str, prefix: str) -> list[str]:
@@ -225,10 +237,11 @@ class _ShardWriter:
         info.mtime = 0  # reproducible shards
         self._tar.addfile(info, io.BytesIO(data))
 
-    def write(self, key: str, ext: str, media: bytes, meta: dict[str, Any]) -> None:
+    def write(self, key: str, media: list[tuple[bytes, str]], meta: dict[str, Any]) -> None:
         if self._tar is None:
             self._open()
-        self._add(f"{key}.{ext}", media)
+        for data, ext in media:
+            self._add(f"{key}.{ext}", data)
         self._add(f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))
         self._in_shard += 1
         self.stats.samples += 1
@@ -279,9 +292,11 @@ def write_shards_stats(
     writer = _ShardWriter(out_dir, prefix, samples_per_shard)
     try:
         for i, sample in enumerate(samples):
-            kind, item, meta = _sample_record(sample, i)
+            items, meta = _sample_record(sample, i)
             try:
-                media, ext = _media_bytes(kind, item)
+                media = []
+                for kind, item in items.items():
+                    media.append(_media_bytes(kind, item))
             except (FileNotFoundError, OSError) as e:
                 msg = str(e) if isinstance(e, FileNotFoundError) else f"cannot read {kind} {item}: {e.strerror or e}"
                 if not skip_missing:
@@ -289,7 +304,11 @@ def write_shards_stats(
                 log.warning("skipping sample %d: %s", i, msg)
                 writer.stats.skipped += 1
                 continue
-            writer.write(f"{writer.stats.samples:09d}", ext, media, meta)
+            exts = [ext for _, ext in media]
+            if len(set(exts)) < len(exts):
+                raise InputError(f"sample {i}: two media fields would share the member extension "
+                                 f"{exts}; give files whose extensions tell their modality apart")
+            writer.write(f"{writer.stats.samples:09d}", media, meta)
         writer.close()
         if writer.stats.samples == 0:
             raise InputError("no samples to write" + (f" ({writer.stats.skipped} skipped)" if writer.stats.skipped else ""))
@@ -344,44 +363,92 @@ def write_shards(
     )
 
 
+def media_extensions() -> dict[str, str]:
+    """Shard member extension (no dot, lower case) -> modality, for every registered modality that
+    reads files: its plug-in's ``file_extensions`` plus its name as a generic extension."""
+    from ..modalities import get_modality, registered_modalities
+
+    out: dict[str, str] = {}
+    for m in registered_modalities():
+        exts = get_modality(m).file_extensions
+        if exts:
+            for e in (*exts, m):
+                out.setdefault(e.lower().lstrip("."), m)
+    return out
+
+
+def is_url(spec: str) -> bool:
+    """True for a shard address webdataset opens itself: ``pipe:COMMAND``, ``http(s)://``,
+    ``s3://``, ``gs://``, ``file:``... (one-letter schemes are Windows drives, not URLs)."""
+    if os.path.exists(spec):  # a local file whose name has a colon is still a file
+        return False
+    scheme = urlparse(spec).scheme
+    return len(scheme) > 1 or spec.startswith("pipe:")
+
+
+def expand_shards(spec: str) -> list[str]:
+    """A webdataset shard spec -> shard addresses: ``::`` separates lists, braces expand
+    (``data/shard-{000000..000009}.tar``, ``pipe:curl -s https://host/s-{0..3}.tar``)."""
+    from webdataset.shardlists import expand_urls
+
+    return [u for u in expand_urls(spec) if u]
+
+
+def _open_shard(url: str):
+    from webdataset.gopen import gopen
+
+    local = not is_url(url)
+    if local and not os.path.isfile(url):
+        raise InputError(f"shard not found: {url}")
+    try:
+        return open(url, "rb") if local else gopen(url, "rb")
+    except Exception as e:  # noqa: BLE001 - gopen raises what the scheme's opener raises
+        raise InputError(f"cannot open shard {url}: {e}") from None
+
+
+def _close_quietly(stream: Any) -> str | None:
+    """Close a shard stream; a ``pipe:`` command's failure (exit status) comes back as a string."""
+    try:
+        stream.close()
+    except Exception as e:  # noqa: BLE001 - webdataset's Pipe raises IOError on a bad exit status
+        return str(e)
+    return None
+
+
 def iter_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield the samples of one shard as ``{"__key__", "__shard__", ext: bytes, ...}``.
 
-    Members are grouped by key (the member name up to the first dot of its base name) as
-    WebDataset does; the ``json`` member stays raw bytes (see :func:`decode_record`). A corrupt or
-    truncated tar raises :class:`InputError` naming the shard, after the samples read before it.
+    The shard is read by :mod:`webdataset` (a local path, a ``pipe:`` command or a URL) and its
+    members grouped by key (the member name up to the first dot of its base name); the ``json``
+    member stays raw bytes (see :func:`decode_record`). A missing, unopenable, corrupt or
+    truncated shard, or a ``pipe:`` command that fails, raises :class:`InputError` naming the
+    shard, after the samples read before the fault.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"shard not found: {path}")
-    current: dict[str, Any] | None = None
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    url = os.fspath(path)
+    stream = _open_shard(url)
+    status = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                d, base = os.path.split(member.name)
-                if "." not in base or base.startswith("."):
-                    continue
-                stem, ext = base.split(".", 1)
-                key = f"{d}/{stem}" if d else stem
-                f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": path}
-                current[ext.lower()] = data
+        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        for sample in group_by_keys(files):
+            sample["__shard__"] = sample.pop("__url__", url)
+            yield sample
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"corrupt or truncated shard {path}: {e}") from None
-    if current is not None:
-        yield current
+        status = _close_quietly(stream)
+        raise InputError(f"corrupt or truncated shard {url}: {status or e}") from None
+    finally:
+        # closing twice is harmless; a reader that stopped early ends a pipe on SIGPIPE: no error
+        status = _close_quietly(stream)
+    if status:
+        raise InputError(f"shard {url} could not be read to the end: {status}")
 
 
 def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
     """A raw shard sample -> a record like a manifest line, the media as bytes:
-    ``{"text": str, "image" | "audio": bytes, "label"?: int, "id": str, ...}``."""
+    ``{"text": str, <modality>: bytes, ..., "label"?: int, "id": str, ...}``. Every member whose
+    extension belongs to a registered modality (:func:`media_extensions`) becomes that modality's
+    field; two members of one modality are an error."""
     where = f"{sample.get('__shard__', '?')}:{sample.get('__key__', '?')}"
     if "json" not in sample:
         raise InputError(f"sample {where} has no .json member (caption)")
@@ -391,18 +458,24 @@ def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"sample {where}: invalid .json member ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("text"), str):
         raise InputError(f"sample {where}: .json member has no 'text' string")
-    found = [(kind, ext) for kind in MEDIA_KEYS for ext in EXTS[kind] if ext in sample]
+    exts = media_extensions()
+    found: dict[str, str] = {}
+    for ext in sorted(k for k in sample if not k.startswith("__") and k != "json"):
+        kind = exts.get(ext)
+        if kind is None:
+            continue
+        if kind in found:
+            raise InputError(f"sample {where} has two {kind} members (.{found[kind]}, .{ext})")
+        found[kind] = ext
     if not found:
         other = sorted(k for k in sample if not k.startswith("__") and k != "json")
-        raise InputError(f"sample {where} has no image or audio member (members: {other or 'none'})")
-    kinds = {k for k, _ in found}
-    if len(kinds) > 1:
-        raise InputError(f"sample {where} has both image and audio members")
-    kind, ext = found[0]
+        raise InputError(f"sample {where} has no media member of a registered modality "
+                         f"({', '.join(sorted(set(exts.values())))}; members: {other or 'none'})")
     label = meta.get("label")
     if "label" in meta and (isinstance(label, bool) or not isinstance(label, int)):
         raise InputError(f"sample {where}: 'label' must be an integer, got {label!r}")
     rec = dict(meta)
-    rec[kind] = sample[ext]
+    for kind, ext in found.items():
+        rec[kind] = sample[ext]
     rec.setdefault("id", where)
     return rec

@@ -1,6 +1,6 @@
-"""Registered modalities. Importing this package registers text, image and audio."""
+"""Registered modalities. Importing this package registers text, image, audio and video."""
 
-from . import audio, image, text  # noqa: F401  (registration side effect)
+from . import audio, image, text, video  # noqa: F401  (registration side effect)
 from .base import (
     AdapterOutput,
     Modality,

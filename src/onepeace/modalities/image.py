@@ -41,6 +41,19 @@ class HMLPStem(nn.Module):
         return self.conv3(x).flatten(2).transpose(1, 2)  # B, (S/16)^2, D, row-major
 
 
+def resized_positions(pos_embed: torch.Tensor, pos_grid: int, grid: int) -> torch.Tensor:
+    """[grid^2 + 1, D] from a CLS-first ``pos_grid x pos_grid`` table of learned positions,
+    bicubically resized (in fp32) when the sizes differ."""
+    g = pos_grid
+    if grid == g:
+        return pos_embed
+    cls, table = pos_embed[:1], pos_embed[1:]
+    t = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    t = F.interpolate(t, size=(grid, grid), mode="bicubic", align_corners=False)
+    t = t.to(table.dtype).permute(0, 2, 3, 1).reshape(grid * grid, -1)
+    return torch.cat([cls, t], dim=0)
+
+
 @dataclass
 class ImageOptions:
     image_size: int = 256  # input resolution; fixes the relative-position grid (image_size // 16)
@@ -77,14 +90,7 @@ class ImageModality(Modality):
 
     def positions(self, grid: int) -> torch.Tensor:
         """[grid^2 + 1, D]: the learned grid bicubically resized (in fp32) when sizes differ."""
-        g = self.options.pos_grid
-        if grid == g:
-            return self.pos_embed
-        cls, table = self.pos_embed[:1], self.pos_embed[1:]
-        t = table.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-        t = F.interpolate(t, size=(grid, grid), mode="bicubic", align_corners=False)
-        t = t.to(table.dtype).permute(0, 2, 3, 1).reshape(grid * grid, -1)
-        return torch.cat([cls, t], dim=0)
+        return resized_positions(self.pos_embed, self.options.pos_grid, grid)
 
     def embed(self, pixels: torch.Tensor, second: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
         if pixels.dim() != 4 or pixels.shape[1] != 3:

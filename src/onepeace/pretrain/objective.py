@@ -3,7 +3,8 @@
 Stage 1 (image-text): L = ITC + 0.5 DCL_text + 1.0 DCL_image + 0.5 DCL_vl-text + 0.5 DCL_vl-image.
 Stage 2 (audio-text): L = ATC + 1.0 DCL_audio + 0.5 DCL_al-text + 0.5 DCL_al-audio, with the
 unimodal audio teacher taken from the joint teacher (official quirk, ``teacher_from_joint``).
-Nothing here names a modality: ``other`` is any registered one.
+Nothing here names a modality: ``other`` is any registered one, and ``align_with`` adds aligning
+contrasts between ``other`` and further modalities in the batch (a video and its soundtrack).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError
 from .losses import contrastive_loss, denoising_loss
 from .masking import keep_to_positions
 from .model import PretrainModel
@@ -24,6 +26,9 @@ class ObjectiveConfig:
         "align": 1.0, "dcl_text": 0.5, "dcl_other": 1.0, "dcl_joint_text": 0.5, "dcl_joint_other": 0.5})
     mask: dict[str, float] = field(default_factory=lambda: {
         "text": 0.15, "other": 0.75, "joint_text": 0.4, "joint_other": 0.6875})
+    # more aligning contrasts of `other`, with the weight of each: {"audio": 1.0} aligns a clip
+    # with its soundtrack (every batch must then carry that modality, e.g. a video's companion audio)
+    align_with: dict[str, float] = field(default_factory=dict)
     complementary: bool = True  # joint kept tokens come from those the unimodal mask hid
     teacher_from_joint: bool = False  # unimodal `other` DCL teacher = joint teacher's slice
     gather_with_grad: bool = True
@@ -45,6 +50,14 @@ def compute_losses(pm: PretrainModel, batch: dict, cfg: ObjectiveConfig, gen: to
     o_out, o_emb = pm.unmasked(**{o: other})
     if w.get("align", 0):
         out["align"] = contrastive_loss(o_emb[o], t_emb["text"], pm.model.logit_scale, cfg.gather_with_grad)
+    weights = dict(w)
+    for m, weight in cfg.align_with.items():
+        if m not in batch:
+            raise InputError(f"objective.align_with aligns {o} with {m}, but the batch has no {m} "
+                             f"(it has {sorted(batch)}): give records with a {m} field or companion")
+        _, m_emb = pm.unmasked(**{m: batch[m]})
+        out[f"align_{m}"] = contrastive_loss(o_emb[o], m_emb[m], pm.model.logit_scale, cfg.gather_with_grad)
+        weights[f"align_{m}"] = weight
 
     need_joint_teacher = w.get("dcl_joint_text", 0) or w.get("dcl_joint_other", 0) or cfg.teacher_from_joint
     joint_teacher = None
@@ -75,5 +88,5 @@ def compute_losses(pm: PretrainModel, batch: dict, cfg: ObjectiveConfig, gen: to
         if w.get("dcl_joint_other", 0):
             out["dcl_joint_other"] = denoising_loss(students[o], joint_teacher[o], ~jk_o & o_valid, o_valid,
                                                     cfg.tau, cfg.smoothing)
-    out["loss"] = sum(w.get(k, 0.0) * v for k, v in out.items())
+    out["loss"] = sum(weights.get(k, 0.0) * v for k, v in out.items())
     return out

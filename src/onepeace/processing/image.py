@@ -5,6 +5,7 @@ RGB, square bicubic resize of the PIL image (no crop, aspect not kept), [0, 1], 
 
 from __future__ import annotations
 
+import random
 import re
 import warnings
 from typing import Any
@@ -89,6 +90,25 @@ def _from_array(arr: np.ndarray | torch.Tensor) -> Image.Image:
     return Image.fromarray(a)
 
 
+def thumbnail(item: Any, size: int = 256) -> tuple[bytes, str] | None:
+    """A copy at most ``size`` pixels on its longer side (JPEG, or PNG with transparency);
+    ``None`` if the image is already that small or cannot be read (then show the file itself)."""
+    import io
+
+    try:
+        with Image.open(item) as img:
+            if max(img.size) <= size:
+                return None
+            img.thumbnail((size, size), Image.BICUBIC)
+            alpha = img.mode in ("RGBA", "LA", "P")
+            img = img.convert("RGBA" if alpha else "RGB")
+            buf = io.BytesIO()
+            img.save(buf, format="PNG" if alpha else "JPEG", quality=85)
+            return buf.getvalue(), "image/png" if alpha else "image/jpeg"
+    except Exception:  # noqa: BLE001 - any unreadable file: serve it as it is
+        return None
+
+
 class ImageProcessor:
     """Batch of images -> ``{"pixels": [B, 3, S, S]}``; ``sizes`` gives original (width, height)."""
 
@@ -105,6 +125,30 @@ class ImageProcessor:
         t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         t = t.float().div(255.0)
         return (t - self._mean) / self._std, size
+
+    # -- the data-loader protocol (onepeace.data.dataset): one sample, then a batch of them
+    def sample(self, item: Any, *, train: bool = False, rng: random.Random | None = None,
+               scale: tuple[float, float] = (0.9, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+        """One image for a data loader, [3, S, S]: with ``train`` the official RandomResizedCrop
+        (``scale``, ``ratio``, bicubic, drawn from ``rng``) -> ToTensor -> CLIP Normalize; else
+        exactly :meth:`one`'s square resize."""
+        if not train:
+            return self.one(item)[0]
+        from ..data.augment import random_resized_crop, to_normalized_tensor
+
+        return to_normalized_tensor(random_resized_crop(load_image(item), self.image_size, scale, ratio, rng))
+
+    def collate(self, samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Samples of :meth:`sample` -> ``{"pixels": [B, 3, S, S]}``."""
+        return {"pixels": torch.stack(samples)}
+
+    def load(self, item: Any) -> Image.Image:
+        """Decode one input now (checking it): an RGB PIL image, which the processor takes later."""
+        return load_image(item)
+
+    def thumbnail(self, item: Any, size: int = 256) -> tuple[bytes, str] | None:
+        """A small copy to show (see :func:`thumbnail`)."""
+        return thumbnail(item, size)
 
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
         if not items:

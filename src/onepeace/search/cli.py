@@ -196,11 +196,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     idx = Index.open(args.db)
     text = args.text or None
-    image = [_query_file(p, "image") for p in args.image] or None
-    audio = [_query_file(p, "audio") for p in args.audio] or None
-    inputs = query_inputs(text, image, audio)
+    from ..cli import _file_modalities
+
+    files = {m: [_query_file(p, m) for p in getattr(args, m, None) or []] or None for m in _file_modalities()}
+    image, audio = files.pop("image", None), files.pop("audio", None)
+    others = {m: v for m, v in files.items() if v}
+    inputs = query_inputs(text, image, audio, **others)
     if not inputs:
-        raise InputError("nothing to search for: give --text, --image or --audio (several combine into one query)")
+        raise InputError("nothing to search for: give --text or " + ", ".join(f"--{m}" for m in _file_modalities())
+                         + " (several combine into one query)")
     weights = resolve_weights(inputs, parse_weights(args.weights))
     path = args.model or idx.model_name
     if not path or path == IN_MEMORY:
@@ -213,7 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     model = OnePeace.from_pretrained(path, dtype=args.dtype, device=_runtime(args))
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
-                  k=args.k, where=args.where, exact=True if args.exact else None)
+                  k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
         print(json.dumps({"index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
@@ -247,15 +251,21 @@ def _nonneg_float(text: str) -> float:
 
 def add_search_parsers(subparsers: Any) -> None:
     """Register ``index build``, ``index info`` and ``search`` on the main CLI's subparsers."""
-    from ..cli import _add_max_pixels, _add_runtime_options, _nonnegative_int, _positive_int
+    from ..cli import (
+        _add_max_pixels,
+        _add_media_options,
+        _add_runtime_options,
+        _nonnegative_int,
+        _positive_int,
+    )
 
-    p = subparsers.add_parser("index", help="build a searchable index (LanceDB) of images, audio and texts; info")
+    p = subparsers.add_parser("index", help="build a searchable index (LanceDB) of images, audio, video and texts; info")
     sub = p.add_subparsers(dest="index_command", required=True)
 
     b = sub.add_parser("build", help="embed folders, JSONL manifests and text files into an index (incremental)")
     b.add_argument("db", metavar="DB", help="index directory (created if absent; an existing index is updated)")
     b.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folders (searched recursively for image and audio files), .jsonl manifests "
+                   help="folders (searched recursively for the files of the model's modalities: images, audio, video, ...), .jsonl manifests "
                         "({\"image\"|\"audio\": path, \"text\": caption, ...} or {\"text\": ...} per line), "
                         ".txt files (one text per line) or single media files")
     b.add_argument("--model", required=True, help="an onepeace model directory (or hub id)")
@@ -296,13 +306,14 @@ def add_search_parsers(subparsers: Any) -> None:
     i.add_argument("--json", action="store_true", help="print the information as JSON")
     i.set_defaults(func=cmd_index_info)
 
-    s = subparsers.add_parser("search", help="search an index with a text, image or audio query, or a weighted mix")
+    s = subparsers.add_parser("search", help="search an index with a text, image, audio or video query, or a weighted mix")
     s.add_argument("db", metavar="DB", help="an index built with `onepeace index build`")
     s.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT", help="query texts")
     s.add_argument("--image", nargs="+", action="extend", default=[], metavar="FILE", help="query images")
     s.add_argument("--audio", nargs="+", action="extend", default=[], metavar="FILE", help="query audio clips")
+    _add_media_options(s, metavar="FILE")
     s.add_argument("--weights", nargs="+", metavar="W", help=_WEIGHTS_HELP)
-    s.add_argument("--modality", help="return only rows of this modality (image, audio, text)")
+    s.add_argument("--modality", help="return only rows of this modality (image, audio, video, text, ...)")
     s.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="results (default 10)")
     s.add_argument("--where", metavar="SQL",
                    help="filter on the columns id, modality, uri, text, metadata, content_hash, e.g. "

@@ -55,11 +55,26 @@ from lancedb.embeddings import EmbeddingFunction, register
 from pydantic import PrivateAttr
 
 from ..errors import InputError, OnePeaceWarning
-from ..processing.audio import AUDIO_EXTENSIONS
-from ..processing.image import IMAGE_EXTENSIONS
 
-MODALITIES = ("auto", "text", "image", "audio")
-_EXTENSION_MODALITY = {**{e: "image" for e in IMAGE_EXTENSIONS}, **{e: "audio" for e in AUDIO_EXTENSIONS}}
+
+def _file_modalities() -> dict[str, tuple[str, ...]]:
+    """Registered modalities read from files (image, audio, video, ...) -> their extensions."""
+    from ..modalities import get_modality, registered_modalities
+
+    return {m: get_modality(m).file_extensions for m in registered_modalities() if get_modality(m).file_extensions}
+
+
+def modalities() -> tuple[str, ...]:
+    """The values ``modality=`` takes: auto, text and every registered file modality."""
+    return ("auto", "text", *_file_modalities())
+
+
+def _extension_modality() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m, exts in _file_modalities().items():
+        for e in exts:
+            out.setdefault(e.lower(), m)
+    return out
 
 _MODELS: dict[tuple[str, str, str | None], Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -118,13 +133,13 @@ def detect_modality(value: Any) -> str:
     """The modality of one source or query value, as ``modality="auto"`` decides it."""
     if isinstance(value, os.PathLike):
         path = _as_path(value)
-        modality = _EXTENSION_MODALITY.get(Path(path).suffix.lower())
+        modality = _extension_modality().get(Path(path).suffix.lower())
         if modality is None:
-            raise InputError(f"{path}: unknown file extension; image files end in "
-                             f"{', '.join(IMAGE_EXTENSIONS)} and audio files in {', '.join(AUDIO_EXTENSIONS)}")
+            known = "; ".join(f"{m} files end in {', '.join(exts)}" for m, exts in _file_modalities().items())
+            raise InputError(f"{path}: unknown file extension; {known}")
         return modality
     if isinstance(value, str):
-        modality = _EXTENSION_MODALITY.get(Path(urlparse(value).path).suffix.lower()) if "\n" not in value else None
+        modality = _extension_modality().get(Path(urlparse(value).path).suffix.lower()) if "\n" not in value else None
         return modality or "text"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _sniff_bytes(bytes(value))
@@ -177,7 +192,8 @@ class OnePeaceEmbeddings(EmbeddingFunction):
     """ONE-PEACE embeddings of text, image and audio columns (and queries), in one space.
 
     ``model``: a model directory or Hugging Face Hub id, as ``OnePeace.from_pretrained`` takes it.
-    ``modality``: how source values are read: ``"auto"``, ``"text"``, ``"image"`` or ``"audio"``.
+    ``modality``: how source values are read: ``"auto"``, ``"text"``, ``"image"``, ``"audio"`` or any
+    other registered file modality (``"video"``).
     ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; ``dtype``: ``None`` (as stored),
     ``"fp32"``, ``"bf16"`` or ``"fp16"``; ``batch_size``: items per forward pass;
     ``long_audio``: ``"truncate"`` or ``"chunk"`` (see ``OnePeace.embed``); ``on_error``: ``"raise"``
@@ -185,7 +201,7 @@ class OnePeaceEmbeddings(EmbeddingFunction):
     """
 
     model: str
-    modality: Literal["auto", "text", "image", "audio"] = "auto"
+    modality: str = "auto"
     device: str = "cpu"
     dtype: Literal["fp32", "bf16", "fp16"] | None = None
     batch_size: int = 16
@@ -207,6 +223,8 @@ class OnePeaceEmbeddings(EmbeddingFunction):
             raise InputError(f"OnePeaceEmbeddings {name}{given}: {err['msg']}") from None
         if self.batch_size < 1:
             raise InputError(f"OnePeaceEmbeddings batch_size must be at least 1, got {self.batch_size}")
+        if self.modality not in modalities():
+            raise InputError(f"OnePeaceEmbeddings modality={self.modality!r}: give one of {', '.join(modalities())}")
         if not self.model.strip():
             raise InputError("OnePeaceEmbeddings model= is empty: give a model directory or a Hub id")
 

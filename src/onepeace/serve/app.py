@@ -27,7 +27,6 @@ import base64
 import binascii
 import contextlib
 import hmac
-import io
 import json
 import logging
 import math
@@ -227,23 +226,16 @@ def decode_base64_input(value: Any, modality: str, where: str) -> bytes:
 
 
 def decode_media(model: Any, modality: str, data: bytes, name: str) -> Any:
-    """Decode one uploaded file for ``modality`` (raises InputError naming ``name`` if it cannot).
-    Images become RGB PIL images and audio a waveform at the model's rate — what the processors
-    would make of the bytes, so embedding the decoded input gives the same rows; other modalities
-    are passed on as bytes, decoded by their processor inside the batch (a failure there fails
+    """Decode one uploaded file for ``modality`` (raises InputError naming ``name`` if it cannot)
+    with its processor's ``load``: images become RGB PIL images, audio a waveform at the model's
+    rate, videos their sampled frames (and sound) — what the processors would make of the bytes,
+    so embedding the decoded input gives the same rows. A modality whose processor has no
+    ``load`` gets the bytes, decoded by its processor inside the batch (a failure there fails
     only this request: the batcher retries the batch's requests one by one)."""
     from ..processing.inputs import NamedBytes
 
-    if modality == "image":
-        from ..processing.image import load_image
-
-        return load_image(NamedBytes(data, name))
-    if modality == "audio":
-        from ..processing.audio import load_audio
-
-        rate = getattr(model.processor.get("audio"), "sample_rate", 16000)
-        return load_audio(NamedBytes(data, name), rate)
-    return data
+    load = getattr(model.processor.get(modality), "load", None)
+    return data if load is None else load(NamedBytes(data, name))
 
 
 # ------------------------------------------------------------------------------- request models
@@ -261,9 +253,10 @@ class EmbeddingRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """A composed query: at least one of text / image / audio (files as base64 or data: URIs)."""
+    """A composed query: at least one of text / image / audio (files as base64 or data: URIs), or
+    a file of any other modality of the model under its name (``"video": ...``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     text: str | None = None
     image: str | None = None
@@ -340,6 +333,13 @@ def create_app(
     aliases = {name, os.path.basename(name.rstrip("/")), "onepeace"}
     modalities = list(model.modality_names)
     dim = int(model.config.dim)
+    from ..modalities import get_modality
+
+    #: modality -> the file name extensions its processor reads (the page's uploads, the form's fields)
+    file_types = {m: list(get_modality(m).file_extensions) for m in modalities if get_modality(m).file_extensions}
+    file_modalities = set(file_types)
+    #: modalities whose files have a still to show (images, the middle frame of a video)
+    thumbs = {m for m in file_types if hasattr(model.processor.get(m), "thumbnail")}
 
     def embed_rows(modality: str, items: list[Any]) -> np.ndarray:
         return model.embed(**{modality: items}, batch_size=max(1, len(items)))[modality].numpy()
@@ -452,8 +452,9 @@ def create_app(
             form = await request.form(max_files=4, max_fields=16)
             fields: dict[str, Any] = {}
             for key, value in form.multi_items():
-                if key not in SearchRequest.model_fields:
-                    raise ServeError(400, f"unknown form field {key!r}; expected {', '.join(SearchRequest.model_fields)}",
+                if key not in SearchRequest.model_fields and key not in file_modalities:
+                    raise ServeError(400, f"unknown form field {key!r}; expected "
+                                          f"{', '.join([*SearchRequest.model_fields, *sorted(file_modalities)])}",
                                      param=key)
                 if hasattr(value, "read"):  # an uploaded file
                     if key not in ("image", "audio") and key not in modalities:
@@ -485,8 +486,13 @@ def create_app(
                 raise RequestValidationError(e.errors()) from None
         else:
             raise ServeError(415, f"unsupported Content-Type {ctype!r}: send application/json or multipart/form-data")
-        for key in ("image", "audio"):  # files sent as base64 / data URIs (JSON, or form fields)
-            value = getattr(req, key)
+        unknown = sorted((req.model_extra or {}).keys() - file_modalities)
+        if unknown:
+            raise ServeError(400, f"unknown field {unknown[0]!r}; expected "
+                                  f"{', '.join([*SearchRequest.model_fields, *sorted(file_modalities)])}",
+                             param=unknown[0])
+        for key in ("image", "audio", *sorted(req.model_extra or {})):  # files as base64 / data URIs
+            value = getattr(req, key, None)
             if value is not None and key not in files:
                 files[key] = decode_base64_input(value, key, key)
         return req, files
@@ -529,7 +535,7 @@ def create_app(
         t0 = loop.time()
         hits = await run_in_threadpool(run)
         took = round((loop.time() - t0) * 1000, 1)
-        return JSONResponse({"results": [_hit(h) for h in hits], "k": req.k, "modality": req.modality,
+        return JSONResponse({"results": [_hit(h, thumbs) for h in hits], "k": req.k, "modality": req.modality,
                              "inputs": sorted(inputs), "took_ms": took})
 
     # ------------------------------------------------------------------------------------ media
@@ -551,8 +557,8 @@ def create_app(
             raise ServeError(404, f"the file of item {item_id} is no longer there; rebuild the index (--prune)")
         ctype = mimetypes.guess_type(uri)[0] or "application/octet-stream"
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
-        if thumb is not None and row.get("modality") == "image":
-            data = await run_in_threadpool(_thumbnail, uri, thumb)
+        if thumb is not None and row.get("modality") in thumbs:
+            data = await run_in_threadpool(_thumbnail, model.processor.get(row["modality"]), uri, thumb)
             if data is not None:
                 return Response(data[0], media_type=data[1], headers=headers)
         return FileResponse(uri, media_type=ctype, headers=headers)
@@ -569,7 +575,7 @@ def create_app(
         out: dict[str, Any] = {"status": "ok", "auth": api_key is not None}
         if not authorized:
             return out
-        out.update(model=name, dim=dim, modalities=modalities, index=None,
+        out.update(model=name, dim=dim, modalities=modalities, file_types=file_types, index=None,
                    batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                              **batcher.stats.as_dict()})
         if index is not None:
@@ -619,8 +625,9 @@ def _parse_weights(value: Any) -> Any:
     return out
 
 
-def _hit(h: dict) -> dict:
-    """A search hit as the API returns it: no vector and no server path, a media URL instead."""
+def _hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict:
+    """A search hit as the API returns it: no vector and no server path, a media URL instead (and
+    its MIME type, and a thumbnail URL for the modalities in ``thumbs``)."""
     meta = h.get("metadata") or {}
     if isinstance(meta, str):
         try:
@@ -631,7 +638,9 @@ def _hit(h: dict) -> dict:
     return {"id": h.get("id"), "modality": h.get("modality"), "text": h.get("text") or "",
             "name": os.path.basename(uri) if uri else "", "metadata": meta,
             "score": float(h["score"]), "prob": None if h.get("prob") is None else float(h["prob"]),
-            "media_url": f"/media/{h.get('id')}" if uri else None}
+            "media_url": f"/media/{h.get('id')}" if uri else None,
+            "media_type": (mimetypes.guess_type(uri)[0] or "application/octet-stream") if uri else None,
+            "thumb_url": f"/media/{h.get('id')}?thumb=256" if uri and h.get("modality") in thumbs else None}
 
 
 def _index_summary(index: Any) -> dict:
@@ -641,21 +650,12 @@ def _index_summary(index: Any) -> dict:
             "dim": getattr(index, "dim", None)}
 
 
-def _thumbnail(path: str, size: int) -> tuple[bytes, str] | None:
-    """A downscaled copy of an image file (JPEG, or PNG with transparency); ``None`` if the image
-    is already that small or cannot be read (then the file itself is sent)."""
-    from PIL import Image
-
+def _thumbnail(processor: Any, path: str, size: int) -> tuple[bytes, str] | None:
+    """A still of a file at most ``size`` pixels on its longer side, made by its modality's
+    processor (a downscaled image, a video's middle frame); ``None`` if there is nothing smaller to
+    show or the file cannot be read (then the file itself is sent)."""
     try:
-        with Image.open(path) as img:
-            if max(img.size) <= size:
-                return None
-            img.thumbnail((size, size), Image.BICUBIC)
-            alpha = img.mode in ("RGBA", "LA", "P")
-            img = img.convert("RGBA" if alpha else "RGB")
-            buf = io.BytesIO()
-            img.save(buf, format="PNG" if alpha else "JPEG", quality=85)
-            return buf.getvalue(), "image/png" if alpha else "image/jpeg"
+        return processor.thumbnail(path, size)
     except Exception:  # noqa: BLE001 - any unreadable file: serve it as it is
         return None
 

@@ -15,8 +15,6 @@ import torch
 from ..errors import InputError
 from .retrieval import Rows, pair_metrics, retrieval_metrics
 
-MEDIA = ("image", "audio")
-
 
 @dataclass
 class Embedded:
@@ -33,7 +31,8 @@ def embed_sources(sources: Sequence[str], config, embed: Callable[[str, dict], t
                   batch_size: int = 32, progress: bool | None = False) -> Embedded:
     """Embed every usable sample of ``sources`` (manifests or shards) in order with
     ``embed(modality, batch[modality]) -> [B, D]``, keeping each row's media identity, caption
-    string and label. Unloadable samples are skipped and named in ``skipped``; a labelled and an
+    string and label. Every media field of a sample (any registered modality: a clip with its
+    soundtrack gives a video row and an audio row) is embedded. Unloadable samples are skipped and named in ``skipped``; a labelled and an
     unlabelled sample of one modality together are an error. ``progress``: a bar of embedded
     samples on stderr (``None``: only when stderr is a terminal)."""
     from ..data.dataset import make_loader
@@ -49,13 +48,13 @@ def embed_sources(sources: Sequence[str], config, embed: Callable[[str, dict], t
         for src in sources:
             loader = make_loader(src, config, batch_size, 0, train=False, rank=0, world_size=1, on_skip=on_skip)
             for batch in loader:
-                (m,) = [k for k in MEDIA if k in batch]
                 labels = batch["label"].tolist() if "label" in batch else None
-                zm = embed(m, batch[m]).float().cpu()
                 zt = embed("text", batch["text"]).float().cpu()
-                parts.setdefault(m, []).append((zm, zt, batch["item"], batch["caption"], labels))
-                out.rows += len(batch["item"])
-                bar.update(len(batch["item"]))
+                for m, items in batch["item"].items():  # every media field of the samples
+                    zm = embed(m, batch[m]).float().cpu()
+                    parts.setdefault(m, []).append((zm, zt, items, batch["caption"], labels))
+                out.rows += len(batch["caption"])
+                bar.update(len(batch["caption"]))
     for m, ps in parts.items():
         has = {p[4] is not None for p in ps}
         if len(has) > 1:
@@ -93,7 +92,10 @@ def evaluate_retrieval(model, sources: Sequence[str], query: str, gallery: str, 
     """
     if query == gallery:
         raise InputError("query and gallery must be different modalities")
-    emb = embed_sources(sources, model.config, model.embed_batch, batch_size, progress)
+    def embed(name: str, batch: dict) -> torch.Tensor:  # captions and clips of mixed lengths skip their padding
+        return model.embed_batch(name, batch, bucket=True)
+
+    emb = embed_sources(sources, model.config, embed, batch_size, progress)
     if on_skip is not None and emb.skipped:
         on_skip(emb.skipped, emb.rows)
     if not emb.rows:

@@ -49,11 +49,18 @@ def zero_shot(model, labels: Sequence[str], *, templates: Sequence[str] | None =
     out = {}
     scale = float(model.logit_scale_exp()) if model.logit_scale is not None else 100.0
     for name, items in given.items():
-        tpl = templates or DEFAULT_TEMPLATES.get(name, ["{}"])
+        tpl = templates or DEFAULT_TEMPLATES.get(name) or list(_plugin_templates(name)) or ["{}"]
         classes = class_embeddings(model, labels, tpl, batch_size=batch_size, progress=progress)
         z = model.embed(batch_size=batch_size, long_audio=long_audio, progress=progress, **{name: items})[name]
         out[name] = (scale * z @ classes.T).softmax(-1)
     return out
+
+
+def _plugin_templates(name: str) -> tuple[str, ...]:
+    """A modality plug-in's own zero-shot prompts (``Modality.prompt_templates``)."""
+    from ..modalities import get_modality
+
+    return get_modality(name).prompt_templates
 
 
 def parse_labels(spec: str) -> list[str]:

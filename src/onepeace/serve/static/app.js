@@ -1,9 +1,11 @@
-// The onepeace search page: compose a query (text, image, audio, weights), POST /search as
-// multipart form data, show the ranked hits. Plain JavaScript, no build step.
+// The onepeace search page: compose a query (text, image, audio, any other file modality of the
+// model such as video, weights), POST /search as multipart form data, show the ranked hits.
+// Plain JavaScript, no build step.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const files = { image: null, audio: null };
+const files = {};           // modality -> the file chosen for it
+let fileTypes = {};         // modality -> the file name extensions it reads (from /health)
 const objectUrls = [];
 let apiKey = sessionStorage.getItem("onepeace-api-key") || "";
 
@@ -35,12 +37,19 @@ async function loadInfo() {
     const short = h.model.split("/").filter(Boolean).slice(-2).join("/");  // the full path is the tooltip
     info.textContent = `model ${short} · ${h.dim}-d · index: ${counts || "empty"}`;
     info.title = `model ${h.model}; index ${idx ? idx.rows : 0} rows`;
+    fileTypes = h.file_types || {};
+    for (const m of Object.keys(fileTypes)) {
+      if (!$(`#${m}-slot`)) addSlot(m);  // a slot per file modality of the model (video, ...)
+    }
     for (const slot of ["image", "audio"]) {
       if (!h.modalities.includes(slot)) $(`#${slot}-slot`).hidden = true;
     }
     if (idx && idx.modalities) {
       indexModalities = ["image", "audio", "text"].filter((m) => m in idx.modalities)
         .concat(Object.keys(idx.modalities).filter((m) => !["image", "audio", "text"].includes(m)));
+    }
+    for (const m of indexModalities) {
+      if (!document.querySelector(`#target input[value="${m}"]`)) addTarget(m);
     }
     for (const radio of document.querySelectorAll('#target input[type="radio"]')) {
       if (radio.value && idx && !(radio.value in (idx.modalities || {}))) radio.parentElement.hidden = true;
@@ -51,10 +60,63 @@ async function loadInfo() {
 }
 
 // ------------------------------------------------------------------ inputs
+const HINTS = { image: "drop an image here or <u>choose one</u>", audio: "drop a sound here or <u>choose one</u>" };
+const hint = (m) => HINTS[m] || `drop a ${m} file here or <u>choose one</u>`;
+const PREVIEW_TAGS = { image: "img", audio: "audio", video: "video" };
+
+// an upload slot like the image and audio ones, for another file modality of the model
+function addSlot(m) {
+  const slot = document.createElement("div");
+  slot.className = "slot drop";
+  slot.id = `${m}-slot`;
+  slot.dataset.modality = m;
+  slot.tabIndex = 0;
+  const exts = (fileTypes[m] || []).join(",");
+  slot.innerHTML = `<label for="${m}"></label><div class="zone"><video id="${m}-preview" controls muted hidden></video>` +
+    `<span class="hint"></span><input id="${m}" type="file"></div>` +
+    `<label class="weight">weight <input type="range" id="w-${m}" min="-1" max="2" step="0.1" value="1"><output for="w-${m}">1.0</output></label>` +
+    `<button type="button" class="clear" hidden>remove</button>`;
+  slot.querySelector("label").textContent = m[0].toUpperCase() + m.slice(1);
+  slot.querySelector(".hint").innerHTML = hint(m);
+  slot.querySelector("input[type=file]").accept = exts;
+  slot.querySelector(".clear").dataset.clear = m;
+  $("section.inputs").appendChild(slot);
+  wireSlot(slot);
+}
+
+function addTarget(m) {
+  const label = document.createElement("label");
+  label.innerHTML = `<input type="radio" name="modality"> `;
+  label.querySelector("input").value = m;
+  label.append(KIND_NAMES[m] ? KIND_NAMES[m].toLowerCase() : `${m}s`);
+  const texts = document.querySelector('#target input[value="text"]');
+  $("#target").insertBefore(label, texts ? texts.parentElement : null);
+}
+
+function wireSlot(slot) {
+  const m = slot.dataset.modality;
+  const input = $(`#${m}`);
+  input.addEventListener("change", () => setFile(m, input.files[0] || null));
+  slot.querySelector("button.clear").addEventListener("click", () => setFile(m, null));
+  const range = slot.querySelector('input[type="range"]');
+  const out = range.parentElement.querySelector("output");
+  const show = () => { out.textContent = Number(range.value).toFixed(1); };
+  range.addEventListener("input", show);
+  show();
+}
+
 function setFile(modality, file) {
   files[modality] = file;
-  const preview = $(`#${modality}-preview`);
+  let preview = $(`#${modality}-preview`);
   const slot = $(`#${modality}-slot`);
+  const tag = file && PREVIEW_TAGS[(file.type || "").split("/")[0]];
+  if (tag && preview.tagName.toLowerCase() !== tag) {  // show the file as what it is
+    const other = document.createElement(tag);
+    other.id = preview.id;
+    if (tag !== "img") other.controls = true;
+    preview.replaceWith(other);
+    preview = other;
+  }
   if (preview.src && preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   if (file) {
     preview.src = URL.createObjectURL(file);
@@ -65,16 +127,19 @@ function setFile(modality, file) {
     preview.removeAttribute("src");
     preview.hidden = true;
     slot.classList.remove("filled");
-    slot.querySelector(".hint").innerHTML = modality === "image"
-      ? "drop an image here or <u>choose one</u>" : "drop a sound here or <u>choose one</u>";
+    slot.querySelector(".hint").innerHTML = hint(modality);
     $(`#${modality}`).value = "";
   }
   slot.querySelector(".clear").hidden = !file;
 }
 
 function modalityOf(file) {
-  if (file.type.startsWith("image/")) return "image";
-  if (file.type.startsWith("audio/")) return "audio";
+  const name = file.name.toLowerCase();
+  for (const [m, exts] of Object.entries(fileTypes)) {  // the model's own list, by extension
+    if (exts.some((e) => name.endsWith(e)) && $(`#${m}-slot`) && !$(`#${m}-slot`).hidden) return m;
+  }
+  const major = (file.type || "").split("/")[0];
+  if (major && $(`#${major}-slot`) && !$(`#${major}-slot`).hidden) return major;
   if (/\.(wav|flac|ogg|oga|opus|mp3|aiff?)$/i.test(file.name)) return "audio";
   if (/\.(png|jpe?g|webp|bmp|gif|tiff?)$/i.test(file.name)) return "image";
   return null;
@@ -103,7 +168,7 @@ function setupInputs() {
     for (const file of e.dataTransfer.files) {
       const modality = modalityOf(file);
       if (modality) setFile(modality, file);
-      else showStatus(`${file.name}: not an image or an audio file`, true);
+      else showStatus(`${file.name}: not a kind of file this model reads (${Object.keys(fileTypes).join(", ") || "image, audio"})`, true);
     }
   });
   $("#api-key").value = apiKey;
@@ -146,7 +211,16 @@ async function renderHit(hit, rank) {
   li.dataset.id = hit.id;
   const media = document.createElement("div");
   media.className = "media";
-  if (hit.modality === "image" && hit.media_url) {
+  const major = (hit.media_type || "").split("/")[0];
+  if (major === "video" && hit.media_url) {  // a player, with the middle frame as its poster
+    const video = document.createElement("video");
+    video.controls = true;
+    video.preload = "none";
+    video.muted = false;
+    if (hit.thumb_url) video.poster = await mediaUrl(hit.media_url, 256);
+    video.src = await mediaUrl(hit.media_url, 0);
+    media.appendChild(video);
+  } else if ((hit.modality === "image" || major === "image") && hit.media_url) {
     const img = document.createElement("img");
     img.alt = hit.name || hit.id;
     img.loading = "lazy";
@@ -154,7 +228,7 @@ async function renderHit(hit, rank) {
     img.addEventListener("load", () => img.classList.toggle("pixelated", img.naturalWidth < 128));
     img.src = await mediaUrl(hit.media_url, 256);
     media.appendChild(img);
-  } else if (hit.modality === "audio" && hit.media_url) {
+  } else if ((hit.modality === "audio" || major === "audio") && hit.media_url) {
     const audio = document.createElement("audio");
     audio.controls = true;
     audio.preload = "none";
@@ -189,7 +263,7 @@ async function renderHit(hit, rank) {
   return li;
 }
 
-const KIND_NAMES = { image: "Images", audio: "Audio", text: "Texts" };
+const KIND_NAMES = { image: "Images", audio: "Audio", video: "Videos", text: "Texts" };
 let indexModalities = ["image", "audio", "text"];
 
 function queryForm(modality, k) {
@@ -197,7 +271,7 @@ function queryForm(modality, k) {
   const weights = {};
   const text = $("#text").value.trim();
   if (text) { form.append("text", text); weights.text = Number($("#w-text").value); }
-  for (const m of ["image", "audio"]) {
+  for (const m of Object.keys(files)) {
     if (files[m]) {
       form.append(m, files[m], files[m].name);
       weights[m] = Number($(`#w-${m}`).value);
