@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-seeds test bench bench-index bench-search bench-serve screenshot downstream lint clean
+.PHONY: install demo demo-video demo-seeds demo-ablation test bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/onepeace demo
 
+# after `make demo`: align a video branch to runs/demo/model on generated digit clips (runs/demo-video)
+demo-video: install
+	$(BIN)/onepeace demo-video
+
 test: install
 	$(BIN)/python -m pytest
 
@@ -35,6 +39,14 @@ bench: install
 
 downstream: install
 	$(BIN)/python benchmarks/downstream.py
+
+# % of the matmul peak and speed-up over the upstream-style forward, fp32 and bf16: benchmarks/results/peak.json
+bench-peak: install
+	$(BIN)/python benchmarks/bench_peak.py
+
+# process start -> first embedding and peak RSS, demo model and base weights: benchmarks/results/load.json
+bench-load: install
+	$(BIN)/python benchmarks/bench_load.py
 
 # indexing throughput vs model.embed, peak RSS while indexing, the demo's audio->image search
 # (needs `make demo` first for the last): benchmarks/results/index.json
@@ -50,6 +62,25 @@ bench-search: install
 bench-serve: install
 	$(BIN)/python benchmarks/bench_serve.py
 
+# variable-length batches (audio 1-15 s, text 3-70 tokens): one padded batch the official way vs
+# model.embed's bucketing/packing, base width, fp32 and bf16 (a few minutes): benchmarks/results/padding.json
+bench-padding: install
+	$(BIN)/python benchmarks/bench_padding.py
+
+# video embedding at base width: clips/s and peak memory at 8 and 16 frames, frames-as-images and
+# pool=1 alongside, PyAV decode time: benchmarks/results/video.json
+bench-video: install
+	$(BIN)/python benchmarks/bench_video.py
+
+# int8 vs our fp32 and bf16 (base width, one run; cosine on ../shared/data with the demo model if
+# present), the matmul peaks measured alongside, a profile: benchmarks/results/int8.json
+bench-int8: install
+	$(BIN)/python benchmarks/bench_int8.py
+
+# the exported ONNX graphs on onnxruntime next to our PyTorch fp32 and bf16: benchmarks/results/onnx.json
+bench-onnx: install
+	$(BIN)/python benchmarks/bench_onnx.py
+
 # docs/serve.png: the search page on the demo index (run `make demo` first); look at it before committing
 screenshot: install
 	$(BIN)/python scripts/serve_screenshot.py --index runs/demo/index --out docs/serve.png
@@ -57,6 +88,11 @@ screenshot: install
 # the full demo for seeds 0..4 (about 5x the demo's time): benchmarks/results/demo-seeds.json
 demo-seeds: install
 	$(BIN)/python benchmarks/demo_seeds.py
+
+# the demo with and without the added voices and augmentation, seeds 0..2 (about 6x the demo's time):
+# benchmarks/results/demo-ablation.json
+demo-ablation: install
+	$(BIN)/python benchmarks/demo_seeds.py --ablation --seeds 0 1 2
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -171,3 +171,13 @@ def tiny_search_collection(root: Path) -> tuple[Path, Path]:
         if f.name.endswith((".png", ".wav")):
             shutil.copy(f, media / f.name)
     return root / "model", media
+
+
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_fp32(monkeypatch):
+    """``dtype="auto"`` (the inference commands' default) picks bf16 or int8 from the CPU's flags;
+    tests pin a CPU with neither, so that results are fp32 and the same on every machine
+    (tests/test_int8.py tests the choice itself)."""
+    from onepeace.model import precision
+
+    monkeypatch.setattr(precision, "cpu_features", lambda: precision.CpuFeatures(native_bf16=False, int8_dot=False))

@@ -135,7 +135,9 @@ def _version() -> str:
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """``--dtype``, ``--device`` and ``--threads`` of the commands that run a model."""
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="compute precision (default: as stored)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="compute precision: auto (default: bf16 where the device computes it natively, else "
+                        "int8 on CPUs with VNNI, else fp32), fp32, bf16, fp16, or int8 (CPU)")
     p.add_argument("--device", default="cpu",
                    help="cpu (default), cuda, cuda:N, or auto (cuda when available, else cpu)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
@@ -212,6 +214,34 @@ def _media_files(args: argparse.Namespace, values: list[str], modality: str) -> 
     return out
 
 
+def _file_modalities() -> list[str]:
+    """The registered modalities read from files (image, audio, video, ...), in registration order."""
+    from .modalities import get_modality, registered_modalities
+
+    return [m for m in registered_modalities() if get_modality(m).file_extensions]
+
+
+def _add_media_options(p: argparse.ArgumentParser, metavar: str = "PATH") -> None:
+    """``--<modality>`` (files or folders) for every file modality the parser has no option for
+    yet: a new modality plug-in gets its flag on every command that takes media."""
+    have = {a.dest for a in p._actions}
+    for m in _file_modalities():
+        if m not in have:
+            p.add_argument(f"--{m}", nargs="+", action="extend", default=[], metavar=metavar,
+                           help=f"{m} files or folders (searched recursively for {m} files)")
+
+
+def _media_inputs(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The media files of every ``--<modality>`` option given (folders expanded, paths checked),
+    in the order of the command's options."""
+    media = set(_file_modalities())
+    return {m: _media_files(args, v, m) for m, v in vars(args).items() if m in media and v}
+
+
+def _media_flags() -> str:
+    return ", ".join(f"--{m}" for m in _file_modalities())
+
+
 def _texts(values: list[str], files: list[str] | None = None) -> list[str]:
     """``--text`` values, then the lines of each ``--text-file`` (blank lines left out)."""
     texts = list(values)
@@ -270,17 +300,19 @@ def _load_model(path: str, dtype: str | None, device: str = "cpu"):
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    inputs = {"text": _texts(args.text, args.text_file), "image": _media_files(args, args.image, "image"),
-              "audio": _media_files(args, args.audio, "audio")}
+    inputs = {"text": _texts(args.text, args.text_file), **_media_inputs(args)}
     inputs = {k: v for k, v in inputs.items() if v}
     if not inputs:
-        raise OnePeaceError("nothing to embed: give --text, --text-file, --image or --audio (files or folders)")
+        raise OnePeaceError(f"nothing to embed: give --text, --text-file, {_media_flags()} (files or folders)")
     _check_out(args.out, args.force, npz=True)
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     if args.official_padding_leak and "audio" in model.adapters:
         model.adapters["audio"].official_padding_leak = True
-    emb = model.embed(batch_size=args.batch_size, progress=None, long_audio=args.long_audio, **inputs)
+    fused = _embed_with_sound(model, inputs, args) if args.fuse_audio else {}
+    emb = model.embed(batch_size=args.batch_size, progress=None, long_audio=args.long_audio, **inputs) if inputs else {}
+    emb.update(fused)
+    inputs.update({k: args.fused_inputs[k] for k in fused})
     if args.out:
         _atomic_savez(args.out, **{k: v.numpy().astype(np.float32) for k, v in emb.items()}, **_names(**inputs))
         print(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in emb.items())} and the input names "
@@ -288,6 +320,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _print_similarity(emb, inputs, more=f"all the embeddings are in {args.out}" if args.out
                       else "--out FILE.npz saves all the embeddings")
     return 0
+
+
+def _embed_with_sound(model, inputs: dict[str, list[str]], args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """``--fuse-audio``: the inputs whose files carry sound (videos) embedded each with its own
+    soundtrack as one fused sequence, under ``<modality>+audio``; taken out of ``inputs``."""
+    if "audio" not in model.modality_names:
+        raise InputError(f"--fuse-audio: the model {args.model} has no audio branch to embed the sound with")
+    carriers = [m for m in inputs if "audio" in getattr(model.processor.get(m), "companions", ())]
+    if not carriers:
+        raise InputError("--fuse-audio fuses files with their own sound; none of the inputs carries sound "
+                         f"({', '.join(f'--{m}' for m in inputs)})")
+    out, args.fused_inputs = {}, {}
+    for m in carriers:
+        files = inputs.pop(m)
+        out[f"{m}+audio"] = model.embed_fused(**{m: files}, batch_size=args.batch_size, progress=None,
+                                              fusion=args.fuse_audio)
+        args.fused_inputs[f"{m}+audio"] = files
+    return out
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -305,11 +355,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_video(args: argparse.Namespace) -> int:
+    from .demo_video import PAIRS, run_demo_video
+
+    print("onepeace demo-video: aligning a new video branch to the demo model with the align-a-new-modality "
+          "recipe,\ntrained on clips against their captions only (never against audio or images).\n")
+    m = run_demo_video(args.out, args.demo_model, steps=args.steps, train_clips=args.train_clips,
+                       test_clips=args.test_clips, seed=args.seed, force=args.force,
+                       keep_checkpoints=args.keep_checkpoints)
+    print("\nzero-shot retrieval on held-out clips (unseen digits and voices; relevant = same digit)")
+    print(f"{'':>13}  {'R@1':>6}  {'chance':>6}  {'x chance':>8}  {'frame avg':>9}")
+    for pair in PAIRS:
+        r, b = m["retrieval"][pair], m["baseline_frame_average"][pair]
+        note = "   <- emergent: never trained on video-" + pair.split(">")[1] if pair in ("video->audio", "video->image") else ""
+        print(f"{pair:>13}  {r['R@1']:6.1f}  {r['chance']:6.1f}  {r['R@1'] / r['chance']:8.1f}  {b['R@1']:9.1f}{note}")
+    print("(frame avg: each clip as the mean image embedding of its frames, the image-model baseline)")
+    print(f"\nmetrics: {os.path.join(args.out, 'metrics.json')}\nmodel:   {m['model']}")
+    print(f"  onepeace embed --model {m['model']} --video {args.out}/data/video-test/clip-00000.mp4 "
+          "--text 'a video of the digit seven'")
+    return 0
+
+
 def _demo_options(args: argparse.Namespace) -> None:
     """Options of one mode (training demo / --samples) given to the other are refused, not ignored."""
     samples_only = {"--preset": args.preset, "--save": args.save}
     training_only = {"--out": args.out, "--stage1-steps": args.stage1_steps, "--stage2-steps": args.stage2_steps,
-                     "--keep-checkpoints": args.keep_checkpoints or None}
+                     "--keep-checkpoints": args.keep_checkpoints or None,
+                     "--extra-voices": args.extra_voices or None, "--augment": args.augment or None}
     if args.samples:
         given = [k for k, v in training_only.items() if v is not None]
         if given:
@@ -332,24 +404,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("onepeace demo: pretraining a tiny ONE-PEACE on handwritten digits (stage 1, image-text) and")
     print("spoken digits (stage 2, audio-text); audio and images never meet in training.\n")
     m = run_demo(args.out, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                 force=args.force, keep_checkpoints=args.keep_checkpoints)
+                 force=args.force, keep_checkpoints=args.keep_checkpoints, extra_voices=args.extra_voices,
+                 augment=args.augment)
     print("\nzero-shot retrieval on held-out digits and unseen voices (relevant = same digit)")
     print(f"{'':>14}  {'R@1':>6}  {'chance':>6}  {'x chance':>8}")
     for pair in PAIRS:
         r = m["retrieval"][pair]
         note = "   <- emergent: never trained on audio-image pairs" if pair == "audio->image" else ""
         print(f"{pair:>14}  {r['R@1']:6.1f}  {r['chance']:6.1f}  {r['R@1'] / r['chance']:8.1f}{note}")
+    for key, title in (("heldout_engine", "a TTS engine never trained on (festival)"),
+                       ("heldout_source", "digit images from a source never trained on (fonts)")):
+        print(f"\nthe same with {title}")
+        for pair, r in m[key].items():
+            if isinstance(r, dict):
+                print(f"{pair:>14}  {r['R@1']:6.1f}  {r['chance']:6.1f}  {r['R@1'] / r['chance']:8.1f}")
     print(f"\nmetrics: {os.path.join(args.out, 'metrics.json')}   plot: {m['plot']}")
     print(f"model:   {m['model']}")
     if m["kept"]:
         size = sum(m["kept"].values()) / 1e6
         print(f"kept (--keep-checkpoints): {', '.join(m['kept'])} ({size:.0f} MB)")
+    print("\nsay or write a digit yourself (see the README's 'Try it with your own voice'):")
+    print(f"  onepeace try --model {m['model']} --audio your_recording.wav --image your_digit.jpg")
     print("\nnext, embed your own inputs with it:")
     print(f"  onepeace embed --model {m['model']} --text 'someone saying seven' --text 'a handwritten digit seven' "
           "--audio your_recording.wav --image your_digit.png")
     from .search.demo import demo_search_step  # last: index the held-out digits, one composed query
 
     demo_search_step(args.out, m["model"])
+    return 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from .data.demo import DIGIT_WORDS
+    from .demo_try import classify_digit, prepare_audio, prepare_image
+
+    if not args.audio and not args.image:
+        raise InputError("give a recording with --audio REC.wav or a photo of a digit with --image PHOTO.jpg")
+    # every input is read and checked before the model loads: a bad file fails at once
+    inputs = [("audio", f, prepare_audio(f)) for f in args.audio] + [("image", f, prepare_image(f)) for f in args.image]
+    model = _load_model(args.model, None)
+    for modality, name, media in inputs:
+        p = classify_digit(model, modality, media)
+        top = p.topk(3)
+        best, rest = int(top.indices[0]), list(zip(top.indices[1:].tolist(), top.values[1:].tolist()))
+        print(f"{name}: {best} ({DIGIT_WORDS[best]}), probability {float(top.values[0]):.2f}; "
+              f"next {', '.join(f'{i} {v:.2f}' for i, v in rest)}")
     return 0
 
 
@@ -386,6 +485,8 @@ def _train_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"train.output={json.dumps(args.output)}")
+    if getattr(args, "init", None):
+        overrides.append(f"model.init={json.dumps(args.init)}")
     return load_config(args.config, overrides)
 
 
@@ -484,15 +585,15 @@ def _topk_lines(probs: torch.Tensor, labels: list[str], k: int) -> list[str]:
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .tasks.zeroshot import parse_labels, zero_shot
 
-    inputs = {"image": _media_files(args, args.image, "image"), "audio": _media_files(args, args.audio, "audio")}
-    if not (inputs["image"] or inputs["audio"]):
-        raise OnePeaceError("give --image or --audio inputs to classify (files or folders)")
+    inputs = _media_inputs(args)
+    if not inputs:
+        raise OnePeaceError(f"give {_media_flags()} inputs to classify (files or folders)")
     _check_out(args.out, args.force, npz=True)
     labels = parse_labels(args.labels)
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     probs = zero_shot(model, labels, templates=args.template or None, batch_size=args.batch_size, progress=None,
-                      long_audio=args.long_audio, image=inputs["image"] or None, audio=inputs["audio"] or None)
+                      long_audio=args.long_audio, **inputs)
     for name, items in inputs.items():
         for item, line in zip(items, _topk_lines(probs[name], labels, args.top_k)):
             print(f"{item}: {line}")
@@ -655,6 +756,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files or folders (searched recursively for image files)")
     e.add_argument("--audio", nargs="+", action="extend", default=[], metavar="PATH",
                    help="audio files or folders (searched recursively for audio files)")
+    _add_media_options(e)
+    e.add_argument("--fuse-audio", nargs="?", const="joint", choices=["joint", "late"], metavar="joint|late",
+                   help="embed each file that carries sound (a video) with its own soundtrack: one embedding per "
+                        "file, saved as <modality>+audio (e.g. video+audio); joint (the default): one fused "
+                        "sequence; late: the mean of separate video and sound embeddings (better for retrieval "
+                        "with a model not trained on fused audio-visual sequences)")
     e.add_argument("--out", help="write float32 arrays text/image/audio and the input names "
                                  "text_inputs/image_inputs/audio_inputs to this .npz")
     e.add_argument("--batch-size", type=_positive_int, default=16)
@@ -675,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--stage1-steps", type=int, help="override stage 1's step count")
     d.add_argument("--stage2-steps", type=int, help="override stage 2's step count")
+    d.add_argument("--extra-voices", action="store_true",
+                   help="train stage 2 on the added voices too (more espeak-ng variants, flite)")
+    d.add_argument("--augment", action="store_true",
+                   help="train with the recipes' audio and image augmentation ([data.augment]; at the demo's "
+                        "step budget it costs accuracy, see the README)")
     d.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the stages' checkpoints, models and shards (default: removed once the demo finished)")
     d.add_argument("--samples", action="store_true", help="instead: embed the bundled samples with an untrained model")
@@ -684,10 +796,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again over a finished demo in --out (or, with --samples, replace the --save model)")
     d.set_defaults(func=cmd_demo)
 
+    tr = sub.add_parser("try", help="say or write a digit: the demo model names it, with its probability")
+    tr.add_argument("--audio", action="append", default=[], metavar="REC",
+                    help="a recording of one spoken digit (any rate and format soundfile reads, up to 10 s; "
+                         "silence before and after is trimmed); repeatable")
+    tr.add_argument("--image", action="append", default=[], metavar="PHOTO",
+                    help="a photo or scan of one handwritten digit (centred and contrast-normalised like the "
+                         "training digits); repeatable")
+    tr.add_argument("--model", default="runs/demo/model", help="the demo model (default runs/demo/model)")
+    tr.set_defaults(func=cmd_try)
+    dv = sub.add_parser("demo-video", help="align a video branch to the demo model on generated digit clips "
+                                           "(after `onepeace demo`; ~5 min)")
+    dv.add_argument("--demo-model", default="runs/demo/model", help="the trained demo model (default runs/demo/model)")
+    dv.add_argument("--out", default="runs/demo-video", help="run directory (default runs/demo-video); an "
+                                                             "unfinished run there is resumed")
+    dv.add_argument("--seed", type=int, default=0)
+    dv.add_argument("--steps", type=_positive_int, help="training steps (default 300)")
+    dv.add_argument("--train-clips", type=_positive_int, help="generated training clips (default 3000)")
+    dv.add_argument("--test-clips", type=_positive_int, help="generated held-out clips (default 300)")
+    dv.add_argument("--keep-checkpoints", action="store_true", help="keep the training checkpoints")
+    dv.add_argument("--force", action="store_true", help="run again over a finished video demo in --out")
+    dv.set_defaults(func=cmd_demo_video)
+
     t = sub.add_parser("pretrain", help="pretrain (one process, or under torchrun --nproc-per-node N)")
     t.add_argument("config", help="a TOML recipe (see configs/)")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
     t.add_argument("--output", help="run directory (same as train.output=...)")
+    t.add_argument("--from", dest="init", metavar="MODEL",
+                   help="start from this trained model directory (same as model.init=...), e.g. to align a new "
+                        "modality to it with configs/align_new_modality.toml")
     t.add_argument("--force", action="store_true",
                    help="train from scratch in an --output holding a finished run (its checkpoints are discarded) "
                         "or other files (left alone); default: refuse, resume an unfinished run")
@@ -708,6 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--labels", required=True, help="a file (one per line, or .json) or a,b,c")
     z.add_argument("--image", nargs="+", action="extend", default=[], metavar="PATH", help="image files or folders")
     z.add_argument("--audio", nargs="+", action="extend", default=[], metavar="PATH", help="audio files or folders")
+    _add_media_options(z)
     z.add_argument("--template", action="append", default=[],
                    help="prompt with {} for the label (repeatable; default: ensemble per modality, "
                         "'This is a sound of {}.' for audio)")
@@ -725,8 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = evs.add_parser("retrieval", help="R@1/5/10 and mean rank between two modalities, emergent pairs too")
     r.add_argument("--model", required=True)
     r.add_argument("--data", action="append", required=True, help="JSONL manifest or shards (repeatable)")
-    r.add_argument("--query", required=True, help="text, image or audio")
-    r.add_argument("--gallery", required=True, help="text, image or audio")
+    r.add_argument("--query", required=True, help="text or a modality of the model (image, audio, video, ...)")
+    r.add_argument("--gallery", required=True, help="text or a modality of the model (image, audio, video, ...)")
     r.add_argument("--batch-size", type=_positive_int, default=32)
     _add_runtime_options(r)
     r.add_argument("--protocol", choices=["auto", "instance", "class"], default="auto",
@@ -804,6 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from .export.cli import add_export_parser
+
+    add_export_parser(sub)
     _verbose_after_commands(p)
     return p
 

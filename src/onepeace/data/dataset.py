@@ -1,16 +1,23 @@
-"""Streaming (text, image) / (text, audio) pairs for training, split by rank and by worker.
+"""Streaming (text, media) pairs for training, split by rank and by worker.
 
-``PairDataset`` reads a JSONL manifest or WebDataset-layout tar shards and yields processed
-samples; ``collate_pairs`` batches them into the model's input dicts; ``make_loader`` wires both
-into a :class:`torch.utils.data.DataLoader`.
+``PairDataset`` reads a JSONL manifest or WebDataset-layout tar shards (local paths, ``pipe:``
+commands or URLs, read with :mod:`webdataset`) and yields processed samples; ``collate_pairs``
+batches them into the model's input dicts; ``make_loader`` wires both into a
+:class:`torch.utils.data.DataLoader`. Every media field of a record (``image``, ``audio``,
+``video``, any registered modality whose plug-in reads files) is decoded by that modality's
+processor: ``processor.sample(item, train=..., rng=...)`` per sample and ``processor.collate``
+per batch, with per-modality options from ``sample_options``; nothing here names a modality.
 
 Splitting: every (rank, DataLoader worker) pair is a *slot*, ``slot = rank * workers + worker``
 of ``world_size * workers``. A manifest is permuted with the epoch's seed (the same permutation
 on every rank) and slot ``k`` takes positions ``k, k + n, k + 2n, ...``. Shards are permuted the
-same way and dealt out whole when there are at least as many shards as slots; with fewer shards
-every slot reads them all and keeps every n-th sample. Either way no two slots ever see the same
-sample. (Whole-shard dealing can give ranks unequal sample counts; with finite epochs under DDP,
-balance the shard sizes or use ``repeat=True`` and a fixed number of steps.)
+same way and dealt out whole when there are at least as many shards as slots (as webdataset's
+``split_by_node`` then ``split_by_worker``); with fewer shards every slot reads them all and keeps
+every n-th sample. Either way no two slots ever see the same sample. (Whole-shard dealing can give
+ranks unequal sample counts; with finite epochs under DDP, balance the shard sizes or use
+``repeat=True`` and a fixed number of steps.) ``resample=True`` instead has every slot draw shards
+with replacement from its own seeded stream (webdataset's ``ResampledShards``): an endless stream
+with no epoch boundaries, the usual choice for multi-node runs over many shards.
 
 Bad samples (missing, empty or corrupt files, unreadable shards, invalid records) are skipped:
 counted in ``dataset.skipped`` (one count shared by all DataLoader workers of the dataset, so the
@@ -18,10 +25,11 @@ main process sees theirs), logged as a warning naming the sample, and passed to
 ``on_skip(sample_id, reason)`` when given (in the process that skipped it).
 
 Evaluation samples (``train=False``) also carry their identity, for retrieval metrics over
-distinct items (:mod:`onepeace.tasks.retrieval`): ``"item"`` is the media file's resolved path
-(manifests) or ``"sha1:<hex>"`` of the media bytes (shards, where one image with five captions is
-five samples), and ``collate_pairs`` adds ``"item"`` and ``"caption"`` (the caption strings) to
-such batches. Training samples and batches do not have these keys.
+distinct items (:mod:`onepeace.tasks.retrieval`): ``"item"`` maps each media field to the media
+file's resolved path (manifests) or ``"sha1:<hex>"`` of its bytes (shards, where one image with
+five captions is five samples), and ``collate_pairs`` adds ``"item"`` (``{modality: [str]}``) and
+``"caption"`` (the caption strings) to such batches. Training samples and batches do not have
+these keys.
 """
 
 from __future__ import annotations
@@ -40,28 +48,33 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ModelConfig, get_preset
 from ..errors import InputError
-from ..processing import Processor
-from ..processing.image import load_image
-from .augment import random_resized_crop, to_normalized_tensor
-from .manifest import read_manifest
-from .shards import decode_record, iter_shard
+from ..processing import Processor, split_companions
+from .augment import parse_augment
+from .manifest import media_fields, read_manifest
+from .shards import decode_record, expand_shards, is_url, iter_shard
 
 log = logging.getLogger(__name__)
 
 Source = str | os.PathLike | Sequence[str | os.PathLike]
 
 
+def _check_shards(paths: list[str]) -> list[str]:
+    """Local shard paths must exist now; ``pipe:`` commands and URLs are opened when read."""
+    missing = [p for p in paths if not is_url(p) and not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return paths
+
+
 def resolve_source(source: Source) -> tuple[str, list[Any]]:
-    """``("manifest", samples)`` or ``("shards", paths)`` for a manifest path, a .tar path, a
-    directory of .tar files, a glob of .tar files, or a list of .tar paths."""
+    """``("manifest", samples)`` or ``("shards", addresses)`` for a manifest path, a .tar path, a
+    directory of .tar files, a glob of .tar files, a list of shard paths or URLs, or a webdataset
+    spec: a ``pipe:`` command or URL, brace ranges (``s-{000000..000009}.tar``), ``::``-joined lists."""
     if isinstance(source, (list, tuple)):
         paths = [os.fspath(p) for p in source]
         if not paths:
             raise InputError("empty list of shards")
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise InputError(f"shard not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        return "shards", paths
+        return "shards", _check_shards(paths)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"data source must be a path, a glob or a list of shard paths, got {type(source).__name__}")
     src = os.fspath(source)
@@ -74,6 +87,11 @@ def resolve_source(source: Source) -> tuple[str, list[Any]]:
         if src.endswith(".tar"):
             return "shards", [src]
         return "manifest", read_manifest(src)
+    if is_url(src) or "::" in src or ("{" in src and "}" in src):
+        paths = expand_shards(src)
+        if not paths:
+            raise InputError(f"shard spec {src} names no shard")
+        return "shards", _check_shards(paths)
     if glob.has_magic(src):
         paths = sorted(p for p in glob.glob(src) if os.path.isfile(p))
         if not paths:
@@ -82,7 +100,8 @@ def resolve_source(source: Source) -> tuple[str, list[Any]]:
         if manifests:
             raise InputError(f"a glob source must match .tar shards only; it matched {manifests[0]}")
         return "shards", paths
-    raise InputError(f"data source not found: {src} (give a .jsonl manifest, a .tar shard, a directory of shards or a glob)")
+    raise InputError(f"data source not found: {src} (give a .jsonl manifest, a .tar shard, a directory of shards, "
+                     "a glob, or a webdataset spec: pipe:COMMAND, a URL, shard-{000000..000009}.tar)")
 
 
 def _config(config: ModelConfig | str) -> ModelConfig:
@@ -91,20 +110,6 @@ def _config(config: ModelConfig | str) -> ModelConfig:
     if not isinstance(config, ModelConfig):
         raise InputError(f"config must be an onepeace.ModelConfig or a preset name, got {type(config).__name__}")
     return config
-
-
-def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """WebDataset-style shuffle buffer: keep ``size`` items, emit a random one per new arrival."""
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = rng.randrange(len(buf))
-        buf[j], item = item, buf[j]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
 
 
 class SkipCount:
@@ -133,18 +138,23 @@ def media_identity(src: Any) -> str:
 
 
 class PairDataset(IterableDataset):
-    """Processed ``{"text": str, "image": [3, S, S]}`` or ``{"text": str, "audio": [samples]}``
-    samples (plus ``"label"`` when the record has one, and ``"item"``, the media identity from
-    :func:`media_identity`, when ``train=False``).
+    """Processed ``{"text": str, <modality>: sample, ...}`` samples, one entry per media field of
+    the record (``{"text", "image": [3, S, S]}``, ``{"text", "audio": [samples]}``,
+    ``{"text", "video": ..., "audio": ...}``), plus ``"label"`` when the record has one and
+    ``"item"`` (``{modality: identity}``, see :func:`media_identity`) when ``train=False``.
 
-    ``train=True``: images get the official RandomResizedCrop (``scale``, ``ratio``, bicubic) ->
-    ToTensor -> CLIP Normalize; ``train=False``: the plain square bicubic resize of
-    ``ImageProcessor``. Audio always goes through ``AudioProcessor.one`` (normalise -> cap ->
-    tile). ``shuffle`` defaults to ``train``; ``repeat=True`` streams forever (epoch after epoch,
-    each with its own permutation), else one epoch per iteration. Call :meth:`set_epoch` before
-    iterating each epoch (with ``persistent_workers=False``, the DataLoader default, workers
-    get a fresh copy of the dataset per epoch). ``rank`` / ``world_size`` are used when
-    ``torch.distributed`` is not initialised.
+    Each field goes through its modality's ``processor.sample(item, train=train, rng=rng,
+    **sample_options.get(modality, {}))``; e.g. images get the official RandomResizedCrop when
+    ``train`` (``sample_options={"image": {"scale": (0.9, 1.0)}}`` changes its options) and the plain
+    square resize otherwise. ``fields`` keeps only those media fields (e.g. ``["video"]`` to train
+    on clips whose records also name a soundtrack); a record with none of them is skipped.
+
+    ``shuffle`` defaults to ``train``; ``repeat=True`` streams forever (epoch after epoch, each
+    with its own permutation), else one epoch per iteration; ``resample=True`` (shards only)
+    draws shards with replacement, endlessly. Call :meth:`set_epoch` before iterating each epoch
+    (with ``persistent_workers=False``, the DataLoader default, workers get a fresh copy of the
+    dataset per epoch). ``rank`` / ``world_size`` are used when ``torch.distributed`` is not
+    initialised.
     """
 
     def __init__(
@@ -156,27 +166,47 @@ class PairDataset(IterableDataset):
         seed: int = 0,
         shuffle: bool | None = None,
         repeat: bool = False,
+        resample: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_buffer: int = 1000,
-        scale: tuple[float, float] = (0.9, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        sample_options: dict[str, dict[str, Any]] | None = None,
+        fields: Sequence[str] | None = None,
+        augment: dict[str, dict[str, Any]] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
     ):
         super().__init__()
         self.config = _config(config)
         if "text" not in self.config.modalities:
             raise InputError("PairDataset needs a model config with a text branch (captions are text)")
+        self.fields = None if fields is None else tuple(fields)
+        for k in self.fields or ():
+            if k not in self.config.modalities:
+                raise InputError(f"fields names {k!r}, but the model config has no {k} branch "
+                                 f"(it has {sorted(self.config.modalities)})")
+        self.sample_options = {k: dict(v) for k, v in (sample_options or {}).items()}
+        # training-time augmentation options per modality (onepeace.data.augment), applied to the
+        # decoded media before the processor's sample(); off for evaluation (train=False)
+        self.augment = parse_augment(augment)
+        for k in self.augment:
+            if k not in self.config.modalities:
+                raise InputError(f"augment names {k!r}, but the model config has no {k} branch")
+        for k in self.sample_options:
+            if k not in self.config.modalities:
+                raise InputError(f"sample_options names {k!r}, but the model config has no {k} branch")
         self.kind, items = resolve_source(source)
         self._samples: list[dict[str, Any]] = items if self.kind == "manifest" else []
         self._shards: list[str] = items if self.kind == "shards" else []
         if self.kind == "manifest":
             if not items:
                 raise InputError(f"manifest {os.fspath(source)} has no samples")
-            kinds = {k for s in items for k in ("image", "audio") if k in s}
+            kinds = {k for s in items for k in self._fields(s)}
             for k in sorted(kinds):
                 if k not in self.config.modalities:
                     raise InputError(f"the manifest has {k} samples but the model config has no {k} branch")
+        if resample and self.kind != "shards":
+            raise InputError("resample=True draws shards with replacement: give shards, not a manifest")
+        self.resample = bool(resample)
         self.train = bool(train)
         self.seed = int(seed)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
@@ -186,8 +216,6 @@ class PairDataset(IterableDataset):
         if shuffle_buffer < 1:
             raise InputError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
         self.shuffle_buffer = int(shuffle_buffer)
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
         self.on_skip = on_skip
         self.epoch = 0
         self._skipped = SkipCount()  # shared by the DataLoader workers of this dataset
@@ -219,6 +247,10 @@ class PairDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _fields(self, rec: dict[str, Any]) -> list[str]:
+        kinds = media_fields(rec)
+        return kinds if self.fields is None else [k for k in kinds if k in self.fields]
+
     def _rank_world(self) -> tuple[int, int]:
         """Explicit ``rank``/``world_size`` win (e.g. an evaluation every rank runs in full);
         otherwise the torch.distributed group's, otherwise a single process."""
@@ -249,6 +281,9 @@ class PairDataset(IterableDataset):
     # -- iteration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         slot, total = self.slot()
+        if self.resample:
+            yield from self._resampled(slot)
+            return
         epoch = self.epoch
         while True:
             produced = 0
@@ -263,6 +298,26 @@ class PairDataset(IterableDataset):
                 )
                 return
             epoch += 1
+
+    def _shuffled(self, raw: Iterator[dict[str, Any]], tag: str) -> Iterator[dict[str, Any]]:
+        """webdataset's shuffle buffer, seeded (reproducible runs, exact resumption)."""
+        if not self.shuffle:
+            return raw
+        from webdataset.filters import shuffle
+
+        rng = random.Random(f"onepeace-buf:{self.seed}:{tag}")
+        return shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(iter(raw))
+
+    def _decoded(self, raw: Iterator[dict[str, Any]], aug_rng: random.Random) -> Iterator[dict[str, Any]]:
+        for sample in raw:
+            try:
+                rec = decode_record(sample)
+            except InputError as e:
+                self._skip(f"{sample.get('__shard__')}:{sample.get('__key__')}", e)
+                continue
+            out = self._process(rec, aug_rng)
+            if out is not None:
+                yield out
 
     def _epoch(self, epoch: int, slot: int, total: int) -> Iterator[dict[str, Any]]:
         order_rng = random.Random(f"onepeace-order:{self.seed}:{epoch}")
@@ -283,17 +338,33 @@ class PairDataset(IterableDataset):
             raw = self._read(shards[slot::total], 0, 1)
         else:
             raw = self._read(shards, slot, total)
-        if self.shuffle:
-            raw = _buffer_shuffle(raw, self.shuffle_buffer, random.Random(f"onepeace-buf:{self.seed}:{epoch}:{slot}"))
-        for sample in raw:
-            try:
-                rec = decode_record(sample)
-            except InputError as e:
-                self._skip(f"{sample.get('__shard__')}:{sample.get('__key__')}", e)
-                continue
-            out = self._process(rec, aug_rng)
-            if out is not None:
-                yield out
+        yield from self._decoded(self._shuffled(raw, f"{epoch}:{slot}"), aug_rng)
+
+    def _resampled(self, slot: int) -> Iterator[dict[str, Any]]:
+        """Shards drawn with replacement by webdataset's ``ResampledShards``, seeded by (seed,
+        slot) so a run is reproducible; stops (with a warning) when a long run of draws gave no
+        usable sample, so a set of broken shards cannot spin forever."""
+        from webdataset.shardlists import ResampledShards
+
+        draws = ResampledShards(self._shards, seed=self.seed, worker_seed=lambda: slot, deterministic=True)
+        patience = max(10, 2 * len(self._shards))
+        idle = 0
+
+        def raw() -> Iterator[dict[str, Any]]:
+            nonlocal idle
+            for d in draws:
+                for sample in self._read([d["url"]], 0, 1):
+                    idle = 0
+                    yield sample
+                idle += 1
+                if idle >= patience:
+                    log.warning("slot %d: %d shard draws in a row gave no sample; stopping its stream", slot, idle)
+                    return
+
+        aug_rng = random.Random(f"onepeace-aug:{self.seed}:resampled:{slot}")
+        for out in self._decoded(self._shuffled(raw(), f"resampled:{slot}"), aug_rng):
+            idle = 0
+            yield out
 
     def _read(self, shards: list[str], slot: int, total: int) -> Iterator[dict[str, Any]]:
         """Raw samples of ``shards``, keeping the ``slot``-th of every ``total`` (count runs across
@@ -309,63 +380,77 @@ class PairDataset(IterableDataset):
                 self._skip(path, e)
 
     def _process(self, rec: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
-        kind = "image" if "image" in rec else "audio"
-        src = rec[kind]
-        sample_id = rec.get("id") or (src if isinstance(src, str) else "?")
-        proc = self.processor.get(kind)  # a model without this branch is a setup error: raise
+        kinds = self._fields(rec)
+        first = rec[kinds[0]] if kinds else None
+        sample_id = rec.get("id") or (first if isinstance(first, str) else "?")
+        if not kinds:
+            self._skip(sample_id, f"the record has none of the media fields {list(self.fields or ())}")
+            return None
+        procs = {k: self.processor.get(k) for k in kinds}  # a model without the branch: a setup error
+        out: dict[str, Any] = {"text": rec["text"]}
         try:
-            if kind == "image" and self.train:
-                img = random_resized_crop(load_image(src), proc.image_size, self.scale, self.ratio, rng)
-                media = to_normalized_tensor(img)
-            elif kind == "image":
-                media = proc.one(src)[0]
-            else:
-                media = proc.one(src)
+            for k, proc in procs.items():
+                item = rec[k]
+                if self.train and self.augment.get(k):
+                    item = self.augment[k].apply(proc, item, rng)
+                out[k] = proc.sample(item, train=self.train, rng=rng, **self.sample_options.get(k, {}))
         except Exception as e:  # noqa: BLE001 - one bad file must never end a training run
             self._skip(sample_id, e)
             return None
-        out: dict[str, Any] = {"text": rec["text"], kind: media}
         if rec.get("label") is not None:
             out["label"] = int(rec["label"])
         if not self.train:
-            out["item"] = media_identity(src)
+            out["item"] = {k: media_identity(rec[k]) for k in kinds}
         self.ok += 1
         return out
 
 
+def _media_keys(sample: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(k for k in sample if k not in ("text", "label", "item"))
+
+
 def collate_pairs(samples: Sequence[dict[str, Any]], processor: Processor | ModelConfig) -> dict[str, Any]:
-    """Per-sample dicts -> ``{"text": {"tokens"}, "image": {"pixels"}}`` or
-    ``{"text": ..., "audio": {"waveform", "padding_mask"}}``, plus ``"label"`` (LongTensor [B]);
-    evaluation samples (with ``"item"``) add ``"item"`` and ``"caption"`` (lists of str)."""
+    """Per-sample dicts -> ``{"text": {"tokens"}, <modality>: processor.collate(...), ...}``
+    (e.g. ``"image": {"pixels"}``, ``"audio": {"waveform", "padding_mask"}``), plus ``"label"``
+    (LongTensor [B]); evaluation samples (with ``"item"``) add ``"item"`` (``{modality: [str]}``)
+    and ``"caption"`` (list of str). Every sample of a batch has the same media fields. Companion
+    segments a processor's ``collate`` emits (``"audio.waveform"``, see
+    :func:`onepeace.processing.split_companions`) become entries of their own modality."""
     if not samples:
         raise InputError("cannot collate an empty batch")
     if isinstance(processor, ModelConfig):
         processor = Processor(processor)
     kinds = []
     for i, s in enumerate(samples):
-        ks = [k for k in ("image", "audio") if k in s]
-        if len(ks) != 1 or "text" not in s:
-            raise InputError(f"batch sample {i} must have 'text' and exactly one of 'image' or 'audio'; keys: {sorted(s)}")
-        kinds.append(ks[0])
+        ks = _media_keys(s)
+        if not ks or "text" not in s:
+            raise InputError(f"batch sample {i} must have 'text' and a media field; keys: {sorted(s)}")
+        kinds.append(ks)
+    names = {k: "+".join(k) for k in kinds}
     if len(set(kinds)) > 1:
+        counts = {names[k]: kinds.count(k) for k in dict.fromkeys(kinds)}
         raise InputError(
-            f"a batch mixes image and audio samples ({kinds.count('image')} image, {kinds.count('audio')} audio); "
-            "each batch pairs text with one modality: keep image and audio data in separate "
-            "manifests / shard sets and use one loader per modality"
+            f"a batch mixes {' and '.join(counts)} samples ({', '.join(f'{n} {k}' for k, n in counts.items())}); "
+            "each batch pairs text with the same media fields: keep such data in separate "
+            "manifests / shard sets and use one loader for each"
         )
-    kind = kinds[0]
     batch: dict[str, Any] = {"text": processor.get("text")([s["text"] for s in samples])}
-    if kind == "image":
-        batch["image"] = {"pixels": torch.stack([s["image"] for s in samples])}
-    else:
-        batch["audio"] = processor.get("audio").collate([s["audio"] for s in samples])
+    companions: dict[str, dict[str, Any]] = {}
+    for k in kinds[0]:
+        # a processor may emit companion segments ("audio.waveform": a clip's soundtrack): they
+        # become that modality's own entry, unless the records name it as a field themselves
+        batch[k], extra = split_companions(processor.get(k).collate([s[k] for s in samples]))
+        for m, part in extra.items():
+            companions.setdefault(m, part)
+    for m, part in companions.items():
+        batch.setdefault(m, part)
     labels = [s.get("label") for s in samples]
     if any(lb is not None for lb in labels):
         if any(lb is None for lb in labels):
             raise InputError(f"{labels.count(None)} of {len(labels)} samples in the batch have no label; label all or none")
         batch["label"] = torch.tensor(labels, dtype=torch.long)
     if all("item" in s for s in samples):
-        batch["item"] = [s["item"] for s in samples]
+        batch["item"] = {k: [s["item"][k] for s in samples] for k in kinds[0]}
         batch["caption"] = [s["text"] for s in samples]
     return batch
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -48,6 +49,14 @@ class Modality(nn.Module):
     #: lower-case file name extensions (with the dot) of the files its processor reads; the command
     #: line picks these out of folders. Empty: the modality is not read from files.
     file_extensions: ClassVar[tuple[str, ...]] = ()
+    #: zero-shot classification prompts, a ``{}`` for the class name (empty: the bare class name)
+    prompt_templates: ClassVar[tuple[str, ...]] = ()
+    #: True when a sequence's adapter output and relative bias are the leading part of those it
+    #: gets padded into any longer batch (relative positions, padding that changes nothing): the
+    #: encoder may then pack several sequences into one row (onepeace.model.packing)
+    packable: ClassVar[bool] = False
+    #: False when an item's output depends on its batch-mates (embed() then keeps plain padded batches)
+    batch_invariant: bool = True
 
     def __init__(self, config: ModelConfig, options: Any):
         super().__init__()
@@ -178,22 +187,48 @@ class Modality(nn.Module):
         for t in self.rel_tables:
             nn.init.zeros_(t.weight)
 
+    @classmethod
+    def donor(cls, options: Any) -> str | None:
+        """The trained branch a new branch of this modality starts from when it is added to a
+        trained model (``OnePeace.grown``, e.g. ``model.add_modalities`` of a training recipe): its
+        FFN in every layer, its final norm and projection are copied, and :meth:`inherit` fills the
+        adapter from the donor's. ``None`` (the default): the official fresh init."""
+        return None
+
+    def inherit(self, donor: Modality) -> None:
+        """Initialise this new adapter from the trained adapter ``donor`` (see :meth:`donor`)."""
+        raise NotImplementedError(f"{self.name} names a donor branch but does not implement inherit()")
+
 
 _DEFER_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("onepeace_defer_init", default=False)
 
 
+class _SkipInit(TorchFunctionMode):
+    """Turns every ``torch.nn.init`` function into a no-op (they dispatch through
+    ``__torch_function__`` while a mode is active); every other function runs as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def deferred_init():
-    """Within this block, :func:`embedding` tables skip ``nn.Embedding``'s own N(0, 1) init.
+    """Within this block modules skip their own parameter init: ``nn.Linear``, ``nn.Conv*``,
+    ``nn.LayerNorm`` and :func:`embedding` tables are left as allocated.
 
     For models whose weights are about to be loaded, or built on the meta device: the init is
-    thrown away, and on the meta device its ``normal_`` is the one call that imports
-    ``torch._dynamo`` (seconds, once per process). Outside it nothing changes, so a model built
-    with the official init draws exactly the same random numbers as before.
+    thrown away, and on the meta device it is not free either (each ``kaiming_uniform_`` goes
+    through a decomposition, about 1 s for a base model, and the first ``normal_`` imports
+    ``torch._dynamo``). Outside it nothing changes, so a model built with the official init draws
+    exactly the same random numbers as before.
     """
     token = _DEFER_INIT.set(True)
     try:
-        yield
+        with _SkipInit():
+            yield
     finally:
         _DEFER_INIT.reset(token)
 
@@ -224,6 +259,9 @@ def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
 
 
 _REGISTRY: dict[str, type[Modality]] = {}
+#: the entry-point group through which installed packages register their modality plug-ins
+ENTRY_POINT_GROUP = "onepeace.modalities"
+_PLUGINS_LOADED = False
 
 
 def register_modality(cls: type[Modality]) -> type[Modality]:
@@ -232,13 +270,40 @@ def register_modality(cls: type[Modality]) -> type[Modality]:
     return cls
 
 
+def _load_plugins() -> None:
+    """Import the modality plug-ins installed packages declare (once, on first need): in a
+    package's pyproject.toml, ``[project.entry-points."onepeace.modalities"] imu = "my_pkg.imu"``;
+    importing the module registers its modality, so the command line, the loaders and saved models
+    know it. A plug-in that fails to import is a warning naming it, never the end of the program."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    import warnings
+    from importlib.metadata import entry_points
+
+    from ..errors import OnePeaceWarning
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken third-party plug-in must not break onepeace
+            warnings.warn(f"the modality plug-in {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}",
+                          OnePeaceWarning, stacklevel=2)
+
+
 def registered_modalities() -> list[str]:
+    _load_plugins()
     return list(_REGISTRY)
 
 
 def get_modality(name: str) -> type[Modality]:
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown modality {name!r}; registered: {registered_modalities()}")
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown modality {name!r}; registered: {registered_modalities()} (a modality of "
+                          f"your own: import its module first, or declare it in the entry-point group "
+                          f"{ENTRY_POINT_GROUP!r} of its package)")
     return _REGISTRY[name]
 
 

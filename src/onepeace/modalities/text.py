@@ -30,6 +30,7 @@ class TextModality(Modality):
     name = "text"
     Options = TextOptions
     input_keys = ("tokens",)
+    packable = True
 
     def __init__(self, config, options: TextOptions):
         super().__init__(config, options)

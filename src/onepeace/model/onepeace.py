@@ -20,6 +20,9 @@ from .heads import ClassifyHead, LinearHead, build_head
 
 log = logging.getLogger(__name__)
 
+#: with bucketing, ``embed`` sorts up to this many batches' worth of items at a time
+SORT_WINDOW = 8
+
 
 class OnePeace(nn.Module):
     """ONE-PEACE. Build with :func:`onepeace.create_model` or :meth:`from_pretrained`.
@@ -115,7 +118,43 @@ class OnePeace(nn.Module):
             old = getattr(mod, attr)
             setattr(mod, attr, nn.Parameter(torch.zeros(old.shape, dtype=dtype), requires_grad=old.requires_grad))
         new.reset_parameters(only=set(missing).__contains__)
+        new._inherit_new_branches(set(missing))
         return new.train(self.training)
+
+    @torch.no_grad()
+    def _inherit_new_branches(self, missing: set[str]) -> None:
+        """New branches (every adapter tensor in ``missing``) whose modality names a trained donor
+        branch (``Modality.donor``, e.g. video -> image) start as a copy of it: the adapter via the
+        modality's ``inherit``, and its FFN in every layer, final norm and projection copied."""
+        for m in self.modality_names:
+            adapter = self.adapters[m]
+            own = [f"adapters.{m}.{n}" for n, _ in adapter.named_parameters()]
+            donor = type(adapter).donor(self.options[m])
+            if not own or not all(k in missing for k in own) or donor is None or donor == m:
+                continue
+            if donor not in self.adapters or any(k.startswith(f"adapters.{donor}.") for k in missing):
+                log.warning("the new %s branch starts from a fresh init: the model has no trained %s branch "
+                            "to inherit from", m, donor)
+                continue
+            adapter.inherit(self.adapters[donor])
+            pairs = [(layer.ffns[m], layer.ffns[donor]) for layer in self.encoder.layers]
+            for table in (self.encoder.norms, self.proj):
+                if m in table and donor in table:
+                    pairs.append((table[m], table[donor]))
+            for dst, src in pairs:
+                for (_, p), (_, q) in zip(dst.named_parameters(), src.named_parameters()):
+                    p.copy_(q)
+
+    def compile_layers(self, **options: Any) -> OnePeace:
+        """Compile every encoder layer with ``torch.compile`` (in place; ``options`` go to it, default
+        ``dynamic=True`` so that new batch sizes and lengths reuse the compiled code). Opt-in: the
+        first forward compiles (tens of seconds on a CPU), after which the layers' elementwise work
+        (norms, GELU, layer scale, residuals) runs fused. The layers share one compiled graph; the
+        adapters, bias building and projections stay eager. Returns the model."""
+        options.setdefault("dynamic", True)
+        for layer in self.encoder.layers:
+            layer.compile(**options)
+        return self
 
     def set_drop_path(self, rate: float) -> None:
         """Stochastic depth ``rate`` at the last layer, ramped linearly from 0 (the official
@@ -190,7 +229,16 @@ class OnePeace(nn.Module):
         z = self.proj[name](features[:, 0])
         return F.normalize(z, dim=-1) if normalize else z
 
-    def embed_batch(self, name: str, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+    def embed_batch(self, name: str, batch: dict[str, torch.Tensor], normalize: bool = True, *,
+                    bucket: bool = False, max_tokens: int | None = None) -> torch.Tensor:
+        """Retrieval embeddings of one processed batch. With ``bucket=True`` a variable-length
+        batch (text, audio) is computed without its padding (:mod:`onepeace.model.packing`), at
+        most ``max_tokens`` tokens per forward pass (default: the padded batch's size); the rows
+        are the same up to float rounding."""
+        if bucket and self._schedulable(name):
+            from .packing import embed_scheduled
+
+            return embed_scheduled(self, name, batch, normalize=normalize, max_tokens=max_tokens)
         out = self.encode(**{name: batch})
         return self.project(name, out.features[name], normalize)
 
@@ -236,6 +284,8 @@ class OnePeace(nn.Module):
         normalize: bool = True,
         long_audio: str = "truncate",
         progress: bool | None = False,
+        bucket: bool = True,
+        max_tokens: int | None = None,
         **others: Sequence[Any] | None,
     ) -> dict[str, torch.Tensor]:
         """L2-normalised embeddings per modality, rows in input order (float32, on the CPU).
@@ -246,6 +296,15 @@ class OnePeace(nn.Module):
         official behaviour) embeds the first 15 s and warns; ``"chunk"`` embeds consecutive 15 s
         windows (a last remainder of at least 1 s included) and returns their duration-weighted
         mean of L2-normalised window embeddings, renormalised. Both are batch-invariant.
+
+        ``bucket`` (default on): variable-length inputs (text, audio) cost what their real tokens
+        cost. Up to ``SORT_WINDOW * batch_size`` items at a time are sorted by length and run in
+        sub-batches padded only to their own longest (short ones many at a time, long ones few), or
+        packed several to a row of the encoder with a block-diagonal attention bias, whichever is
+        cheaper; rows come back in input order, each as it is alone (up to float rounding, about
+        1e-7 in float32). ``max_tokens`` bounds the tokens (padding included) of one forward pass;
+        by default ``batch_size`` times the longest item, the memory of one padded batch.
+        ``bucket=False``: plain padded batches of ``batch_size`` items (the official way).
         """
         from ..processing.audio import check_long_audio
         from ..progress import progress_bar
@@ -258,22 +317,47 @@ class OnePeace(nn.Module):
         with progress_bar(progress, total=sum(map(len, given.values())), desc="embedding") as bar:
             for name, items in given.items():
                 proc = self.processor.get(name)
+                scheduled = bucket and self._schedulable(name)
                 if name == "audio" and long_audio == "chunk":
-                    result[name] = self._embed_windows(proc, items, batch_size, normalize)
+                    result[name] = self._embed_windows(proc, items, batch_size, normalize,
+                                                       scheduled, max_tokens)
                     bar.update(len(items))
                     continue
                 rows = []
-                for chunk in self._batches(items, batch_size):
-                    rows.append(self.embed_batch(name, proc(chunk), normalize).float().cpu())
-                    bar.update(len(chunk))
+                for chunk in self._batches(items, batch_size * (SORT_WINDOW if scheduled else 1)):
+                    if scheduled:
+                        rows.append(self._embed_sorted(name, proc(chunk), normalize, batch_size, max_tokens,
+                                                       bar.update).float().cpu())
+                    else:
+                        rows.append(self.embed_batch(name, proc(chunk), normalize).float().cpu())
+                        bar.update(len(chunk))
                 result[name] = torch.cat(rows) if rows else torch.empty(0, self.config.dim)
         if not result:
             raise InputError("nothing to embed: pass text=, image= or audio=")
         return result
 
-    def _embed_windows(self, proc, items: list[Any], batch_size: int, normalize: bool) -> torch.Tensor:
-        """Audio in 15 s windows: up to ``batch_size`` windows (from any clips) per forward pass,
-        each clip's window embeddings averaged with its duration weights, then renormalised."""
+    def _schedulable(self, name: str) -> bool:
+        """Whether ``name``'s batches may be cut by length: its processor tells lengths and its
+        adapter is batch-invariant (with ``official_padding_leak`` the official batching is kept)."""
+        adapter = self.adapters[name] if name in self.adapters else None
+        return (hasattr(self.processor.get(name), "lengths") and adapter is not None
+                and getattr(adapter, "batch_invariant", True))
+
+    def _embed_sorted(self, name: str, batch: dict[str, torch.Tensor], normalize: bool, batch_size: int,
+                      max_tokens: int | None, on_step=None) -> torch.Tensor:
+        """A processed batch embedded without its padding (see :meth:`embed`, ``bucket``)."""
+        from .packing import embed_scheduled
+
+        if max_tokens is None:
+            max_tokens = batch_size * max(self.processor.get(name).lengths(batch))
+        return embed_scheduled(self, name, batch, normalize=normalize, max_tokens=max_tokens, on_step=on_step)
+
+    def _embed_windows(self, proc, items: list[Any], batch_size: int, normalize: bool,
+                       bucket: bool = False, max_tokens: int | None = None) -> torch.Tensor:
+        """Audio in 15 s windows: up to ``batch_size`` windows (from any clips) per forward pass
+        (with ``bucket``, up to ``SORT_WINDOW * batch_size`` windows sorted by length, see
+        :meth:`embed`), each clip's window embeddings averaged with its duration weights, then
+        renormalised."""
         if batch_size < 1:
             raise InputError("batch_size must be at least 1")
         if not items:
@@ -282,7 +366,11 @@ class OnePeace(nn.Module):
         pending: list[tuple[int, float, torch.Tensor]] = []
 
         def flush() -> None:
-            z = self.embed_batch("audio", proc.collate([w for _, _, w in pending]), normalize)
+            batch = proc.collate([w for _, _, w in pending])
+            if bucket:
+                z = self._embed_sorted("audio", batch, normalize, batch_size, max_tokens)
+            else:
+                z = self.embed_batch("audio", batch, normalize)
             for (i, weight, _), row in zip(pending, z.float().cpu()):
                 parts[i].append((row, weight))
             pending.clear()
@@ -296,11 +384,72 @@ class OnePeace(nn.Module):
         for i, item in enumerate(items):
             for w, weight in zip(*proc.windows(item, "chunk")):
                 pending.append((i, weight, w))
-                if len(pending) == batch_size:
+                if len(pending) == batch_size * (SORT_WINDOW if bucket else 1):
                     flush()
         if pending:
             flush()
         return torch.stack([combine(rows) for rows in parts])
+
+    @torch.inference_mode()
+    def embed_fused(self, *, batch_size: int = 16, normalize: bool = True, companions: bool = True,
+                    fusion: str = "joint", progress: bool | None = False,
+                    **inputs: Sequence[Any] | None) -> torch.Tensor:
+        """One embedding per item from ONE fused pass over its segments, [N, D] (float32, CPU).
+
+        ``inputs`` are parallel lists, one per modality: item ``i`` fuses their ``i``-th entries
+        (``text=captions, image=pictures``), as :meth:`classify` fuses. With ``companions`` an
+        input also brings the segments its processor carries and no other input gives: a video
+        its soundtrack, so ``embed_fused(video=clips)`` fuses every clip with its own sound (a
+        clip without an audio track is an error naming it). Every segment attends to the others
+        in every layer; the embedding is the mean of the segments' embeddings (each its projected
+        CLS after the joint pass), L2-normalised when ``normalize``.
+
+        ``fusion="late"`` encodes each segment in a pass of its own instead (the mean of the
+        separate embeddings): better for retrieval with a model never trained on such fused
+        sequences (see the README's measurement), where the joint pass mixes tokens it has not
+        learnt to attend across.
+        """
+        from ..processing import split_companions
+        from ..progress import progress_bar
+
+        given = {k: ([v] if isinstance(v, (str, bytes, os.PathLike)) or not isinstance(v, Sequence) else list(v))
+                 for k, v in inputs.items() if v is not None}
+        if not given:
+            raise InputError("nothing to embed: give the segments to fuse, e.g. video=[...] (with its sound), "
+                             "or text=[...] and image=[...]")
+        lengths = {len(v) for v in given.values()}
+        if len(lengths) > 1:
+            raise InputError("fused inputs need the same number of items per modality, got "
+                             + ", ".join(f"{len(v)} {k}" for k, v in given.items()))
+        n = lengths.pop()
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        if fusion not in ("joint", "late"):
+            raise InputError(f"fusion must be 'joint' (one sequence) or 'late' (separate passes), got {fusion!r}")
+        rows = []
+        with progress_bar(progress, total=n, desc="embedding") as bar:
+            for i in range(0, n, batch_size):
+                segments: dict[str, dict] = {}
+                for m, items in given.items():
+                    proc = self.processor.get(m)
+                    extra = [c for c in getattr(proc, "companions", ()) if companions
+                             and c in self.modality_names and c not in given]
+                    own, carried = split_companions(proc(items[i : i + batch_size], companions=extra) if extra
+                                                    else proc(items[i : i + batch_size]))
+                    segments[m] = own
+                    segments.update(carried)
+                if len(segments) < 2:
+                    raise InputError(f"a fused embedding needs two segments or more; {', '.join(segments)} alone "
+                                     "is one (give two modalities, or a video with its sound on a model with an "
+                                     "audio branch)")
+                if fusion == "joint":
+                    out = self.encode(**segments)
+                    z = torch.stack([self.project(m, out.features[m], normalize=True) for m in segments]).mean(0)
+                else:
+                    z = torch.stack([self.embed_batch(m, b, normalize=True) for m, b in segments.items()]).mean(0)
+                rows.append((F.normalize(z, dim=-1) if normalize else z).float().cpu())
+                bar.update(len(rows[-1]))
+        return torch.cat(rows)
 
     @torch.inference_mode()
     def classify(self, *, batch_size: int = 16, **inputs: Sequence[Any] | None) -> torch.Tensor:
@@ -353,14 +502,29 @@ class OnePeace(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                         device: str | torch.device = "cpu", revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None) -> OnePeace:
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                        compile: bool = False) -> OnePeace:
         """Load a model directory, or a Hugging Face Hub id ``org/name`` (``org/name@rev`` or
         ``revision=`` pins a branch, tag or commit), snapshotted into the standard Hub cache
-        (``cache_dir``); with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` the cache alone."""
-        from ..checkpoints.format import load_pretrained
+        (``cache_dir``); with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` the cache alone.
 
-        return load_pretrained(path, dtype=dtype, device=device, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only)
+        ``dtype``: ``None`` (as stored), ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"`` (fp32 weights,
+        the encoder's linear layers quantised to int8; CPU only, see :mod:`onepeace.model.quant`) or
+        ``"auto"`` (what the device computes natively, see :mod:`onepeace.model.precision`).
+        ``compile=True``: :meth:`compile_layers` (opt-in; the first call of each new shape compiles)."""
+        from ..checkpoints.format import load_pretrained
+        from .precision import resolve_runtime
+
+        target = resolve_runtime(dtype, device)
+        model = load_pretrained(path, dtype=torch.float32 if target == "int8" else target, device=device,
+                                revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        if target == "int8":
+            from .quant import quantize_int8
+
+            quantize_int8(model)
+        if compile:
+            model.compile_layers()
+        return model
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                         max_shard_bytes: int = 4 * 1024**3, overwrite: bool = False, push_to_hub: bool = False,
@@ -375,6 +539,8 @@ class OnePeace(nn.Module):
         returns the commit URL (see :func:`onepeace.checkpoints.hub.push_to_hub`)."""
         from ..checkpoints.format import save_pretrained
 
+        if getattr(self, "int8", False):
+            raise ConfigError("an int8 model cannot be saved: save the fp32 model and load it with dtype='int8'")
         save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
         if not push_to_hub:
             return None

@@ -53,6 +53,16 @@ def stem_frames(num_samples: int, stem: list[tuple[int, int, int]] | list[list[i
     return t
 
 
+def stem_samples(num_frames: int, stem: list[tuple[int, int, int]] | list[list[int]]) -> int:
+    """The fewest samples from which the conv stem makes ``num_frames`` frames: frame ``i`` reads
+    only samples the first ``stem_samples(i + 1)`` hold, so cutting a padded waveform there leaves
+    its frames unchanged."""
+    n = num_frames
+    for _, k, s in reversed(stem):
+        n = (n - 1) * s + k
+    return n
+
+
 def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
     """librosa 0.10 ``resample(res_type='soxr_hq')``: soxr HQ, then pad/trim to ceil(n*ratio)."""
     if sr == target:
@@ -122,9 +132,18 @@ class AudioProcessor:
             raise InputError(f"audio {describe(item)} is too short for the conv stem")
         return wav
 
+    def load(self, item: Any) -> np.ndarray:
+        """Decode one input now (checking it): a mono waveform at the model's rate, which the
+        processor takes later."""
+        return load_audio(item, self.sample_rate)
+
     def one(self, item: Any) -> torch.Tensor:
         """One clip, capped at ``max_seconds`` silently (training data loaders use this)."""
         return self._fit(self.normalized(item)[: self.max_samples], item)
+
+    def sample(self, item: Any, *, train: bool = False, rng: Any = None) -> torch.Tensor:
+        """One clip for a data loader (the data-loader protocol with :meth:`collate`): :meth:`one`."""
+        return self.one(item)
 
     def windows(self, item: Any, long_audio: str = "truncate") -> tuple[list[torch.Tensor], list[float]]:
         """The windows to embed for one clip and their weights (seconds of audio each covers).
@@ -161,6 +180,27 @@ class AudioProcessor:
             wave[i, : w.numel()] = w
             mask[i, : t + 1] = False
         return {"waveform": wave, "padding_mask": mask}
+
+    # -- variable-length batches (onepeace.model.packing): real lengths, and sub-batches without padding
+    def lengths(self, batch: dict[str, torch.Tensor]) -> list[int]:
+        """Encoder tokens of each row of a processed batch (the CLS and the clip's frames)."""
+        mask = batch.get("padding_mask")
+        if mask is None:
+            wave = batch["waveform"]
+            return [stem_frames(wave.shape[1], self.stem) + 1] * wave.shape[0]
+        return (~mask).sum(1).tolist()
+
+    def select(self, batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+        """Rows ``rows`` of a processed batch, the waveforms cut to the samples the longest of them
+        needs (:func:`stem_samples`) and the mask to its frames: the stem computes no padding."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        wave = batch["waveform"][idx]
+        mask = batch.get("padding_mask")
+        if mask is None:
+            return {"waveform": wave}
+        mask = mask[idx]
+        t = int((~mask).sum(1).max())
+        return {"waveform": wave[:, : stem_samples(t - 1, self.stem)], "padding_mask": mask[:, :t]}
 
     def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
         """One window per clip (the first ``max_seconds``; longer clips warn)."""

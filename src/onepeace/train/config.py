@@ -40,6 +40,17 @@ class DataSection:
     eval: list[str] = field(default_factory=list)  # held-out manifests (with labels) for retrieval
     batch_size: int = 32  # per rank and micro-step
     num_workers: int = 0
+    # shards: draw them with replacement, an endless seeded stream per rank and worker (multi-node runs)
+    resample: bool = False
+    shuffle_buffer: int = 1000  # samples in the shard shuffle buffer
+    # media fields of the records to decode (empty: all of them), e.g. ["video"] for clips whose
+    # records also name a soundtrack that the objective does not use
+    fields: list[str] = field(default_factory=list)
+    # per-modality options of the processors' sample() (e.g. {image = {scale = [0.8, 1.0]}})
+    sample_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # training-time augmentation per modality, e.g. {audio = {noise = {p = 0.5, snr_db = [5, 30]}}}
+    # (options and defaults: onepeace.data.augment.AUDIO_OPS / IMAGE_OPS; README "Augmentation")
+    augment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +84,10 @@ class TrainSection:
     threads: int = 0
 
 
+#: dict settings an override replaces whole (a recipe's new branch is not kept next to another)
+REPLACED = {("model", "add_modalities"), ("objective", "align_with")}
+
+
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
@@ -97,7 +112,7 @@ class TrainConfig:
                 if k not in known:
                     raise ConfigError(f"unknown key {sec_name}.{k}; known: {sorted(known)}")
                 cur = getattr(sec, k)
-                if isinstance(cur, dict) and isinstance(v, dict):
+                if isinstance(cur, dict) and isinstance(v, dict) and (sec_name, k) not in REPLACED:
                     v = {**cur, **v}  # partial dict overrides keep the other entries
                 setattr(sec, k, copy.deepcopy(v))
         return out
@@ -135,4 +150,8 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[leaf] = _parse_value(value)
-    return TrainConfig.from_dict(data)
+    cfg = TrainConfig.from_dict(data)
+    from ..data.augment import parse_augment
+
+    parse_augment(cfg.data.augment)  # a bad option fails here, naming its key, not when training starts
+    return cfg

@@ -86,6 +86,9 @@ class PretrainJob:
         o = self.cfg.objective.other
         if o not in model.modality_names or "text" not in model.modality_names:
             raise ConfigError(f"the objective pairs text with {o!r}; the model has {model.modality_names}")
+        missing = sorted(set(self.cfg.objective.align_with) - set(model.modality_names))
+        if missing:
+            raise ConfigError(f"objective.align_with names {missing}; the model has {model.modality_names}")
         return model
 
     def wrap(self, model: OnePeace) -> PretrainModel:
@@ -106,8 +109,11 @@ class PretrainJob:
         from ..data.dataset import make_loader
 
         cfg = self.cfg
-        return make_loader(cfg.data.train, model_config, cfg.data.batch_size, cfg.data.num_workers,
-                           train=True, seed=cfg.train.seed, repeat=True, rank=info.rank, world_size=info.world)
+        d = cfg.data
+        return make_loader(d.train, model_config, d.batch_size, d.num_workers, train=True, seed=cfg.train.seed,
+                           repeat=True, rank=info.rank, world_size=info.world, resample=d.resample,
+                           shuffle_buffer=d.shuffle_buffer, fields=d.fields or None, sample_options=d.sample_options,
+                           augment=d.augment)
 
     def next_batch(self, data):
         return next(data)
@@ -213,8 +219,10 @@ class Trainer:
         if cfg.model.drop_path_rate >= 0:
             model.set_drop_path(cfg.model.drop_path_rate)
         self.pm = self.job.wrap(model)
+        # "{other}" in a pattern is the objective's modality (configs/align_new_modality.toml)
+        patterns = [p.replace("{other}", cfg.objective.other) for p in cfg.train.trainable]
         self.trainable = select_trainable(self.pm, self.job.used_modalities(model),
-                                          cfg.train.trainable, self.job.frozen_patterns(model))
+                                          patterns, self.job.frozen_patterns(model))
         self.pm.to(self.info.device).train()
         if cfg.train.activation_checkpointing:
             for enc in self.job.encoders(self.pm):
