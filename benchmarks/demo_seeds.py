@@ -9,6 +9,18 @@ per retrieval pair. ``--table`` prints the README's markdown table from that fil
     python benchmarks/demo_seeds.py --table
     python benchmarks/demo_seeds.py --stage1-steps 2 --stage2-steps 2   # a pipeline check, not results
 
+``--ablation`` trains the demo with and without the added voices and augmentation (arms
+``full``: ``--extra-voices --augment``; ``plain``: the demo as shipped, the earlier recipe;
+``--arms`` adds ``voices`` = ``--extra-voices`` and ``augment`` = ``--augment``), one run
+directory per arm and seed under ``runs/demo-ablation``, and writes
+``benchmarks/results/demo-ablation.json``: in-distribution, held-out-engine and
+held-out-image-source R@1 per arm, median and range over the seeds. ``--plain-from DIR`` takes the
+plain arm's models from finished demos of the earlier recipe in ``DIR/seed-N`` (e.g. the seeds of
+``demo-seeds.json``) and only evaluates them on the held-out sets.
+
+    python benchmarks/demo_seeds.py --ablation --seeds 0 1 2 [--plain-from runs/demo-seeds] [--reuse]
+    python benchmarks/demo_seeds.py --ablation --table
+
 With ``--stage1-steps`` / ``--stage2-steps`` the run is a quick check and goes to
 ``demo-seeds-quick.json`` unless ``--out`` says otherwise. Each seed's run directory stays in the
 scratch folder (the final model, metrics, plot and logs; about 40 MB); a seed whose demo finished
@@ -30,24 +42,38 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_model import machine_facts  # noqa: E402  (the house helper; imports torch lazily)
+from _bench import machine_facts  # noqa: E402  (the house helper; imports torch lazily)
 
 PAIRS = ["image->text", "text->image", "audio->text", "text->audio", "audio->image", "image->audio"]
 RESULTS = HERE / "results"
 
 
-def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool) -> dict:
-    """The demo's metrics.json for ``seed`` (run now, or a finished run with the same settings)."""
+#: the ablation's arms: the demo's flags for each
+ARMS = {"full": ["--extra-voices", "--augment"], "plain": [], "voices": ["--extra-voices"], "augment": ["--augment"]}
+#: the ablation's figures: (section of metrics.json, pair)
+ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout_source")
+                 for pair in ("audio->text", "audio->image", "image->text") if (sec, pair) != ("heldout_engine", "image->text")
+                 and (sec, pair) != ("heldout_source", "audio->text")]
+
+
+def _flags_settings(flags: list[str]) -> dict[str, bool]:
+    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags}
+
+
+def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, flags: list[str] | None = None) -> dict:
+    """The demo's metrics.json for ``seed`` (run now, or a finished run with the same settings);
+    ``flags``: more options of ``onepeace demo`` (the ablation's arms)."""
+    flags = flags or []
     state, metrics = out / "demo.json", out / "metrics.json"
     if reuse and state.exists() and metrics.exists():
         s = json.loads(state.read_text())
         m = json.loads(metrics.read_text())
-        want = {k: v for k, v in steps.items() if v is not None}
-        if s.get("finished") and s["settings"]["seed"] == seed and all(s["settings"][k] == v for k, v in want.items()):
+        want = {**{k: v for k, v in steps.items() if v is not None}, **_flags_settings(flags)}
+        if s.get("finished") and s["settings"]["seed"] == seed and all(s["settings"].get(k) == v for k, v in want.items()):
             print(f"seed {seed}: reusing the finished demo in {out}", flush=True)
             return {**m, "seconds": None}
     # --reuse: an interrupted demo with these settings resumes; otherwise every seed starts afresh
-    cmd = [sys.executable, "-m", "onepeace.cli", "demo", "--seed", str(seed), "--out", str(out)]
+    cmd = [sys.executable, "-m", "onepeace.cli", "demo", "--seed", str(seed), "--out", str(out), *flags]
     cmd += [] if reuse else ["--force"]
     for k, v in steps.items():
         if v is not None:
@@ -93,6 +119,95 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_earlier(seed: int, run: Path, data: dict[str, str]) -> dict:
+    """A finished demo of the earlier recipe in ``run``: its in-distribution metrics, and its
+    model evaluated on the held-out sets now."""
+    from onepeace.demo import HELDOUT, _rounded, heldout_retrieval
+
+    m = json.loads((run / "metrics.json").read_text())
+    if m["train"]["seed"] != seed:
+        raise SystemExit(f"{run} holds seed {m['train']['seed']}, not {seed}")
+    print(f"seed {seed}: evaluating the earlier-recipe model {run / 'model'} on the held-out sets", flush=True)
+    held = heldout_retrieval(str(run / "model"), data)
+    m.update({k: {"data": HELDOUT[k][2], **_rounded(held[k], HELDOUT[k][1])} for k in HELDOUT})
+    m["train"].update({"extra_voices": False, "augment": False, "from": str(run)})
+    return {**m, "seconds": None}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)}
+
+
+def ablation_table(result: dict) -> str:
+    """R@1 median (min - max) per figure and arm."""
+    arms = list(result["arms"])
+    seeds = {a: sorted(result["arms"][a]["per_seed"], key=int) for a in arms}
+    head = " | ".join(f"{a} ({len(seeds[a])} seeds)" for a in arms)
+    lines = [f"| R@1 (%) | set | {head} |", "|---|---|" + "---:|" * len(arms)]
+    names = {"retrieval": "in-distribution", "heldout_engine": "held-out engine (festival)",
+             "heldout_source": "held-out image source (fonts)"}
+    for sec, pair in ABLATION_ROWS:
+        cells = []
+        for a in arms:
+            st = result["arms"][a]["summary"].get(f"{sec}/{pair}")
+            cells.append(f"{st['median']:.1f} ({st['min']:.1f} - {st['max']:.1f})" if st else "-")
+        lines.append(f"| {pair} | {names[sec]} | {' | '.join(cells)} |")
+    lines.append("\nchance 10.0; " + "; ".join(f"{a}: {' '.join(ARMS[a]) or 'the demo as shipped (the earlier recipe)'}"
+                                               for a in arms))
+    return "\n".join(lines)
+
+
+def run_ablation(args) -> None:
+    out = Path(args.out) if args.out else RESULTS / "demo-ablation.json"
+    if args.table:
+        if not out.exists():
+            raise SystemExit(f"{out} does not exist: run python benchmarks/demo_seeds.py --ablation first")
+        print(ablation_table(json.loads(out.read_text())))
+        return
+    scratch = Path(args.scratch) if args.scratch_given else ROOT / "runs" / "demo-ablation"
+    steps = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
+    t0 = time.perf_counter()
+    arms: dict[str, dict] = {}
+    if args.append and out.exists():  # keep the arms measured before (other --arms)
+        before = json.loads(out.read_text())
+        arms = {a: {**v, "flags": ARMS[a]} for a, v in before["arms"].items() if a not in args.arms}
+        args.plain_from = args.plain_from or before["settings"].get("plain_from")
+    data = None
+    for arm in args.arms:
+        per_seed = {}
+        for seed in args.seeds:
+            if arm == "plain" and args.plain_from:
+                if data is None:
+                    from onepeace.demo import build_data
+
+                    data = build_data(str(scratch / "heldout-data"), 0)
+                per_seed[str(seed)] = evaluate_earlier(seed, Path(args.plain_from) / f"seed-{seed}", data)
+            else:
+                per_seed[str(seed)] = run_seed(seed, scratch / arm / f"seed-{seed}", steps, args.reuse, ARMS[arm])
+        summary = {f"{sec}/{pair}": _stats([m[sec][pair]["R@1"] for m in per_seed.values()])
+                   for sec, pair in ABLATION_ROWS if all(sec in m for m in per_seed.values())}
+        arms[arm] = {"flags": ARMS[arm], "per_seed": per_seed, "summary": summary}
+    arms = {a: arms[a] for a in ARMS if a in arms}  # a fixed column order
+    first = next(iter(arms.values()))["per_seed"]
+    result = {
+        "schema": 1,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if any(v is not None for v in steps.values()) else "full",
+        "settings": {"seeds": args.seeds, "arms": list(arms), "plain_from": args.plain_from,
+                     "stage1_steps": next(iter(first.values()))["train"]["stage1_steps"],
+                     "stage2_steps": next(iter(first.values()))["train"]["stage2_steps"]},
+        "machine": {k: v for k, v in machine_facts().items() if k != "threads"},
+        "arms": arms,
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    from onepeace.checkpoints.format import write_text_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(str(out), json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}\n")
+    print(ablation_table(result))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -103,7 +218,18 @@ def main() -> None:
     ap.add_argument("--out", help="results file (default benchmarks/results/demo-seeds.json, "
                                   "demo-seeds-quick.json with step overrides)")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    ap.add_argument("--ablation", action="store_true",
+                    help="with and without the added voices and augmentation: benchmarks/results/demo-ablation.json")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["full", "plain"], help="with --ablation")
+    ap.add_argument("--append", action="store_true",
+                    help="with --ablation: keep the other arms already in the results file")
+    ap.add_argument("--plain-from", help="with --ablation: the plain arm's models from finished earlier-recipe "
+                                         "demos in DIR/seed-N, evaluated on the held-out sets only")
     args = ap.parse_args()
+    args.scratch_given = "--scratch" in sys.argv
+    if args.ablation:
+        run_ablation(args)
+        return
     steps = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
     quick = any(v is not None for v in steps.values())
     out = Path(args.out) if args.out else RESULTS / ("demo-seeds-quick.json" if quick else "demo-seeds.json")

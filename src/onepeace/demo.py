@@ -44,27 +44,47 @@ def recipe(name: str) -> str:
     return str(resources.files("onepeace").joinpath("configs", name))
 
 
-def build_data(root: str, seed: int = 0) -> dict[str, str]:
-    """Shards for train/test x image/audio from the bundled arrays (captions from templates).
+def _speech(splits: tuple[str, ...]):
+    from .data.demo import load_speech
+
+    waves, labels = [], []
+    for sp in splits:
+        w, lab, _ = load_speech(sp)
+        waves += w
+        labels.append(lab)
+    return waves, np.concatenate(labels)
+
+
+def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str, str]:
+    """Shards for train/test x image/audio from the bundled arrays (captions from templates),
+    and the held-out sets: ``audio-heldout`` (festival voices: an engine never trained on) and
+    ``image-heldout`` (digits rendered from handwriting-like fonts: a source never trained on).
+    ``extra_voices``: train on the added voices (more espeak-ng variants, flite) too.
 
     Each set is written whole or not at all, and its captions depend only on (seed, set), so a
     set rebuilt after an interruption is the one an uninterrupted run writes."""
-    from .data.demo import audio_captions, eval_caption, image_captions, load_digits, load_speech
+    from .data.demo import audio_captions, eval_caption, image_captions, load_digits, load_font_digits
     from .data.shards import write_shards_from_samples
     from .outputs import staged_dir
 
-    sources = {
-        "image": (lambda split: load_digits(split), image_captions),
-        "audio": (lambda split: load_speech(split)[:2], audio_captions),
+    loads = {
+        ("image", "train"): lambda: load_digits("train"),
+        ("image", "test"): lambda: load_digits("test"),
+        ("image", "heldout"): lambda: load_font_digits()[:2],
+        ("audio", "train"): lambda: _speech(("train", "extra") if extra_voices else ("train",)),
+        ("audio", "test"): lambda: _speech(("test",)),
+        ("audio", "heldout"): lambda: _speech(("heldout",)),
     }
+    captions = {"image": image_captions, "audio": audio_captions}
     out = {}
-    for split in ("train", "test"):
-        for m, (load, caption) in sources.items():
+    for split in ("train", "test", "heldout"):
+        for m, caption in captions.items():
+            load = loads[m, split]
             name = f"{m}-{split}"
             path = os.path.join(root, name)
             if not os.path.isdir(path):
                 rng = random.Random(f"onepeace-demo-captions:{seed}:{name}")
-                items, labels = load(split)
+                items, labels = load()
                 # training captions vary by template; evaluation uses one fixed prompt per digit
                 cap = (lambda lab, c=caption, r=rng: c(lab, r)) if split == "train" else (lambda lab, m=m: eval_caption(lab, m))
                 with staged_dir(path, what="demo data set") as tmp:
@@ -76,9 +96,10 @@ def build_data(root: str, seed: int = 0) -> dict[str, str]:
 
 
 def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, steps: int | None = None,
-                 progress: bool = True, init: str | None = None):
+                 progress: bool = True, init: str | None = None, augment: bool = False):
     """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
-    sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model)."""
+    sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model).
+    ``augment=False`` (the default) drops the recipes' ``[data.augment]`` options."""
     from .train.config import load_config
 
     if stage not in (1, 2):
@@ -95,6 +116,8 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"--stage{stage}-steps must be a positive number of steps, got {steps!r}")
         cfg.optim.max_steps = steps
+    if not augment:
+        cfg.data.augment = {}
     if stage == 2:
         cfg.data.eval = [data["image-test"], data["audio-test"]]
     return cfg
@@ -102,47 +125,61 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
 
 def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
              seed: int = 0, progress: bool = True, force: bool = False,
-             keep_checkpoints: bool = False) -> dict[str, Any]:
+             keep_checkpoints: bool = False, extra_voices: bool = False, augment: bool = False) -> dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns what ``metrics.json`` holds, plus ``plot``
-    and ``kept`` (the intermediate paths left, with their sizes in bytes)."""
+    and ``kept`` (the intermediate paths left, with their sizes in bytes). ``extra_voices``: train
+    stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the recipes'
+    ``[data.augment]`` options. Both are off by default: at the demo's step budget the recipes'
+    augmentation cost accuracy everywhere (benchmarks/results/demo-ablation.json)."""
     from .train.trainer import Trainer
 
     # the settings are checked against the directory before any work
     settings = {"seed": int(seed),
                 "stage1_steps": stage_config(1, out, _NO_DATA, steps=stage1_steps).optim.max_steps,
-                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps).optim.max_steps}
+                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps).optim.max_steps,
+                "extra_voices": bool(extra_voices), "augment": bool(augment)}
     state = _open_run(out, settings, force)
-    data = build_data(os.path.join(out, "data"), seed)
+    data = build_data(os.path.join(out, "data"), seed, extra_voices=extra_voices)
     if not state.get("stage1"):
-        Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress),
+        Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress, augment=augment),
                 existing="resume").fit()  # an interrupted stage continues from its last checkpoint
         state["stage1"] = True
         _save_state(out, state)
     model_dir = os.path.join(out, "model")
     if "retrieval" not in state:
-        result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress),
+        result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress, augment=augment),
                          existing="resume").fit()
         _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
         state["retrieval"] = result["retrieval"]
         _save_state(out, state)
+    if "heldout" not in state:
+        state["heldout"] = heldout_retrieval(model_dir, data)
+        _save_state(out, state)
     plot = os.path.join(out, "demo.png")
     _plot(out, model_dir, data, plot)
-    res = state["retrieval"]
-    # R@5 is absent where the gallery is smaller (e.g. a test set with fewer than 5 digits)
-    # class-level retrieval over distinct items (relevant = same digit), as the result names it
-    retrieval = {p: {**{k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]},
-                     **{k: res[p][k] for k in ("protocol", "queries", "gallery") if k in res[p]}} for p in PAIRS}
-    metrics = {"retrieval": retrieval, "model": model_dir,
+    retrieval = _rounded(state["retrieval"], PAIRS)
+    metrics = {"retrieval": retrieval,
+               **{k: {"data": HELDOUT[k][2], **_rounded(state["heldout"][k], HELDOUT[k][1])} for k in HELDOUT},
+               "model": model_dir,
                "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
-                         "stage2_steps": settings["stage2_steps"]},
+                         "stage2_steps": settings["stage2_steps"], "extra_voices": settings["extra_voices"],
+                         "augment": settings["augment"]},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     from .checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
 
-    write_model_card(model_dir, model_dir, {"retrieval on the held-out test sets (%)": retrieval}, trained_on=[
+    voices = ("espeak-ng and flite voices" if settings["extra_voices"] else "espeak-ng voices")
+    write_model_card(model_dir, model_dir, {
+        "retrieval on the held-out test sets (%)": retrieval,
+        "retrieval with a held-out TTS engine (festival) (%)": _rounded(state["heldout"]["heldout_engine"],
+                                                                       HELDOUT["heldout_engine"][1]),
+        "retrieval with a held-out image source (font digits) (%)": _rounded(state["heldout"]["heldout_source"],
+                                                                            HELDOUT["heldout_source"][1]),
+    }, trained_on=[
         "the bundled demo set (onepeace/assets/demo): stage 1 handwritten MNIST digits with template captions "
-        f"(image-text, {settings['stage1_steps']} steps), stage 2 synthetic spoken digit words with template "
-        f"captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}",
+        f"(image-text, {settings['stage1_steps']} steps), stage 2 spoken digit words from synthetic {voices} with "
+        f"template captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}"
+        + (", with the recipes' audio and image augmentation" if settings["augment"] else ", no augmentation"),
         "audio and images never meet in training: audio -> image retrieval is emergent"])
     if not keep_checkpoints:
         for rel in INTERMEDIATE:
@@ -154,6 +191,43 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
 
 
 _NO_DATA = {k: "" for k in ("image-train", "audio-train", "image-test", "audio-test")}
+
+#: the held-out evaluations: (eval sets, pairs reported, what they measure)
+HELDOUT = {
+    "heldout_engine": (("image-test", "audio-heldout"), ["audio->text", "text->audio", "audio->image", "image->audio"],
+                       "audio: festival voices (an engine and speakers never trained on); "
+                       "images: the MNIST test digits"),
+    "heldout_source": (("image-heldout", "audio-test"), ["image->text", "text->image", "image->audio", "audio->image"],
+                       "images: digits rendered from handwriting-like fonts (a source never trained on); "
+                       "audio: the unseen espeak-ng test voices"),
+}
+
+
+def _rounded(res: dict[str, dict], pairs: list[str]) -> dict[str, dict]:
+    """R@1 / chance / R@5 rounded, with protocol and counts. R@5 is absent where the gallery is
+    smaller (e.g. a test set with fewer than 5 digits); class-level retrieval over distinct items
+    (relevant = same digit), as the result names it."""
+    return {p: {**{k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]},
+                **{k: res[p][k] for k in ("protocol", "queries", "gallery") if k in res[p]}} for p in pairs}
+
+
+@torch.no_grad()
+def heldout_retrieval(model_dir: str, data: dict[str, str], batch_size: int = 128) -> dict[str, dict]:
+    """Zero-shot retrieval of the demo model in ``model_dir`` on the held-out engine and image
+    source (:data:`HELDOUT`), as the training's evaluation computes it on the test sets."""
+    from .model.onepeace import OnePeace
+    from .tasks.evaluate import all_pairs, embed_sources
+
+    model = OnePeace.from_pretrained(model_dir).eval()
+    out = {}
+    for key, (sets, pairs, _) in HELDOUT.items():
+        emb = embed_sources([data[s] for s in sets], model.config, model.embed_batch, batch_size)
+        if emb.skipped:
+            raise OutputError(f"the held-out demo sets could not be read ({', '.join(emb.skipped[:3])}); "
+                              "rerun the demo with --force")
+        res = all_pairs(emb)
+        out[key] = {p: res[p] for p in pairs}
+    return out
 
 
 def environment() -> dict[str, Any]:
@@ -180,7 +254,9 @@ def _size(path: str) -> int:
 
 
 def _describe(s: dict[str, Any]) -> str:
-    return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps"
+    extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"))
+                    if s.get(key))
+    return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps{extra}"
 
 
 def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]:
@@ -311,7 +387,7 @@ def _class_similarity(model_dir: str, data: dict[str, str]) -> np.ndarray:
         zs, ls = [], []
         for batch in make_loader(data[f"{m}-test"], model.config, 128, 0, train=False, rank=0, world_size=1):
             with torch.no_grad():
-                zs.append(model.embed_batch(m, batch[m]).float())
+                zs.append(model.embed_batch(m, batch[m], bucket=True).float())  # spoken digits vary in length
             ls.append(batch["label"])
         emb[m] = (torch.cat(zs), torch.cat(ls))
     za, la = emb["audio"]

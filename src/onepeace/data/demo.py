@@ -29,7 +29,9 @@ __all__ = [
     "eval_caption",
     "image_captions",
     "load_digits",
+    "load_font_digits",
     "load_speech",
+    "mnist_style",
 ]
 
 SAMPLE_RATE = 16000
@@ -58,6 +60,9 @@ EVAL_TEMPLATES = {
 }
 
 _SPLITS = {"train": 0, "test": 1}
+#: speech.npz split codes: the original espeak-ng train/test voices, the added training voices
+#: (more espeak-ng variants and flite), and the held-out engine (festival, never trained on)
+_SPEECH_SPLITS = {"train": 0, "test": 1, "extra": 2, "heldout": 3}
 
 
 def _asset(name: str):
@@ -73,12 +78,12 @@ def _npz(name: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _mask(split_arr: np.ndarray, split: str | None) -> np.ndarray:
+def _mask(split_arr: np.ndarray, split: str | None, codes: dict[str, int] = _SPLITS) -> np.ndarray:
     if split is None:
         return np.ones(len(split_arr), dtype=bool)
-    if split not in _SPLITS:
-        raise ValueError(f"split must be 'train', 'test' or None, not {split!r}")
-    return split_arr == _SPLITS[split]
+    if split not in codes:
+        raise ValueError(f"split must be one of {', '.join(map(repr, codes))} or None, not {split!r}")
+    return split_arr == codes[split]
 
 
 def load_digits(split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -90,18 +95,83 @@ def load_digits(split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     return z["images"][m].copy(), z["labels"][m].copy()
 
 
-def load_speech(split: str | None = None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def load_speech(split: str | None = None, *, engines: bool = False):
     """Spoken digit words: (list of float32 mono waveforms at 16 kHz in [-1, 1], labels uint8 [N],
-    voices: the voice name of each clip, e.g. ``"en-gb-scotland+m3"``, str array [N]).
+    voices: the voice name of each clip, e.g. ``"en-gb-scotland+m3"``, str array [N]), plus the
+    engine of each clip (``"espeak-ng"``, ``"flite"`` or ``"festival"``, str array [N]) when
+    ``engines``.
 
-    ``split`` is ``"train"``, ``"test"`` or ``None``; test voices never occur in training."""
+    ``split``: ``"train"`` and ``"test"`` are the original espeak-ng voices (test voices never
+    occur in training), ``"extra"`` the added training voices (more espeak-ng variants, flite),
+    ``"heldout"`` the held-out engine (festival: no engine or speaker of it is trained on);
+    ``None`` is all of them."""
     z = _npz("speech.npz")
-    m = _mask(z["split"], split)
+    m = _mask(z["split"], split, _SPEECH_SPLITS)
     audio, off = z["audio"], z["offsets"]
     idx = np.flatnonzero(m)
     waves = [audio[off[i] : off[i + 1]].astype(np.float32) / 32768.0 for i in idx]
     voices = z["voices"][z["voice"][idx]].astype(str)
-    return waves, z["labels"][idx].copy(), voices
+    if not engines:
+        return waves, z["labels"][idx].copy(), voices
+    return waves, z["labels"][idx].copy(), voices, z["engines"][z["engine"][idx]].astype(str)
+
+
+def load_font_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Digits rendered from handwriting-like fonts, framed like MNIST (:func:`mnist_style`): a
+    held-out image source, never trained on (images uint8 [N, 28, 28], labels uint8 [N], the font
+    of each image, str array [N])."""
+    z = _npz("fonts.npz")
+    return z["images"].copy(), z["labels"].copy(), z["fonts"][z["font"]].astype(str)
+
+
+def mnist_style(image, *, size: int = 28, box: int = 20) -> np.ndarray:
+    """A picture of one digit (a photo, a scan, a drawing; any size, any polarity) -> uint8
+    [size, size], white ink on black, framed the way MNIST's digits are.
+
+    The ink is found against the paper (the typical pixel is paper, ink the minority that departs
+    from it, and a smooth estimate of the paper's shading is subtracted), its contrast is
+    stretched to 0..255, faint specks are dropped, the ink's bounding box is scaled to fit
+    ``box`` x ``box`` (aspect kept) and placed with its centre of mass at the centre of the
+    canvas, as in MNIST. ``image``: a PIL image or an array [H, W] / [H, W, C]. Raises
+    ValueError when no ink stands out from the paper."""
+    from PIL import Image, ImageFilter
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    img = img.convert("L")
+    scale = 256 / max(img.size)
+    if scale < 1:  # photos: work at about 256 px, plenty for a 20 px digit
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    a = np.asarray(img, dtype=np.float32)
+    if a.mean() < np.median(a):  # ink is the minority: darker than the typical (paper) pixel
+        a = 255.0 - a  # dark ink on light paper -> light ink on dark paper
+    if min(a.shape) >= 64:  # a photo: the paper's shading, by a grey opening (strokes go, paper stays)
+        small = Image.fromarray(a.astype(np.uint8)).resize((a.shape[1] // 8, a.shape[0] // 8), Image.BOX)
+        small = small.filter(ImageFilter.MinFilter(5)).filter(ImageFilter.MaxFilter(5))  # ~1/2 of the short side
+        bg = small.resize((a.shape[1], a.shape[0]), Image.BILINEAR).filter(ImageFilter.GaussianBlur(4))
+        bg = np.asarray(bg, dtype=np.float32)
+    else:  # a small clean image (e.g. MNIST-sized): flat paper
+        bg = np.float32(np.median(a))
+    ink = np.clip(a - bg, 0, None)
+    hi = float(np.percentile(ink[ink > 0], 99)) if (ink > 0).any() else 0.0
+    if hi < 16:  # under 16 grey levels of contrast: no ink
+        raise ValueError("no digit found: nothing stands out from the background")
+    ink = np.clip(ink / hi, 0, 1)
+    ink[ink < 0.25] = 0  # paper texture, noise, faint shadows
+    ys, xs = np.nonzero(ink)
+    crop = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    h, w = crop.shape
+    f = box / max(h, w)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((nw, nh), Image.LANCZOS), dtype=np.float32)
+    canvas = np.zeros((size, size), np.float32)
+    mass = small.sum()
+    cy = (small.sum(axis=1) * np.arange(nh)).sum() / mass
+    cx = (small.sum(axis=0) * np.arange(nw)).sum() / mass
+    top = int(round(size / 2 - 0.5 - cy))
+    left = int(round(size / 2 - 0.5 - cx))
+    top, left = min(max(top, 0), size - nh), min(max(left, 0), size - nw)
+    canvas[top : top + nh, left : left + nw] = small
+    return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
 def _word(label) -> str:
