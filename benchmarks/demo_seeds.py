@@ -11,7 +11,8 @@ per retrieval pair. ``--table`` prints the README's markdown table from that fil
 
 ``--ablation`` trains the demo with and without the added voices and augmentation (arms
 ``full``: ``--extra-voices --augment``; ``plain``: the demo as shipped, the earlier recipe;
-``--arms`` adds ``voices`` = ``--extra-voices`` and ``augment`` = ``--augment``), one run
+``--arms`` adds ``voices`` = ``--extra-voices``, ``augment`` = ``--augment`` and ``robust`` =
+``--robust``: stage 2 longer with mild audio augmentation), one run
 directory per arm and seed under ``runs/demo-ablation``, and writes
 ``benchmarks/results/demo-ablation.json``: in-distribution, held-out-engine and
 held-out-image-source R@1 per arm, median and range over the seeds. ``--plain-from DIR`` takes the
@@ -49,7 +50,8 @@ RESULTS = HERE / "results"
 
 
 #: the ablation's arms: the demo's flags for each
-ARMS = {"full": ["--extra-voices", "--augment"], "plain": [], "voices": ["--extra-voices"], "augment": ["--augment"]}
+ARMS = {"full": ["--extra-voices", "--augment"], "plain": [], "voices": ["--extra-voices"], "augment": ["--augment"],
+        "robust": ["--robust"]}
 #: the ablation's figures: (section of metrics.json, pair)
 ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout_source")
                  for pair in ("audio->text", "audio->image", "image->text") if (sec, pair) != ("heldout_engine", "image->text")
@@ -57,7 +59,7 @@ ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout
 
 
 def _flags_settings(flags: list[str]) -> dict[str, bool]:
-    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags}
+    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags, "robust": "--robust" in flags}
 
 
 def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, flags: list[str] | None = None) -> dict:
@@ -69,7 +71,7 @@ def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, fl
         s = json.loads(state.read_text())
         m = json.loads(metrics.read_text())
         want = {**{k: v for k, v in steps.items() if v is not None}, **_flags_settings(flags)}
-        if s.get("finished") and s["settings"]["seed"] == seed and all(s["settings"].get(k) == v for k, v in want.items()):
+        if s.get("finished") and s["settings"]["seed"] == seed and all(s["settings"].get(k, False) == v for k, v in want.items()):
             print(f"seed {seed}: reusing the finished demo in {out}", flush=True)
             return {**m, "seconds": None}
     # --reuse: an interrupted demo with these settings resumes; otherwise every seed starts afresh
@@ -168,6 +170,7 @@ def run_ablation(args) -> None:
     steps = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
     t0 = time.perf_counter()
     arms: dict[str, dict] = {}
+    before: dict = {}
     if args.append and out.exists():  # keep the arms measured before (other --arms)
         before = json.loads(out.read_text())
         arms = {a: {**v, "flags": ARMS[a]} for a, v in before["arms"].items() if a not in args.arms}
@@ -200,6 +203,8 @@ def run_ablation(args) -> None:
         "arms": arms,
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
+    if "explored" in before:  # recipes tried by hand, not arms of this script: kept as recorded
+        result["explored"] = before["explored"]
     from onepeace.checkpoints.format import write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)

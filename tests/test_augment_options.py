@@ -209,6 +209,21 @@ def test_recipe_keys_parse_from_toml_and_overrides(tmp_path):
     assert parse_augment(load_config(recipe("demo_stage1.toml")).data.augment)["image"]
 
 
+def test_demo_robust_preset_lengthens_stage2_with_mild_audio_augmentation():
+    from onepeace.demo import _NO_DATA, ROBUST_AUDIO_AUGMENT, ROBUST_STAGE2_STEPS, stage_config
+
+    plain = [stage_config(k, "out", _NO_DATA) for k in (1, 2)]
+    robust = [stage_config(k, "out", _NO_DATA, robust=True) for k in (1, 2)]
+    assert robust[0] == plain[0] and plain[0].data.augment == {}  # stage 1 untouched
+    assert robust[1].optim.max_steps == ROBUST_STAGE2_STEPS != plain[1].optim.max_steps
+    assert plain[1].data.augment == {} and robust[1].data.augment == {"audio": ROBUST_AUDIO_AUGMENT}
+    ops = parse_augment(robust[1].data.augment)["audio"].ops
+    assert set(ops) == {"speed", "noise"} and ops["noise"][1] >= 20  # mild: faint noise only
+    assert stage_config(2, "out", _NO_DATA, robust=True, steps=7).optim.max_steps == 7  # --stage2-steps wins
+    with pytest.raises(ConfigError, match="--augment and --robust"):
+        stage_config(2, "out", _NO_DATA, robust=True, augment=True)
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"audio": {"echo": {}}}, "unknown option data.augment.audio.echo; known: speed, pitch"),
     ({"sound": {}}, "unknown data.augment.sound; known: audio, image"),

@@ -188,6 +188,8 @@ def _one_line_error(capsys, *parts):
     (["--samples", "--out", "x"], ["--out is an option of the training demo"]),
     (["--samples", "--stage2-steps", "3"], ["--stage2-steps is an option of the training demo"]),
     (["--stage1-steps", "0"], ["--stage1-steps must be a positive number of steps, got 0"]),
+    (["--samples", "--robust"], ["--robust is an option of the training demo"]),
+    (["--augment", "--robust"], ["--augment and --robust are two augmentation recipes; choose one"]),
 ])
 def test_demo_options_of_the_other_mode_are_refused(tmp_path, capsys, monkeypatch, argv, parts):
     monkeypatch.chdir(tmp_path)

@@ -381,7 +381,8 @@ def _demo_options(args: argparse.Namespace) -> None:
     samples_only = {"--preset": args.preset, "--save": args.save}
     training_only = {"--out": args.out, "--stage1-steps": args.stage1_steps, "--stage2-steps": args.stage2_steps,
                      "--keep-checkpoints": args.keep_checkpoints or None,
-                     "--extra-voices": args.extra_voices or None, "--augment": args.augment or None}
+                     "--extra-voices": args.extra_voices or None, "--augment": args.augment or None,
+                     "--robust": args.robust or None}
     if args.samples:
         given = [k for k, v in training_only.items() if v is not None]
         if given:
@@ -405,7 +406,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("spoken digits (stage 2, audio-text); audio and images never meet in training.\n")
     m = run_demo(args.out, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                  force=args.force, keep_checkpoints=args.keep_checkpoints, extra_voices=args.extra_voices,
-                 augment=args.augment)
+                 augment=args.augment, robust=args.robust)
     print("\nzero-shot retrieval on held-out digits and unseen voices (relevant = same digit)")
     print(f"{'':>14}  {'R@1':>6}  {'chance':>6}  {'x chance':>8}")
     for pair in PAIRS:
@@ -787,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--augment", action="store_true",
                    help="train with the recipes' audio and image augmentation ([data.augment]; at the demo's "
                         "step budget it costs accuracy, see the README)")
+    d.add_argument("--robust", action="store_true",
+                   help="train stage 2 longer (250 steps) with mild audio augmentation (speed, faint noise): "
+                        "better on unseen voices and the held-out TTS engine, about a minute longer")
     d.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the stages' checkpoints, models and shards (default: removed once the demo finished)")
     d.add_argument("--samples", action="store_true", help="instead: embed the bundled samples with an untrained model")

@@ -95,11 +95,19 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
     return out
 
 
+#: ``robust=True`` (``onepeace demo --robust``): stage 2 runs this many steps (instead of the
+#: recipe's 150) with this mild audio augmentation (speed +-5%, faint noise); stage 1 is unchanged.
+#: The best of the lighter recipes tried (benchmarks/results/demo-ablation.json, arm ``robust``)
+ROBUST_STAGE2_STEPS = 250
+ROBUST_AUDIO_AUGMENT = {"speed": {"p": 0.5, "factor": [0.95, 1.05]}, "noise": {"p": 0.3, "snr_db": [25, 40]}}
+
+
 def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, steps: int | None = None,
-                 progress: bool = True, init: str | None = None, augment: bool = False):
+                 progress: bool = True, init: str | None = None, augment: bool = False, robust: bool = False):
     """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
     sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model).
-    ``augment=False`` (the default) drops the recipes' ``[data.augment]`` options."""
+    ``augment=False`` (the default) drops the recipes' ``[data.augment]`` options; ``robust``
+    trains stage 2 longer with mild audio augmentation instead (``ROBUST_*``)."""
     from .train.config import load_config
 
     if stage not in (1, 2):
@@ -112,12 +120,16 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
         over += [f"data.train={json.dumps(data['audio-train'])}",
                  f"model.init={json.dumps(init or os.path.join(out, 'stage1', 'model'))}"]
     cfg = load_config(recipe(f"demo_stage{stage}.toml"), over)
+    if augment and robust:
+        raise ConfigError("--augment and --robust are two augmentation recipes; choose one")
+    if robust and stage == 2:
+        cfg.optim.max_steps = ROBUST_STAGE2_STEPS
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"--stage{stage}-steps must be a positive number of steps, got {steps!r}")
         cfg.optim.max_steps = steps
     if not augment:
-        cfg.data.augment = {}
+        cfg.data.augment = {"audio": dict(ROBUST_AUDIO_AUGMENT)} if robust and stage == 2 else {}
     if stage == 2:
         cfg.data.eval = [data["image-test"], data["audio-test"]]
     return cfg
@@ -125,29 +137,35 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
 
 def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
              seed: int = 0, progress: bool = True, force: bool = False,
-             keep_checkpoints: bool = False, extra_voices: bool = False, augment: bool = False) -> dict[str, Any]:
+             keep_checkpoints: bool = False, extra_voices: bool = False, augment: bool = False,
+             robust: bool = False) -> dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns what ``metrics.json`` holds, plus ``plot``
     and ``kept`` (the intermediate paths left, with their sizes in bytes). ``extra_voices``: train
     stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the recipes'
     ``[data.augment]`` options. Both are off by default: at the demo's step budget the recipes'
-    augmentation cost accuracy everywhere (benchmarks/results/demo-ablation.json)."""
+    augmentation cost accuracy everywhere (benchmarks/results/demo-ablation.json). ``robust``:
+    stage 2 longer, with mild audio augmentation (``stage_config``)."""
     from .train.trainer import Trainer
 
     # the settings are checked against the directory before any work
     settings = {"seed": int(seed),
                 "stage1_steps": stage_config(1, out, _NO_DATA, steps=stage1_steps).optim.max_steps,
-                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps).optim.max_steps,
-                "extra_voices": bool(extra_voices), "augment": bool(augment)}
+                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps, augment=augment,
+                                             robust=robust).optim.max_steps,
+                "extra_voices": bool(extra_voices), "augment": bool(augment),
+                **({"robust": True} if robust else {})}  # absent when off: earlier unfinished demos still resume
     state = _open_run(out, settings, force)
     data = build_data(os.path.join(out, "data"), seed, extra_voices=extra_voices)
     if not state.get("stage1"):
-        Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress, augment=augment),
+        Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress, augment=augment,
+                             robust=robust),
                 existing="resume").fit()  # an interrupted stage continues from its last checkpoint
         state["stage1"] = True
         _save_state(out, state)
     model_dir = os.path.join(out, "model")
     if "retrieval" not in state:
-        result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress, augment=augment),
+        result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress,
+                                      augment=augment, robust=robust),
                          existing="resume").fit()
         _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
         state["retrieval"] = result["retrieval"]
@@ -163,7 +181,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                "model": model_dir,
                "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
                          "stage2_steps": settings["stage2_steps"], "extra_voices": settings["extra_voices"],
-                         "augment": settings["augment"]},
+                         "augment": settings["augment"], "robust": settings.get("robust", False)},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     from .checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
@@ -179,7 +197,8 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
         "the bundled demo set (onepeace/assets/demo): stage 1 handwritten MNIST digits with template captions "
         f"(image-text, {settings['stage1_steps']} steps), stage 2 spoken digit words from synthetic {voices} with "
         f"template captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}"
-        + (", with the recipes' audio and image augmentation" if settings["augment"] else ", no augmentation"),
+        + (", with the recipes' audio and image augmentation" if settings["augment"]
+           else ", with mild audio augmentation (speed, noise)" if settings.get("robust") else ", no augmentation"),
         "audio and images never meet in training: audio -> image retrieval is emergent"])
     if not keep_checkpoints:
         for rel in INTERMEDIATE:
@@ -254,8 +273,8 @@ def _size(path: str) -> int:
 
 
 def _describe(s: dict[str, Any]) -> str:
-    extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"))
-                    if s.get(key))
+    extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"),
+                                                  ("robust", "--robust")) if s.get(key))
     return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps{extra}"
 
 
