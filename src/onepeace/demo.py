@@ -310,17 +310,18 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
     return state
 
 
-def _load_state(out: str) -> dict[str, Any] | None:
+def _load_state(out: str, name: str = STATE) -> dict[str, Any] | None:
+    """The run's settings and progress (``name`` in ``out``), or None when absent or unreadable."""
     try:
-        with open(os.path.join(out, STATE)) as f:
+        with open(os.path.join(out, name)) as f:
             state = json.load(f)
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
 
 
-def _save_state(out: str, state: dict[str, Any]) -> None:
-    write_text_atomic(os.path.join(out, STATE), json.dumps(state, indent=1))
+def _save_state(out: str, state: dict[str, Any], name: str = STATE) -> None:
+    write_text_atomic(os.path.join(out, name), json.dumps(state, indent=1))
 
 
 def _check_demo_dir(out: str) -> None:

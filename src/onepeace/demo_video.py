@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import demo
 from .checkpoints.format import write_text_atomic
 from .errors import ConfigError, InputError, OutputError
 
@@ -271,16 +272,11 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
 
 
 def _load_state(out: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(out, STATE)) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
+    return demo._load_state(out, STATE)
 
 
 def _save_state(out: str, state: dict[str, Any]) -> None:
-    write_text_atomic(os.path.join(out, STATE), json.dumps(state, indent=1))
+    demo._save_state(out, state, STATE)
 
 
 __all__ = ["PAIRS", "build_clips", "build_images", "frame_average_baseline", "moving_digit", "run_demo_video",
