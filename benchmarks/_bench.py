@@ -254,6 +254,19 @@ def op_latency_us(n_ops: int = 100) -> float:
     return r((time.perf_counter() - t0) / n_ops * 1e6, 1)
 
 
+def gflops(fn: Callable[[], Any], flop: float, warmup: int, runs: int,
+           clock: Callable[[], float] = time.perf_counter) -> dict[str, float | None]:
+    """GFLOP/s of ``fn`` (which does ``flop`` operations): median and best of ``runs`` after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = clock()
+        fn()
+        ts.append(clock() - t0)
+    return {"median_gflops": r(flop / median(ts) / 1e9, 1), "best_gflops": r(flop / min(ts) / 1e9, 1)}
+
+
 def gemm_peak(n: int = 2048, warmup: int = 3, runs: int = 10, dtypes=("fp32", "bf16"),
               linear3d: bool = True, threads: int = THREADS,
               clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
@@ -277,15 +290,7 @@ def gemm_peak(n: int = 2048, warmup: int = 3, runs: int = 10, dtypes=("fp32", "b
         if linear3d:
             fns.append(("linear3d", lambda a=a, b=b: F.linear(a[None], b)))
         for label, fn in fns:
-            for _ in range(warmup):
-                fn()
-            ts = []
-            for _ in range(runs):
-                t0 = clock()
-                fn()
-                ts.append(clock() - t0)
-            res[label] = {"median_gflops": r(flop / median(ts) / 1e9, 1),
-                          "best_gflops": r(flop / min(ts) / 1e9, 1)}
+            res[label] = gflops(fn, flop, warmup, runs, clock)
         out[name] = {"median_gflops": res["matmul"]["median_gflops"],
                      "best_gflops": res["matmul"]["best_gflops"]}
         if linear3d:

@@ -36,6 +36,7 @@ from _bench import (  # noqa: E402
     SHARED,
     build_random,
     gemm_peak,
+    gflops,
     machine_facts,
     make_batches,
     median,
@@ -71,14 +72,7 @@ def int8_gemm_peak(n: int, runs: int, clock) -> dict:
     out = {}
     for label, fn in (("linear_dynamic", lambda: lin(x)), ("int_mm", lambda: torch._int_mm(a, b))):
         try:
-            for _ in range(2):
-                fn()
-            ts = []
-            for _ in range(runs):
-                t0 = clock()
-                fn()
-                ts.append(clock() - t0)
-            out[label] = {"median_gflops": r(flop / median(ts) / 1e9, 1), "best_gflops": r(flop / min(ts) / 1e9, 1)}
+            out[label] = gflops(fn, flop, 2, runs, clock)
         except RuntimeError as e:  # a build without the kernel
             out[label] = {"error": str(e).splitlines()[0]}
     return out

@@ -85,8 +85,8 @@ def _examples(name: str, model: nn.Module) -> tuple[list[Any], list[Any]]:
 def _exportable(model: nn.Module) -> Iterator[None]:
     """Swap, for the trace only, layers whose ONNX form needs a static size for the same maths
     written with static sizes: the audio conv stem's im2col ``unfold`` becomes the ``Conv1d`` it
-    stands for, and the conv positions' layer norm takes its width from the conv, not the tensor."""
-    from ..modalities.audio import ConvPositions, ConvStem
+    stands for."""
+    from ..modalities.audio import ConvStem
 
     def stem_forward(self: ConvStem, wave: torch.Tensor) -> torch.Tensor:
         x = wave.unsqueeze(1)  # B, 1, S
@@ -94,24 +94,10 @@ def _exportable(model: nn.Module) -> Iterator[None]:
             x = F.gelu(norm(conv(x).transpose(1, 2))).transpose(1, 2)
         return x.transpose(1, 2)  # B, T, C
 
-    def positions_forward(self: ConvPositions, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        keep = None if pad is None else (~pad).unsqueeze(-1).to(x.dtype)
-        for conv in self.convs:
-            if keep is not None:
-                x = x * keep
-            y = conv(x.transpose(1, 2))
-            if self.trim:
-                y = y[:, :, : -self.trim]
-            x = F.gelu(F.layer_norm(y.transpose(1, 2), (conv.out_channels,), eps=self.eps))
-        return x
-
     swapped = []
     for m in model.modules():
         if isinstance(m, ConvStem) and hasattr(m, "convs") and hasattr(m, "norms"):
             m.forward = stem_forward.__get__(m)
-            swapped.append(m)
-        elif isinstance(m, ConvPositions) and all(hasattr(m, a) for a in ("convs", "trim", "eps")):
-            m.forward = positions_forward.__get__(m)
             swapped.append(m)
     try:
         yield

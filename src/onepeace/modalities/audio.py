@@ -122,7 +122,7 @@ class ConvPositions(nn.Module):
             y = conv(x.transpose(1, 2))
             if self.trim:
                 y = y[:, :, : -self.trim]
-            x = F.gelu(F.layer_norm(y.transpose(1, 2), (y.shape[1],), eps=self.eps))
+            x = F.gelu(F.layer_norm(y.transpose(1, 2), (conv.out_channels,), eps=self.eps))
         return x
 
 
