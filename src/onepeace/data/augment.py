@@ -106,6 +106,9 @@ AUDIO_OPS: dict[str, _Op] = {
     "pitch": _Op("semitones", (-2.0, 2.0), (-12.0, 12.0), 0.3),  # phase vocoder + resampling: pitch only
     "crop": _Op("keep", (0.85, 1.0), (0.1, 1.0), 0.2),  # keep this fraction of the clip, at a random offset
     "reverb": _Op("rt60", (0.1, 0.6), (0.01, 3.0), 0.3),  # synthetic room: decaying noise impulse response
+    "lowpass": _Op("hz", (2500.0, 7000.0), (100.0, 48000.0), 0.3),  # a duller microphone or codec: cut-off frequency
+    "envelope": _Op("db", (-12.0, -3.0), (-60.0, 0.0), 0.3),  # a slowly varying gain: each 80 ms point in [db, 0]
+    "tilt": _Op("db_per_octave", (-4.0, 2.0), (-24.0, 24.0), 0.3),  # spectral slope about 1 kHz (voice, mic, room)
     "pad": _Op("seconds", (0.0, 0.8), (0.0, 10.0), 0.5),  # total silence added, split at random before/after
     "telephone": _Op("", (0.0, 0.0), (0.0, 0.0), 0.2),  # through 8 kHz and back, 300 Hz high-pass
     "noise": _Op("snr_db", (5.0, 35.0), (-20.0, 100.0), 0.5),  # white or pink noise at a random SNR
@@ -246,6 +249,36 @@ def pitch_shift(x: np.ndarray, semitones: float, sr: int) -> np.ndarray:
     return _resample(time_stretch(x, 1.0 / f), sr * f, sr)[: len(x)]
 
 
+def gain_envelope(x: np.ndarray, depth_db: float, sr: int, rng: np.random.Generator,
+                  every_s: float = 0.08) -> np.ndarray:
+    """Multiply by a smooth random gain curve: points ``every_s`` apart, each drawn in
+    [``depth_db``, 0] dB, joined by cosine steps. Consonants and vowels, onsets and endings come
+    out louder or softer against each other, as between speakers, microphones and distances."""
+    n = len(x)
+    if n < 2 or depth_db == 0:
+        return np.asarray(x, np.float32)
+    step = max(1, int(every_s * sr))
+    k = n // step + 2
+    pts = 10.0 ** (rng.uniform(depth_db, 0.0, size=k) / 20.0)
+    t = np.arange(n) / step
+    i = t.astype(int)
+    w = 0.5 - 0.5 * np.cos(np.pi * (t - i))
+    return (x * ((1 - w) * pts[i] + w * pts[i + 1])).astype(np.float32)
+
+
+def spectral_tilt(x: np.ndarray, db_per_octave: float, sr: int, pivot_hz: float = 1000.0) -> np.ndarray:
+    """Tilt the spectrum by ``db_per_octave`` about ``pivot_hz`` (zero phase; the gain is held
+    flat below 100 Hz), keeping the clip's energy: < 0 darker (less hiss and fricative), > 0 brighter."""
+    if len(x) < 2 or db_per_octave == 0:
+        return np.asarray(x, np.float32)
+    spec = np.fft.rfft(x)
+    f = np.maximum(np.fft.rfftfreq(len(x), 1.0 / sr), 100.0)
+    spec *= 10.0 ** (db_per_octave * np.log2(f / pivot_hz) / 20.0)
+    y = np.fft.irfft(spec, n=len(x))
+    e_in, e_out = float(np.sum(np.square(x, dtype=np.float64))), float(np.sum(y**2))
+    return (y * np.sqrt(e_in / e_out) if e_out > 0 else y).astype(np.float32)
+
+
 def room_impulse(rt60: float, sr: int, rng: np.random.Generator) -> np.ndarray:
     """A synthetic room impulse response: direct path, then exponentially decaying noise (60 dB in ``rt60``)."""
     n = max(2, int(rt60 * sr))
@@ -289,6 +322,13 @@ def augment_audio(x: np.ndarray, aug: Augment, rng: random.Random, sr: int = 160
         elif name == "reverb":
             y = fftconvolve(x, room_impulse(v, sr, nrng))[: len(x) + int(v * sr / 2)]
             x = (y * (np.abs(x).max() / (np.abs(y).max() + 1e-9))).astype(np.float32)
+        elif name == "lowpass":
+            if v < sr / 2:
+                x = sosfilt(butter(4, v, "lowpass", fs=sr, output="sos"), x).astype(np.float32)
+        elif name == "envelope":
+            x = gain_envelope(x, v, sr, nrng)
+        elif name == "tilt":
+            x = spectral_tilt(x, v, sr)
         elif name == "pad":
             power = float(np.mean(x**2)) if power is None else power  # noise SNR: of the speech, not the silence
             total = int(v * sr)
