@@ -89,10 +89,10 @@ screenshot: install
 demo-seeds: install
 	$(BIN)/python benchmarks/demo_seeds.py
 
-# the demo with and without the added voices and augmentation, seeds 0..2 (about 6x the demo's time):
-# benchmarks/results/demo-ablation.json
+# the demo as shipped, --plain and --extra-voices --augment --plain, seeds 0..2 (about 8x the demo's
+# time; the default arm reuses `make demo-seeds` when it ran first): benchmarks/results/demo-ablation.json
 demo-ablation: install
-	$(BIN)/python benchmarks/demo_seeds.py --ablation --seeds 0 1 2
+	$(BIN)/python benchmarks/demo_seeds.py --ablation --seeds 0 1 2 --default-from runs/demo-seeds
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

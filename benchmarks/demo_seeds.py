@@ -10,16 +10,17 @@ per retrieval pair. ``--table`` prints the README's markdown table from that fil
     python benchmarks/demo_seeds.py --stage1-steps 2 --stage2-steps 2   # a pipeline check, not results
 
 ``--ablation`` trains the demo with and without the added voices and augmentation (arms
-``full``: ``--extra-voices --augment``; ``plain``: the demo as shipped, the earlier recipe;
-``--arms`` adds ``voices`` = ``--extra-voices``, ``augment`` = ``--augment`` and ``robust`` =
-``--robust``: stage 2 longer with mild audio augmentation), one run
-directory per arm and seed under ``runs/demo-ablation``, and writes
-``benchmarks/results/demo-ablation.json``: in-distribution, held-out-engine and
-held-out-image-source R@1 per arm, median and range over the seeds. ``--plain-from DIR`` takes the
-plain arm's models from finished demos of the earlier recipe in ``DIR/seed-N`` (e.g. the seeds of
-``demo-seeds.json``) and only evaluates them on the held-out sets.
+``default``: the demo as shipped; ``plain``: ``--plain``, the earlier recipe, stage 2 for 150
+steps without augmentation; ``full``: ``--extra-voices --augment --plain``, the added voices and
+the heavy augmentation at the earlier step counts; ``--arms`` adds ``voices`` = ``--extra-voices
+--plain`` and ``augment`` = ``--augment --plain``), one run directory per arm and seed under
+``runs/demo-ablation``, and writes ``benchmarks/results/demo-ablation.json``: in-distribution,
+held-out-engine and held-out-image-source R@1 per arm, median and range over the seeds.
+``--plain-from DIR`` takes the plain arm's models from finished demos of the earlier recipe in
+``DIR/seed-N`` and only evaluates them on the held-out sets; ``--default-from DIR`` takes the
+default arm from finished demos in ``DIR/seed-N`` (e.g. the seeds of ``demo-seeds.json``).
 
-    python benchmarks/demo_seeds.py --ablation --seeds 0 1 2 [--plain-from runs/demo-seeds] [--reuse]
+    python benchmarks/demo_seeds.py --ablation --seeds 0 1 2 [--default-from runs/demo-seeds] [--reuse]
     python benchmarks/demo_seeds.py --ablation --table
 
 With ``--stage1-steps`` / ``--stage2-steps`` the run is a quick check and goes to
@@ -50,8 +51,8 @@ RESULTS = HERE / "results"
 
 
 #: the ablation's arms: the demo's flags for each
-ARMS = {"full": ["--extra-voices", "--augment"], "plain": [], "voices": ["--extra-voices"], "augment": ["--augment"],
-        "robust": ["--robust"]}
+ARMS = {"default": [], "plain": ["--plain"], "full": ["--extra-voices", "--augment", "--plain"],
+        "voices": ["--extra-voices", "--plain"], "augment": ["--augment", "--plain"]}
 #: the ablation's figures: (section of metrics.json, pair)
 ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout_source")
                  for pair in ("audio->text", "audio->image", "image->text") if (sec, pair) != ("heldout_engine", "image->text")
@@ -59,7 +60,7 @@ ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout
 
 
 def _flags_settings(flags: list[str]) -> dict[str, bool]:
-    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags, "robust": "--robust" in flags}
+    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags, "plain": "--plain" in flags}
 
 
 def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, flags: list[str] | None = None) -> dict:
@@ -93,12 +94,15 @@ def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, fl
     return m
 
 
-def summarise(per_seed: dict[str, dict]) -> dict[str, dict]:
-    """Median / min / max of every metric per pair, over the seeds."""
+def summarise(per_seed: dict[str, dict], section: str = "retrieval") -> dict[str, dict]:
+    """Median / min / max of every figure per pair of ``section`` (of metrics.json), over the seeds."""
     out = {}
-    for pair in PAIRS:
-        rows = [m["retrieval"][pair] for m in per_seed.values()]
-        keys = [k for k in rows[0] if all(k in r for r in rows)]
+    first = next(iter(per_seed.values()))
+    for pair in (PAIRS if section == "retrieval" else list(first.get(section, {}))):
+        rows = [m[section][pair] for m in per_seed.values()]
+        if not all(isinstance(r, dict) for r in rows):
+            continue
+        keys = [k for k in rows[0] if all(isinstance(r.get(k), (int, float)) for r in rows)]
         out[pair] = {k: {"median": round(statistics.median(r[k] for r in rows), 2),
                          "min": min(r[k] for r in rows), "max": max(r[k] for r in rows)} for k in keys}
     return out
@@ -154,8 +158,7 @@ def ablation_table(result: dict) -> str:
             st = result["arms"][a]["summary"].get(f"{sec}/{pair}")
             cells.append(f"{st['median']:.1f} ({st['min']:.1f} - {st['max']:.1f})" if st else "-")
         lines.append(f"| {pair} | {names[sec]} | {' | '.join(cells)} |")
-    lines.append("\nchance 10.0; " + "; ".join(f"{a}: {' '.join(ARMS[a]) or 'the demo as shipped (the earlier recipe)'}"
-                                               for a in arms))
+    lines.append("\nchance 10.0; " + "; ".join(f"{a}: {' '.join(ARMS[a]) or 'the demo as shipped'}" for a in arms))
     return "\n".join(lines)
 
 
@@ -173,13 +176,15 @@ def run_ablation(args) -> None:
     before: dict = {}
     if args.append and out.exists():  # keep the arms measured before (other --arms)
         before = json.loads(out.read_text())
-        arms = {a: {**v, "flags": ARMS[a]} for a, v in before["arms"].items() if a not in args.arms}
+        arms = {a: {**v, "flags": ARMS.get(a, v.get("flags"))} for a, v in before["arms"].items() if a not in args.arms}
         args.plain_from = args.plain_from or before["settings"].get("plain_from")
     data = None
     for arm in args.arms:
         per_seed = {}
         for seed in args.seeds:
-            if arm == "plain" and args.plain_from:
+            if arm == "default" and args.default_from:
+                per_seed[str(seed)] = run_seed(seed, Path(args.default_from) / f"seed-{seed}", steps, True, ARMS[arm])
+            elif arm == "plain" and args.plain_from:
                 if data is None:
                     from onepeace.demo import build_data
 
@@ -197,6 +202,7 @@ def run_ablation(args) -> None:
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if any(v is not None for v in steps.values()) else "full",
         "settings": {"seeds": args.seeds, "arms": list(arms), "plain_from": args.plain_from,
+                     "default_from": args.default_from,
                      "stage1_steps": next(iter(first.values()))["train"]["stage1_steps"],
                      "stage2_steps": next(iter(first.values()))["train"]["stage2_steps"]},
         "machine": {k: v for k, v in machine_facts().items() if k != "threads"},
@@ -225,11 +231,13 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
     ap.add_argument("--ablation", action="store_true",
                     help="with and without the added voices and augmentation: benchmarks/results/demo-ablation.json")
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["full", "plain"], help="with --ablation")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["default", "plain", "full"], help="with --ablation")
     ap.add_argument("--append", action="store_true",
                     help="with --ablation: keep the other arms already in the results file")
     ap.add_argument("--plain-from", help="with --ablation: the plain arm's models from finished earlier-recipe "
                                          "demos in DIR/seed-N, evaluated on the held-out sets only")
+    ap.add_argument("--default-from", help="with --ablation: the default arm from finished demos in DIR/seed-N "
+                                           "(e.g. those of demo-seeds.json), reused as they are")
     args = ap.parse_args()
     args.scratch_given = "--scratch" in sys.argv
     if args.ablation:
@@ -260,6 +268,8 @@ def main() -> None:
         "same_environment_for_all_seeds": len(envs) == 1,
         "per_seed": per_seed,
         "summary": summarise(per_seed),
+        **{f"summary_{sec}": summarise(per_seed, sec) for sec in ("heldout_engine", "heldout_source")
+           if all(sec in m for m in per_seed.values())},
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
     from onepeace.checkpoints.format import write_text_atomic

@@ -138,6 +138,39 @@ def test_telephone_removes_the_band_above_4khz():
     assert abs(_band_db(y, 900, 1100) - _band_db(x, 900, 1100)) < 1.0
 
 
+def test_lowpass_cuts_above_the_drawn_frequency():
+    x = _tone(500.0, seconds=0.5) + _tone(6000.0, seconds=0.5)
+    y = _only("audio", "lowpass", 2000.0, 3000.0)(x, random.Random(0))
+    assert len(y) == len(x)
+    assert _band_db(y, 5500, 6500) < _band_db(x, 5500, 6500) - 30  # 4th order: >= 24 dB/octave above the cut-off
+    assert abs(_band_db(y, 400, 600) - _band_db(x, 400, 600)) < 1.0
+    # a cut-off at or above Nyquist leaves the clip as it was
+    assert np.array_equal(_only("audio", "lowpass", 9000.0, 12000.0)(x, random.Random(0)), x)
+
+
+def test_envelope_varies_the_gain_smoothly_within_the_depth():
+    x = np.full(SR, 0.5, np.float32)  # 1 s of a constant: the output is the gain curve itself
+    y = _only("audio", "envelope", -12.0, -12.0)(x, random.Random(3))
+    gain_db = 20 * np.log10(y / 0.5)
+    assert len(y) == len(x)
+    assert gain_db.max() <= 1e-4 and gain_db.min() >= -12.0 - 1e-4
+    assert gain_db.max() - gain_db.min() > 3.0  # it does vary ...
+    # ... smoothly: cosine steps between gains in [g_min, 1], 80 ms apart, move at most this many dB per sample
+    g_min, step = 10 ** (-12.0 / 20), 0.08 * SR
+    assert np.abs(np.diff(gain_db)).max() <= 20 / np.log(10) * (1 - g_min) * (np.pi / 2) / step / g_min + 1e-6
+
+
+@pytest.mark.parametrize("slope", [-6.0, 3.0])
+def test_tilt_slopes_the_spectrum_about_1khz_and_keeps_the_energy(slope):
+    x = _tone(250.0, seconds=0.5) + _tone(1000.0, seconds=0.5) + _tone(4000.0, seconds=0.5)
+    y = _only("audio", "tilt", slope, slope)(x, random.Random(0))
+    assert len(y) == len(x)
+    # two octaves either side of the pivot: the 250 Hz and 4 kHz tones move apart by 4 octaves x slope
+    spread = (_band_db(y, 3900, 4100) - _band_db(y, 240, 260)) - (_band_db(x, 3900, 4100) - _band_db(x, 240, 260))
+    assert abs(spread - 4 * slope) < 0.5
+    assert math.isclose(float(np.sum(y.astype(np.float64) ** 2)), float(np.sum(x.astype(np.float64) ** 2)), rel_tol=1e-4)
+
+
 def test_noise_lands_at_an_snr_in_the_range():
     x = _tone(seconds=0.5)
     for seed in range(5):
@@ -204,24 +237,32 @@ def test_recipe_keys_parse_from_toml_and_overrides(tmp_path):
     aug = parse_augment(cfg.data.augment)
     assert aug["audio"].ops == {"telephone": (0.2, 0.0, 0.0), "noise": (0.5, 5.0, 30.0), "gain": (1.0, -6.0, 0.0)}
     assert aug["image"].ops == {"rotate": (IMAGE_OPS["rotate"].p, -10.0, 10.0)}
-    from onepeace.demo import recipe  # the demo's recipes use the options
+    from onepeace.demo import recipe  # the demo's stage-2 recipe uses the options; stage 1 has none
     assert parse_augment(load_config(recipe("demo_stage2.toml")).data.augment)["audio"]
-    assert parse_augment(load_config(recipe("demo_stage1.toml")).data.augment)["image"]
+    assert load_config(recipe("demo_stage1.toml")).data.augment == {}
 
 
-def test_demo_robust_preset_lengthens_stage2_with_mild_audio_augmentation():
-    from onepeace.demo import _NO_DATA, ROBUST_AUDIO_AUGMENT, ROBUST_STAGE2_STEPS, stage_config
+def test_demo_recipes_default_plain_and_heavy():
+    from onepeace.demo import _NO_DATA, HEAVY_AUGMENT, PLAIN_STAGE2_STEPS, stage_config
 
-    plain = [stage_config(k, "out", _NO_DATA) for k in (1, 2)]
-    robust = [stage_config(k, "out", _NO_DATA, robust=True) for k in (1, 2)]
-    assert robust[0] == plain[0] and plain[0].data.augment == {}  # stage 1 untouched
-    assert robust[1].optim.max_steps == ROBUST_STAGE2_STEPS != plain[1].optim.max_steps
-    assert plain[1].data.augment == {} and robust[1].data.augment == {"audio": ROBUST_AUDIO_AUGMENT}
-    ops = parse_augment(robust[1].data.augment)["audio"].ops
-    assert set(ops) == {"speed", "noise"} and ops["noise"][1] >= 20  # mild: faint noise only
-    assert stage_config(2, "out", _NO_DATA, robust=True, steps=7).optim.max_steps == 7  # --stage2-steps wins
-    with pytest.raises(ConfigError, match="--augment and --robust"):
-        stage_config(2, "out", _NO_DATA, robust=True, augment=True)
+    default = [stage_config(k, "out", _NO_DATA) for k in (1, 2)]
+    plain = [stage_config(k, "out", _NO_DATA, plain=True) for k in (1, 2)]
+    heavy = [stage_config(k, "out", _NO_DATA, augment=True) for k in (1, 2)]
+    assert plain[0] == default[0] and default[0].data.augment == {}  # stage 1: the same recipe, no augmentation
+    # the default stage 2 trains longer than the earlier (plain) recipe, with mild audio augmentation only
+    assert plain[1].optim.max_steps == PLAIN_STAGE2_STEPS < default[1].optim.max_steps
+    assert plain[1].data.augment == {}
+    ops = parse_augment(default[1].data.augment)["audio"].ops
+    assert set(default[1].data.augment) == {"audio"} and "pad" not in ops and "telephone" not in ops
+    assert ops["noise"][1] >= 20  # mild: faint noise only
+    # --augment swaps in the heavy sets (both stages), keeping each recipe's step count unless --plain
+    assert heavy[0].data.augment == {"image": HEAVY_AUGMENT["image"]} and heavy[0].optim == default[0].optim
+    assert heavy[1].data.augment == {"audio": HEAVY_AUGMENT["audio"]} and heavy[1].optim == default[1].optim
+    assert stage_config(2, "out", _NO_DATA, augment=True, plain=True).optim.max_steps == PLAIN_STAGE2_STEPS
+    heavy[1].data.augment["audio"]["speed"]["p"] = 0.0  # each config holds its own copy
+    assert HEAVY_AUGMENT["audio"]["speed"]["p"] == 0.5
+    assert all(parse_augment(h.data.augment) for h in heavy)
+    assert stage_config(2, "out", _NO_DATA, plain=True, steps=7).optim.max_steps == 7  # --stage2-steps wins
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -188,8 +188,8 @@ def _one_line_error(capsys, *parts):
     (["--samples", "--out", "x"], ["--out is an option of the training demo"]),
     (["--samples", "--stage2-steps", "3"], ["--stage2-steps is an option of the training demo"]),
     (["--stage1-steps", "0"], ["--stage1-steps must be a positive number of steps, got 0"]),
-    (["--samples", "--robust"], ["--robust is an option of the training demo"]),
-    (["--augment", "--robust"], ["--augment and --robust are two augmentation recipes; choose one"]),
+    (["--samples", "--plain"], ["--plain is an option of the training demo"]),
+    (["--plain", "--robust"], ["--robust is the default recipe and --plain the earlier one; choose one"]),
 ])
 def test_demo_options_of_the_other_mode_are_refused(tmp_path, capsys, monkeypatch, argv, parts):
     monkeypatch.chdir(tmp_path)
@@ -208,8 +208,16 @@ def test_demo_refuses_finished_and_mismatched_runs_before_any_work(tmp_path, cap
 
     other = tmp_path / "other"
     other.mkdir()
-    (other / STATE).write_text(json.dumps({"settings": {"seed": 0, "stage1_steps": 300, "stage2_steps": 150},
+    (other / STATE).write_text(json.dumps({"settings": {"seed": 0, "stage1_steps": 300, "stage2_steps": 150,
+                                                        "extra_voices": False, "augment": False, "plain": True},
                                            "stage1": True}))
     assert main(["demo", "--out", str(other), "--stage2-steps", "5"]) == 2
-    _one_line_error(capsys, "unfinished demo with seed 0, 300 + 150 steps", "rerun with those settings")
+    _one_line_error(capsys, "unfinished demo with seed 0, 300 + 150 steps, --plain", "rerun with those settings")
+    assert os.listdir(other) == [STATE]
+    # one an earlier onepeace wrote (other settings keys) cannot be resumed by any flags: --force is the way
+    (other / STATE).write_text(json.dumps({"settings": {"seed": 0, "stage1_steps": 300, "stage2_steps": 250,
+                                                        "extra_voices": False, "augment": False, "robust": True},
+                                           "stage1": True}))
+    assert main(["demo", "--out", str(other)]) == 2
+    _one_line_error(capsys, "unfinished demo from an earlier onepeace", "--robust of an earlier onepeace", "--force")
     assert os.listdir(other) == [STATE]

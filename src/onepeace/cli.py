@@ -382,7 +382,9 @@ def _demo_options(args: argparse.Namespace) -> None:
     training_only = {"--out": args.out, "--stage1-steps": args.stage1_steps, "--stage2-steps": args.stage2_steps,
                      "--keep-checkpoints": args.keep_checkpoints or None,
                      "--extra-voices": args.extra_voices or None, "--augment": args.augment or None,
-                     "--robust": args.robust or None}
+                     "--plain": args.plain or None, "--robust": args.robust or None}
+    if args.plain and args.robust:
+        raise ConfigError("--robust is the default recipe and --plain the earlier one; choose one")
     if args.samples:
         given = [k for k, v in training_only.items() if v is not None]
         if given:
@@ -406,7 +408,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("spoken digits (stage 2, audio-text); audio and images never meet in training.\n")
     m = run_demo(args.out, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                  force=args.force, keep_checkpoints=args.keep_checkpoints, extra_voices=args.extra_voices,
-                 augment=args.augment, robust=args.robust)
+                 augment=args.augment, plain=args.plain)
     print("\nzero-shot retrieval on held-out digits and unseen voices (relevant = same digit)")
     print(f"{'':>14}  {'R@1':>6}  {'chance':>6}  {'x chance':>8}")
     for pair in PAIRS:
@@ -786,11 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--extra-voices", action="store_true",
                    help="train stage 2 on the added voices too (more espeak-ng variants, flite)")
     d.add_argument("--augment", action="store_true",
-                   help="train with the recipes' audio and image augmentation ([data.augment]; at the demo's "
-                        "step budget it costs accuracy, see the README)")
+                   help="train with much heavier audio and image augmentation (onepeace.demo.HEAVY_AUGMENT; at "
+                        "the demo's step budget it costs accuracy, see the README)")
+    d.add_argument("--plain", action="store_true",
+                   help="the earlier recipe: stage 2 for 150 steps without augmentation (about a minute "
+                        "shorter, worse on unseen voices; for comparisons)")
     d.add_argument("--robust", action="store_true",
-                   help="train stage 2 longer (250 steps) with mild audio augmentation (speed, faint noise): "
-                        "better on unseen voices and the held-out TTS engine, about a minute longer")
+                   help="the default recipe (stage 2 for 250 steps with mild audio augmentation); the flag is "
+                        "kept so earlier commands still run")
     d.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the stages' checkpoints, models and shards (default: removed once the demo finished)")
     d.add_argument("--samples", action="store_true", help="instead: embed the bundled samples with an untrained model")

@@ -95,19 +95,33 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
     return out
 
 
-#: ``robust=True`` (``onepeace demo --robust``): stage 2 runs this many steps (instead of the
-#: recipe's 150) with this mild audio augmentation (speed +-5%, faint noise); stage 1 is unchanged.
-#: The best of the lighter recipes tried (benchmarks/results/demo-ablation.json, arm ``robust``)
-ROBUST_STAGE2_STEPS = 250
-ROBUST_AUDIO_AUGMENT = {"speed": {"p": 0.5, "factor": [0.95, 1.05]}, "noise": {"p": 0.3, "snr_db": [25, 40]}}
+#: ``plain=True`` (``onepeace demo --plain``): the earlier recipe, stage 2 for this many steps
+#: (the recipe's default is 250) and no augmentation; kept for comparisons (the ablation's ``plain`` arm)
+PLAIN_STAGE2_STEPS = 150
+#: ``augment=True`` (``onepeace demo --augment``): much heavier augmentation in place of the recipes'
+#: own (stage 1: images, stage 2: audio). At the demo's step budget it costs accuracy everywhere
+#: (benchmarks/results/demo-ablation.json, arm ``full``); an example of every option for longer runs.
+HEAVY_AUGMENT = {
+    "image": {  # digits as people write and photograph them: other sizes, places, slants, pens and lighting
+        "stroke": {"p": 0.3, "width": [-1, 1]}, "scale": {"p": 0.5, "factor": [0.6, 1.1]},
+        "rotate": {"p": 0.4, "degrees": [-15, 15]}, "shift": {"p": 0.5, "fraction": [-0.12, 0.12]},
+        "lowres": {"p": 0.15, "factor": [0.4, 0.7]}, "blur": {"p": 0.15, "radius": [0.3, 1.0]},
+        "contrast": {"p": 0.2, "factor": [0.5, 1.0]}, "invert": {"p": 0.1}},
+    "audio": {  # other tempi and voices, rooms, phone lines, noise, the word somewhere in a longer recording
+        "speed": {"p": 0.5, "factor": [0.85, 1.15]}, "pitch": {"p": 0.3, "semitones": [-2, 2]},
+        "crop": {"p": 0.1, "keep": [0.9, 1.0]}, "reverb": {"p": 0.25, "rt60": [0.1, 0.5]},
+        "pad": {"p": 0.6, "seconds": [0.1, 1.0]}, "telephone": {"p": 0.15},
+        "noise": {"p": 0.4, "snr_db": [10, 35]}, "gain": {"p": 0.3, "db": [-12, 6]}},
+}
 
 
 def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, steps: int | None = None,
-                 progress: bool = True, init: str | None = None, augment: bool = False, robust: bool = False):
+                 progress: bool = True, init: str | None = None, augment: bool = False, plain: bool = False):
     """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
     sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model).
-    ``augment=False`` (the default) drops the recipes' ``[data.augment]`` options; ``robust``
-    trains stage 2 longer with mild audio augmentation instead (``ROBUST_*``)."""
+    The recipes' own settings by default (stage 2: 250 steps, mild audio augmentation); ``plain``:
+    stage 2 as the earlier recipe (:data:`PLAIN_STAGE2_STEPS`, no augmentation); ``augment``:
+    :data:`HEAVY_AUGMENT` in place of the recipes' augmentation (with ``plain``: at its step count)."""
     from .train.config import load_config
 
     if stage not in (1, 2):
@@ -120,16 +134,16 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
         over += [f"data.train={json.dumps(data['audio-train'])}",
                  f"model.init={json.dumps(init or os.path.join(out, 'stage1', 'model'))}"]
     cfg = load_config(recipe(f"demo_stage{stage}.toml"), over)
-    if augment and robust:
-        raise ConfigError("--augment and --robust are two augmentation recipes; choose one")
-    if robust and stage == 2:
-        cfg.optim.max_steps = ROBUST_STAGE2_STEPS
+    if plain and stage == 2:
+        cfg.optim.max_steps = PLAIN_STAGE2_STEPS
+        cfg.data.augment = {}
+    if augment:
+        m = "image" if stage == 1 else "audio"
+        cfg.data.augment = {m: json.loads(json.dumps(HEAVY_AUGMENT[m]))}  # a copy: configs are edited in place
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"--stage{stage}-steps must be a positive number of steps, got {steps!r}")
         cfg.optim.max_steps = steps
-    if not augment:
-        cfg.data.augment = {"audio": dict(ROBUST_AUDIO_AUGMENT)} if robust and stage == 2 else {}
     if stage == 2:
         cfg.data.eval = [data["image-test"], data["audio-test"]]
     return cfg
@@ -138,34 +152,32 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
 def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
              seed: int = 0, progress: bool = True, force: bool = False,
              keep_checkpoints: bool = False, extra_voices: bool = False, augment: bool = False,
-             robust: bool = False) -> dict[str, Any]:
+             plain: bool = False) -> dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns what ``metrics.json`` holds, plus ``plot``
     and ``kept`` (the intermediate paths left, with their sizes in bytes). ``extra_voices``: train
-    stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the recipes'
-    ``[data.augment]`` options. Both are off by default: at the demo's step budget the recipes'
-    augmentation cost accuracy everywhere (benchmarks/results/demo-ablation.json). ``robust``:
-    stage 2 longer, with mild audio augmentation (``stage_config``)."""
+    stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the much heavier
+    :data:`HEAVY_AUGMENT`; ``plain``: the earlier recipe (stage 2 shorter, no augmentation). All
+    are off by default (benchmarks/results/demo-ablation.json measures each; see ``stage_config``)."""
     from .train.trainer import Trainer
 
     # the settings are checked against the directory before any work
-    settings = {"seed": int(seed),
-                "stage1_steps": stage_config(1, out, _NO_DATA, steps=stage1_steps).optim.max_steps,
-                "stage2_steps": stage_config(2, out, _NO_DATA, steps=stage2_steps, augment=augment,
-                                             robust=robust).optim.max_steps,
-                "extra_voices": bool(extra_voices), "augment": bool(augment),
-                **({"robust": True} if robust else {})}  # absent when off: earlier unfinished demos still resume
+    recipe_cfgs = [stage_config(k, out, _NO_DATA, steps=n, augment=augment, plain=plain)
+                   for k, n in ((1, stage1_steps), (2, stage2_steps))]
+    settings = {"seed": int(seed), "stage1_steps": recipe_cfgs[0].optim.max_steps,
+                "stage2_steps": recipe_cfgs[1].optim.max_steps,
+                "extra_voices": bool(extra_voices), "augment": bool(augment), "plain": bool(plain)}
     state = _open_run(out, settings, force)
     data = build_data(os.path.join(out, "data"), seed, extra_voices=extra_voices)
     if not state.get("stage1"):
         Trainer(stage_config(1, out, data, seed=seed, steps=stage1_steps, progress=progress, augment=augment,
-                             robust=robust),
+                             plain=plain),
                 existing="resume").fit()  # an interrupted stage continues from its last checkpoint
         state["stage1"] = True
         _save_state(out, state)
     model_dir = os.path.join(out, "model")
     if "retrieval" not in state:
         result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress,
-                                      augment=augment, robust=robust),
+                                      augment=augment, plain=plain),
                          existing="resume").fit()
         _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
         state["retrieval"] = result["retrieval"]
@@ -181,7 +193,8 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                "model": model_dir,
                "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
                          "stage2_steps": settings["stage2_steps"], "extra_voices": settings["extra_voices"],
-                         "augment": settings["augment"], "robust": settings.get("robust", False)},
+                         "augment": settings["augment"], "plain": settings["plain"],
+                         "augmentation": {f"stage{k + 1}": c.data.augment for k, c in enumerate(recipe_cfgs)}},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     from .checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
@@ -197,8 +210,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
         "the bundled demo set (onepeace/assets/demo): stage 1 handwritten MNIST digits with template captions "
         f"(image-text, {settings['stage1_steps']} steps), stage 2 spoken digit words from synthetic {voices} with "
         f"template captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}"
-        + (", with the recipes' audio and image augmentation" if settings["augment"]
-           else ", with mild audio augmentation (speed, noise)" if settings.get("robust") else ", no augmentation"),
+        + _augmentation_words(recipe_cfgs),
         "audio and images never meet in training: audio -> image retrieval is emergent"])
     if not keep_checkpoints:
         for rel in INTERMEDIATE:
@@ -272,9 +284,18 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
+def _augmentation_words(cfgs) -> str:
+    """', with image augmentation (scale, shift) in stage 1 and audio augmentation (speed, noise)
+    in stage 2' -- what the model card says of the stages' [data.augment]."""
+    parts = [f"{m} augmentation ({', '.join(ops)}) in stage {k + 1}"
+             for k, c in enumerate(cfgs) for m, ops in (c.data.augment or {}).items() if ops]
+    return ", with " + " and ".join(parts) if parts else ", no augmentation"
+
+
 def _describe(s: dict[str, Any]) -> str:
     extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"),
-                                                  ("robust", "--robust")) if s.get(key))
+                                                  ("plain", "--plain"), ("robust", "--robust of an earlier onepeace"))
+                    if s.get(key))
     return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps{extra}"
 
 
@@ -299,6 +320,10 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
         if state is None or state.get("finished"):
             raise OutputError(f"--out {out} holds a finished demo (model/, metrics.json); pass --force to run it "
                               "again from scratch, or choose another --out")
+        if set(state.get("settings") or {}) != set(settings):  # written by another onepeace: cannot be resumed
+            raise OutputError(f"--out {out} holds an unfinished demo from an earlier onepeace "
+                              f"({_describe(state['settings'])}); pass --force to start over with "
+                              f"{_describe(settings)}, or choose another --out")
         raise OutputError(f"--out {out} holds an unfinished demo with {_describe(state['settings'])}; rerun with "
                           f"those settings to resume it, pass --force to start over with {_describe(settings)}, "
                           "or choose another --out")
