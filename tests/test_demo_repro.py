@@ -219,5 +219,5 @@ def test_demo_refuses_finished_and_mismatched_runs_before_any_work(tmp_path, cap
                                                         "extra_voices": False, "augment": False, "robust": True},
                                            "stage1": True}))
     assert main(["demo", "--out", str(other)]) == 2
-    _one_line_error(capsys, "unfinished demo from an earlier onepeace", "--robust of an earlier onepeace", "--force")
+    _one_line_error(capsys, "unfinished demo from an earlier onepeace (seed 0, 300 + 250 steps, --robust)", "--force")
     assert os.listdir(other) == [STATE]

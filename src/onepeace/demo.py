@@ -294,7 +294,7 @@ def _augmentation_words(cfgs) -> str:
 
 def _describe(s: dict[str, Any]) -> str:
     extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"),
-                                                  ("plain", "--plain"), ("robust", "--robust of an earlier onepeace"))
+                                                  ("plain", "--plain"), ("robust", "--robust"))
                     if s.get(key))
     return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps{extra}"
 
