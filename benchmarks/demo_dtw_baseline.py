@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _bench import machine_facts  # noqa: E402
+from _bench import machine_facts, write_json_atomic  # noqa: E402
 
 SR = 16000
 
@@ -101,13 +100,10 @@ def main() -> None:
             key = f"{name} -> {'unseen espeak-ng voices (test)' if test == 'test' else 'held-out engine (festival)'}"
             results[key] = nearest_neighbour(tr, tl, *feats[test])
             print(f"{key}: {results[key]['accuracy']:.1f}%", flush=True)
-    from onepeace.checkpoints.format import write_text_atomic
-
     out = {"schema": 1, "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "method": "1-nearest-neighbour, DTW over 12 mean-normalised MFCCs per 10 ms frame (chance 10%)",
            "machine": machine_facts(), "results": results, "seconds": round(time.perf_counter() - t0, 1)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
+    write_json_atomic(Path(args.out), out)
     print(f"wrote {args.out}")
 
 

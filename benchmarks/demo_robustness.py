@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _bench import write_json_atomic  # noqa: E402  (the house helper)
+
 RESULTS = HERE / "results"
 SR = 16000
 N_IMAGES = 300  # the first 300 test digits (30 per class)
@@ -174,10 +177,7 @@ def main() -> None:
     result = {"schema": 1, "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "test_clips": "the 150 unseen-voice espeak-ng test clips", "test_images": f"{N_IMAGES} test digits",
               "labels": {**old["labels"], **dict(zip(args.models, args.labels))}, "models": models}
-    from onepeace.checkpoints.format import write_text_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(str(out), json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"wrote {out}\n")
     print(table(result))
 

@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _bench import machine_facts  # noqa: E402  (the house helper; imports torch lazily)
+from _bench import machine_facts, write_json_atomic  # noqa: E402  (the house helpers; torch imported lazily)
 
 PAIRS = ["image->text", "text->image", "audio->text", "text->audio", "audio->image", "image->audio"]
 RESULTS = HERE / "results"
@@ -211,10 +211,7 @@ def run_ablation(args) -> None:
     }
     if "explored" in before:  # recipes tried by hand, not arms of this script: kept as recorded
         result["explored"] = before["explored"]
-    from onepeace.checkpoints.format import write_text_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(str(out), json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"wrote {out}\n")
     print(ablation_table(result))
 
@@ -272,10 +269,7 @@ def main() -> None:
            if all(sec in m for m in per_seed.values())},
         "total_seconds": round(time.perf_counter() - t0, 1),
     }
-    from onepeace.checkpoints.format import write_text_atomic
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(str(out), json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"wrote {out}\n")
     print(table(result))
 
