@@ -20,8 +20,16 @@ from .heads import ClassifyHead, LinearHead, build_head
 
 log = logging.getLogger(__name__)
 
+#: torch dtype -> the name ``OnePeace.precision`` gives it (the ``--dtype`` spelling)
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
 #: with bucketing, ``embed`` sorts up to this many batches' worth of items at a time
 SORT_WINDOW = 8
+
+
+def _unit(z: torch.Tensor) -> torch.Tensor:
+    """``z`` L2-normalised along its last axis in float32 (float64 stays float64)."""
+    return F.normalize(z if z.dtype == torch.float64 else z.float(), dim=-1)
 
 
 class OnePeace(nn.Module):
@@ -174,6 +182,15 @@ class OnePeace(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def precision(self) -> str:
+        """The precision the model computes in: ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"`` (its
+        encoder's linear layers quantised, see :mod:`onepeace.model.quant`) or ``"fp64"`` — what
+        ``dtype="auto"`` chose, once loaded. Embeddings are float32 unit vectors whatever it is."""
+        if getattr(self, "int8", False):
+            return "int8"
+        return _PRECISION_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch."))
+
+    @property
     def processor(self):
         if self._processor is None:
             from ..processing import Processor
@@ -220,14 +237,18 @@ class OnePeace(nn.Module):
     forward = encode
 
     def project(self, name: str, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Retrieval embedding from final features: proj(CLS), L2-normalised."""
+        """Retrieval embedding from final features: proj(CLS), L2-normalised.
+
+        The normalisation runs in (at least) float32 after the projection, the last low-precision
+        op: a bf16/fp16 model's rows are float32 unit vectors to float32 rounding (normalised in
+        bf16 their norms were off by up to ~4e-3). ``normalize=False`` returns the model dtype."""
         if name not in self.proj:
             raise ConfigError(
                 "this model has no embedding projections (a classification or vision-branch "
                 "checkpoint); use classify() or encode() instead"
             )
         z = self.proj[name](features[:, 0])
-        return F.normalize(z, dim=-1) if normalize else z
+        return _unit(z) if normalize else z
 
     def embed_batch(self, name: str, batch: dict[str, torch.Tensor], normalize: bool = True, *,
                     bucket: bool = False, max_tokens: int | None = None) -> torch.Tensor:
