@@ -188,6 +188,12 @@ def _query_file(path: str, modality: str) -> str:
     return path
 
 
+def _check_modality(modality: str | None, known: list[str]) -> None:
+    """``--modality`` names a modality of the model (as the server's 400 for the same request)."""
+    if modality is not None and modality not in known:
+        raise InputError(f"--modality {modality!r}: unknown modality; this model has {', '.join(known)}")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from ..cli import _runtime
     from .fingerprint import IN_MEMORY, model_fingerprint, model_name
@@ -211,11 +217,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"the index {args.db} was built with a model that was never saved; give it with --model DIR")
     if os.path.isdir(path):
         idx.check_model(model_fingerprint(path), model_name(path))  # before loading it
+        from ..checkpoints.format import load_config
+
+        _check_modality(args.modality, list(load_config(path).modalities))
     elif args.model is None and not looks_like_hub_id(path):
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
     from ..model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(path, dtype=args.dtype, device=_runtime(args))
+    _check_modality(args.modality, model.modality_names)
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
