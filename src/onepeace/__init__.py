@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import modalities  # noqa: F401  (registers the built-in modalities)
 from .config import HeadConfig, ModelConfig, get_preset, list_presets
 from .errors import CheckpointError, ConfigError, InputError, OnePeaceError
-from .factory import create_model, resolve_dtype
+from .factory import create_model, get_processor, get_tokenizer, resolve_dtype
 from .modalities import Modality, register_modality, registered_modalities
 from .model.onepeace import OnePeace
 
@@ -22,6 +22,8 @@ __all__ = [
     "OnePeaceError",
     "create_model",
     "get_preset",
+    "get_processor",
+    "get_tokenizer",
     "list_presets",
     "register_modality",
     "registered_modalities",

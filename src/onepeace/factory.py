@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -59,3 +60,48 @@ def create_model(
     if dt is not None:
         model.to(dt)
     return model.eval()
+
+
+#: the model whose processors :func:`get_processor` gives when no model is named (the official one)
+DEFAULT_PROCESSOR_MODEL = "one-peace-4b"
+
+
+def _config_of(model: Any) -> ModelConfig:
+    """The config of an ``OnePeace``, a ``ModelConfig``, a preset name, or a model directory / hub id."""
+    from .config import list_presets
+
+    if model is None:
+        return get_preset(DEFAULT_PROCESSOR_MODEL)
+    if isinstance(model, OnePeace):
+        return model.config
+    if isinstance(model, ModelConfig):
+        return model
+    if isinstance(model, str) and model in list_presets():
+        return get_preset(model)
+    if isinstance(model, (str, os.PathLike)):
+        from .checkpoints.format import load_config
+
+        return load_config(model)
+    raise ConfigError(f"model must be an OnePeace, a ModelConfig, a preset name ({', '.join(list_presets())}) or a "
+                      f"model directory / hub id, got {type(model).__name__}")
+
+
+def get_processor(modality: str | None = None, model: Any = None) -> Any:
+    """The preprocessing of ``model`` (an ``OnePeace``, a preset name, a model directory or hub id;
+    default: the official ONE-PEACE's): for one ``modality`` its processor (``proc(items)`` -> the
+    batch ``model.encode`` takes), or with ``modality=None`` all of them (``.get("image")``).
+    A loaded model's are ``model.processor``; this reads only a directory's ``config.json``."""
+    if isinstance(model, OnePeace):
+        procs = model.processor
+    else:
+        from .processing import Processor
+
+        procs = Processor(_config_of(model))
+    return procs if modality is None else procs.get(modality)
+
+
+def get_tokenizer(model: Any = None) -> Any:
+    """The text tokenizer of ``model`` (see :func:`get_processor`; default: the official 70-token
+    one): ``tok(["a dog"])["tokens"]`` (LongTensor [N, L], right-padded), ``tok.encode(text)`` (ids,
+    cut to the limit, ``</s>`` ended), ``tok.count(text)``, ``tok.decode(ids)``."""
+    return get_processor("text", model)

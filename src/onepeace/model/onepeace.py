@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -297,13 +298,14 @@ class OnePeace(nn.Module):
     @torch.inference_mode()
     def embed(
         self,
+        *positional: Any,
         text: Sequence[str] | str | None = None,
         image: Sequence[Any] | None = None,
         audio: Sequence[Any] | None = None,
-        *,
         batch_size: int = 16,
         normalize: bool = True,
         long_audio: str = "truncate",
+        long_text: str = "truncate",
         progress: bool | None = False,
         bucket: bool = True,
         max_tokens: int | None = None,
@@ -318,6 +320,15 @@ class OnePeace(nn.Module):
         windows (a last remainder of at least 1 s included) and returns their duration-weighted
         mean of L2-normalised window embeddings, renormalised. Both are batch-invariant.
 
+        ``long_text`` does the same for texts over the model's token limit (70 tokens):
+        ``"truncate"`` (the official behaviour) embeds the first 70 and warns, naming the text and
+        its token count; ``"chunk"`` embeds consecutive 70-token windows and returns their
+        token-weighted mean of L2-normalised embeddings, renormalised.
+
+        Inputs are named by modality (``embed(image=["dog.jpg"])``): a positional argument is
+        refused, and a text that is the name of an existing media file warns (it is embedded as
+        the words of its name, which is rarely what was meant).
+
         ``bucket`` (default on): variable-length inputs (text, audio) cost what their real tokens
         cost. Up to ``SORT_WINDOW * batch_size`` items at a time are sorted by length and run in
         sub-batches padded only to their own longest (short ones many at a time, long ones few), or
@@ -328,20 +339,26 @@ class OnePeace(nn.Module):
         ``bucket=False``: plain padded batches of ``batch_size`` items (the official way).
         """
         from ..processing.audio import check_long_audio
+        from ..processing.text import check_long_text
         from ..progress import progress_bar
 
+        if positional:
+            raise InputError(self._positional_message(positional))
         check_long_audio(long_audio)
+        check_long_text(long_text)
         given = {"text": text, "image": image, "audio": audio, **others}
         given = {name: [items] if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Sequence)
                  else list(items) for name, items in given.items() if items is not None}
+        if "text" in given and "text" in self.modality_names:
+            self._check_texts(given["text"], long_text)
         result = {}
         with progress_bar(progress, total=sum(map(len, given.values())), desc="embedding") as bar:
             for name, items in given.items():
                 proc = self.processor.get(name)
                 scheduled = bucket and self._schedulable(name)
-                if name == "audio" and long_audio == "chunk":
+                if (name == "audio" and long_audio == "chunk") or (name == "text" and long_text == "chunk"):
                     result[name] = self._embed_windows(proc, items, batch_size, normalize,
-                                                       scheduled, max_tokens)
+                                                       scheduled, max_tokens, name=name)
                     bar.update(len(items))
                     continue
                 rows = []
@@ -356,6 +373,49 @@ class OnePeace(nn.Module):
         if not result:
             raise InputError("nothing to embed: pass text=, image= or audio=")
         return result
+
+    # ------------------------------------------------------------------ CLIP-style API
+    def encode_media(self, modality: str, items: Sequence[Any] | Any, *, normalize: bool = True,
+                     batch_size: int = 16, **options: Any) -> torch.Tensor:
+        """Embeddings [N, D] (float32, CPU; unit rows when ``normalize``) of ``items`` of
+        ``modality``: ``model.encode_media("video", clips)``, as :meth:`embed` computes them
+        (``options`` go to it: ``long_audio=``, ``long_text=``, ``progress=``...). One item (a
+        string, a path) gives one row. ``encode_text``/``encode_image``/``encode_audio`` and
+        ``encode_<modality>`` for any other branch of the model call this."""
+        if not isinstance(modality, str) or modality not in self.modality_names:
+            raise InputError(f"this model has no {modality} branch; it has {', '.join(self.modality_names)}")
+        return self.embed(**{modality: items}, normalize=normalize, batch_size=batch_size, **options)[modality]
+
+    def encode_text(self, texts: Sequence[str] | str, *, normalize: bool = True, batch_size: int = 16,
+                    **options: Any) -> torch.Tensor:
+        """Text embeddings [N, D], float32 unit rows (see :meth:`encode_media`)."""
+        return self.encode_media("text", texts, normalize=normalize, batch_size=batch_size, **options)
+
+    def encode_image(self, images: Sequence[Any] | Any, *, normalize: bool = True, batch_size: int = 16,
+                     **options: Any) -> torch.Tensor:
+        """Image embeddings [N, D] of paths, bytes, PIL images or arrays (see :meth:`encode_media`)."""
+        return self.encode_media("image", images, normalize=normalize, batch_size=batch_size, **options)
+
+    def encode_audio(self, clips: Sequence[Any] | Any, *, normalize: bool = True, batch_size: int = 16,
+                     **options: Any) -> torch.Tensor:
+        """Audio embeddings [N, D] of paths, bytes or waveforms (see :meth:`encode_media`)."""
+        return self.encode_media("audio", clips, normalize=normalize, batch_size=batch_size, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if not name.startswith("encode_"):
+                raise
+            modality = name[len("encode_"):]
+            names = self.__dict__.get("modality_names") or []
+            if modality in names:
+                return functools.partial(self.encode_media, modality)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}: this model has no "
+                                 f"{modality} branch (it has {', '.join(names)})") from None
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *(f"encode_{m}" for m in self.__dict__.get("modality_names") or [])})
 
     def _schedulable(self, name: str) -> bool:
         """Whether ``name``'s batches may be cut by length: its processor tells lengths and its
@@ -373,12 +433,53 @@ class OnePeace(nn.Module):
             max_tokens = batch_size * max(self.processor.get(name).lengths(batch))
         return embed_scheduled(self, name, batch, normalize=normalize, max_tokens=max_tokens, on_step=on_step)
 
+    def _positional_message(self, positional: tuple) -> str:
+        first = positional[0]
+        shown = first if isinstance(first, (str, bytes, os.PathLike)) or not isinstance(first, Sequence) else \
+            (list(first)[:2] + ["..."] if len(first) > 2 else list(first))
+        example = ", ".join(f"embed({m}=[...])" for m in self.modality_names)
+        return (f"embed() takes its inputs by modality, not by position (got {str(shown)[:80]}): "
+                f"name what they are, e.g. {example}")
+
+    def _check_texts(self, texts: list[Any], long_text: str) -> None:
+        """Warn about texts that are not what they seem: the name of a media file (embedded as the
+        words of the name), or over the token limit under ``long_text="truncate"``."""
+        import warnings
+
+        from ..errors import OnePeaceWarning
+        from ..modalities import get_modality
+        from ..processing.text import shorten
+
+        exts = {e.lower(): m for m in self.modality_names if m != "text"
+                for e in getattr(get_modality(m), "file_extensions", ()) or ()}
+        for t in texts:
+            if isinstance(t, str) and len(t) < 4096 and "\n" not in t \
+                    and os.path.splitext(t)[1].lower() in exts and os.path.isfile(t):
+                m = exts[os.path.splitext(t)[1].lower()]
+                warnings.warn(f"the text {shorten(t)} is the name of an existing {m} file; it is embedded as text "
+                              f"(the words of the name). To embed the file, pass it as {m}: embed({m}=[...])",
+                              OnePeaceWarning, stacklevel=4)
+                break
+        if long_text != "truncate":
+            return
+        proc = self.processor.get("text")
+        cap = getattr(proc, "context_length", None)
+        if cap is None or not hasattr(proc, "count"):
+            return
+        long = [(t, n) for t in texts if isinstance(t, str) and len(t.encode("utf-8")) >= cap for n in [proc.count(t)] if n > cap]
+        if long:
+            t, n = long[0]
+            more = f" (and {len(long) - 1} more text{'s' * (len(long) > 2)} over the limit)" if len(long) > 1 else ""
+            warnings.warn(f"text {shorten(t)} is {n} tokens long; only its first {cap} are used (the model's "
+                          f"limit){more}. To use all of it, average {cap}-token windows: embed/zeroshot "
+                          "--long-text chunk (Python: long_text='chunk')", OnePeaceWarning, stacklevel=4)
+
     def _embed_windows(self, proc, items: list[Any], batch_size: int, normalize: bool,
-                       bucket: bool = False, max_tokens: int | None = None) -> torch.Tensor:
-        """Audio in 15 s windows: up to ``batch_size`` windows (from any clips) per forward pass
-        (with ``bucket``, up to ``SORT_WINDOW * batch_size`` windows sorted by length, see
-        :meth:`embed`), each clip's window embeddings averaged with its duration weights, then
-        renormalised."""
+                       bucket: bool = False, max_tokens: int | None = None, name: str = "audio") -> torch.Tensor:
+        """Audio in 15 s windows (texts in windows of the token limit, ``name="text"``): up to
+        ``batch_size`` windows (from any items) per forward pass (with ``bucket``, up to
+        ``SORT_WINDOW * batch_size`` windows sorted by length, see :meth:`embed`), each item's
+        window embeddings averaged with their weights (seconds, tokens), then renormalised."""
         if batch_size < 1:
             raise InputError("batch_size must be at least 1")
         if not items:
@@ -389,9 +490,9 @@ class OnePeace(nn.Module):
         def flush() -> None:
             batch = proc.collate([w for _, _, w in pending])
             if bucket:
-                z = self._embed_sorted("audio", batch, normalize, batch_size, max_tokens)
+                z = self._embed_sorted(name, batch, normalize, batch_size, max_tokens)
             else:
-                z = self.embed_batch("audio", batch, normalize)
+                z = self.embed_batch(name, batch, normalize)
             for (i, weight, _), row in zip(pending, z.float().cpu()):
                 parts[i].append((row, weight))
             pending.clear()
