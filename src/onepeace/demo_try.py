@@ -27,22 +27,62 @@ MAX_SPEECH_SECONDS = 3.0
 SAMPLE_RATE = 16000
 
 
+#: a stretch of silence (a noise floor) is measured only over at least this much of the recording
+MIN_SILENCE_S = 0.2
+#: one end alone is trusted as silence only when it is at least this long (a word has no steady
+#: stretch this long; the other end may be cut tight)
+LONG_SILENCE_S = 0.5
+#: a stretch is steady (noise, not speech) when its 10 ms levels stay within this many dB (10th..90th
+#: percentile)
+STEADY_DB = 6.0
+
+
+def _steady(db: np.ndarray) -> bool:
+    return float(np.percentile(db, 90) - np.percentile(db, 10)) <= STEADY_DB
+
+
+def _noise_floor(db: np.ndarray) -> float | None:
+    """The recording's noise level in dB, measured where it really has silence, else None.
+
+    Silence is a steady stretch at the recording's ends: its first and last ``MIN_SILENCE_S`` both
+    steady and within ``STEADY_DB`` of each other (the same room before and after the word), or one
+    end steady over ``LONG_SILENCE_S``. A quiet stretch *inside* a tightly cut word (the /s/ of
+    "six", the /n/ of "nine", a fade) lies at one end only and is shorter than that, so it is never
+    taken for the floor: a recording without silence has no floor, and is trimmed only of what lies
+    ``floor_db`` below its loudest frame. The floor returned is the louder end's 90th percentile
+    (the noise's own loud frames), so a gate just above it clears both ends."""
+    n, w, long = len(db), round(MIN_SILENCE_S * 100), round(LONG_SILENCE_S * 100)
+    ends = []
+    if n >= 2 * w:
+        a, b = db[:w], db[-w:]
+        if _steady(a) and _steady(b) and abs(float(np.median(a) - np.median(b))) <= STEADY_DB:
+            ends = [a, b]
+    if not ends and n >= 2 * long:
+        ends = [e for e in (db[:long], db[-long:]) if _steady(e)]
+    return max(float(np.percentile(e, 90)) for e in ends) if ends else None
+
+
 def trim_silence(wave: np.ndarray, sr: int = SAMPLE_RATE, *, floor_db: float = 35.0, pad_s: float = 0.015) -> np.ndarray:
-    """``wave`` without its leading and trailing silence: 10 ms frames quieter than both
-    ``floor_db`` below the loudest frame and 10 dB above the recording's noise floor (its 10th
-    percentile frame) count as silence; ``pad_s`` of context stays either side, with 5 ms fades.
-    Raises InputError when nothing stands out from the noise."""
+    """``wave`` without its leading and trailing silence, ``pad_s`` of context kept either side
+    (with 5 ms fades).
+
+    10 ms frames count as silence when they are ``floor_db`` below the loudest frame or, in a
+    recording that has real silence at its ends (see :func:`_noise_floor`), within 3 dB of that
+    noise's loud frames. A recording with no silence at its ends (a clip cut tight around the word)
+    is left whole but for frames ``floor_db`` down. Raises InputError when the recording is silent
+    or nothing in it stands 10 dB out of its noise."""
     hop = sr // 100
     n = len(wave) // hop
     if n < 3:
         raise InputError(f"the recording is too short ({len(wave) / sr * 1000:.0f} ms); say one digit")
     rms = np.sqrt((wave[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1) + 1e-12)
     db = 20 * np.log10(rms)
-    floor = np.percentile(db, 10)
-    gate = max(db.max() - floor_db, floor + 10.0)
-    loud = np.flatnonzero(db > gate)
-    if db.max() < -60 or len(loud) == 0 or db.max() - floor < 10:
+    peak = float(db.max())
+    noise = _noise_floor(db)
+    if peak < -60 or (noise is not None and peak - noise < 10):
         raise InputError("no speech found in the recording (it is silent or only noise); record one spoken digit")
+    gate = peak - floor_db if noise is None else max(peak - floor_db, noise + 3.0)
+    loud = np.flatnonzero(db > gate)
     pad = int(pad_s * sr)
     a, b = max(0, loud[0] * hop - pad), min(len(wave), (loud[-1] + 1) * hop + pad)
     out = wave[a:b].astype(np.float32).copy()
