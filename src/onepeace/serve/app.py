@@ -2,17 +2,24 @@
 
 ``create_app(model, index)`` returns a FastAPI application (``onepeace serve`` runs it with uvicorn):
 
-* ``POST /v1/embeddings`` — OpenAI's request and response. ``input`` is a string or a list of
+* ``POST /v1/embeddings`` (also ``/embeddings``) — OpenAI's request and response. ``input`` is a string or a list of
   strings; ``modality`` (``text`` by default, or ``image``, ``audio``, any branch of the model)
   says what they are: texts, or base64 / ``data:`` URIs of files, the convention of the
   OpenAI-compatible multimodal embedding servers (infinity). ``encoding_format`` float or base64;
   ``usage`` counts the text tokens the model reads (images and audio count 0).
-* ``POST /search`` — a composed query (text, image and/or audio, weights, target modality, ``k``,
-  a ``where`` filter) as JSON (files as base64 / data URIs) or multipart form data (files as
+* ``POST /search`` — a composed query (one text or several, image and/or audio, weights in the
+  order text(s), image, audio as ``onepeace search`` composes them, target modality, ``k``, a
+  ``where`` filter) as JSON (files as base64 / data URIs) or multipart form data (files as
   uploads) → ranked hits with ``score``, ``prob`` and a ``media_url``.
 * ``GET /media/{id}`` — the indexed file of an item, looked up by its id in the index (never a
   path from the request); ``?thumb=N`` gives an image at most N pixels on its longer side.
 * ``GET /health``, ``GET /v1/models``, ``GET /`` (the page; ``/static/*`` its script and style).
+
+Without an index (``create_app(model)``, ``onepeace serve --model M``) the server serves
+embeddings only: ``/search`` and ``/media`` answer 404 with a JSON error, the page says search is
+off. No answer names a path of the server's disk: the model is its directory's name (or hub id),
+the index its directory's name, a hit's file its name and ``metadata.source`` the name of the
+folder or manifest it was indexed from.
 
 Concurrent embeddings share forward passes (:mod:`.batching`). Every error is a JSON body
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status — 400 bad input, 401 a
@@ -111,7 +118,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OnePeaceError)
     async def _onepeace_error(request: Request, exc: OnePeaceError):
-        return error_response(400, str(exc))
+        redact = getattr(request.app.state, "redact", None) or (lambda m: m)
+        return error_response(400, redact(str(exc)))
 
     @app.exception_handler(ClientDisconnect)
     async def _disconnect(request: Request, exc: ClientDisconnect):
@@ -258,7 +266,7 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    text: str | None = None
+    text: str | list[str] | None = None
     image: str | None = None
     audio: str | None = None
     weights: dict[str, float] | list[float] | None = None
@@ -295,10 +303,35 @@ class _BatchedModel:
 
 
 def _served_name(model: Any) -> str:
+    """The model's name as the server knows it (a local path, a hub id or ``onepeace``)."""
     from ..search.fingerprint import IN_MEMORY, model_name
 
     name = model_name(model)
     return "onepeace" if name == IN_MEMORY else name
+
+
+def public_name(name: str) -> str:
+    """What the API calls a model or index: a local path becomes its last component (the server's
+    disk layout is not the client's business); a hub id (``org/name``) stays as it is."""
+    if not name:
+        return name
+    if os.path.isabs(name) or name.startswith(("." + os.sep, ".." + os.sep, "~")) or os.path.exists(name):
+        return os.path.basename(os.path.normpath(os.path.expanduser(name))) or name
+    return name
+
+
+def _redactor(paths: list[str]) -> Callable[[str], str]:
+    """A function replacing each of ``paths`` (absolute, longest first) in a message by its last
+    component: error messages from the library name files the client must not see."""
+    spelled = sorted({os.path.normpath(os.path.abspath(p)) for p in paths if p}, key=len, reverse=True)
+
+    def redact(message: str) -> str:
+        for p in spelled:
+            if p in message:
+                message = message.replace(p, os.path.basename(p) or "<server>")
+        return message
+
+    return redact
 
 
 # ------------------------------------------------------------------------------------- the app
@@ -329,8 +362,9 @@ def create_app(
     forward passes are slow), so that the first request is answered at full speed.
     """
     model.eval()
-    name = model_name or _served_name(model)
-    aliases = {name, os.path.basename(name.rstrip("/")), "onepeace"}
+    known = model_name or _served_name(model)
+    name = public_name(known)
+    aliases = {name, known, os.path.basename(known.rstrip("/")), "onepeace"}
     modalities = list(model.modality_names)
     dim = int(model.config.dim)
     from ..modalities import get_modality
@@ -358,6 +392,14 @@ def create_app(
     app = FastAPI(title="onepeace", version=_version(), lifespan=lifespan,
                   description="ONE-PEACE embeddings (OpenAI-compatible) and search over an index of images, audio and text")
     app.state.model, app.state.index, app.state.batcher = model, index, batcher
+    app.state.redact = _redactor([known if os.path.exists(known) else "",
+                                  str(getattr(model, "source_dir", "") or ""),
+                                  str(getattr(index, "path", "") or ""),
+                                  str(getattr(index, "model_name", "") or "")
+                                  if os.path.isabs(str(getattr(index, "model_name", "") or "")) else ""])
+
+    def precision() -> str | None:
+        return getattr(model, "precision", None)
     _install_error_handlers(app)
     app.add_middleware(_LimitsMiddleware, max_bytes=int(max_request_bytes), timeout_s=float(timeout_s))
 
@@ -372,7 +414,9 @@ def create_app(
 
     def need_index() -> Any:
         if index is None:
-            raise ServeError(404, "this server has no index; start it with `onepeace serve DB --model MODEL`")
+            raise ServeError(404, "search is off: this server has no index and serves embeddings only "
+                                  "(POST /v1/embeddings); start it with `onepeace serve DB` to search an index",
+                             code="no_index")
         return index
 
     def check_modality(modality: str, param: str) -> str:
@@ -383,6 +427,7 @@ def create_app(
 
     # ------------------------------------------------------------------------------- embeddings
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    @app.post("/embeddings", dependencies=[Depends(authorize)], include_in_schema=False)
     async def embeddings(req: EmbeddingRequest):
         if req.model is not None and req.model not in aliases:
             raise ServeError(404, f"model {req.model!r} is not served here; this server serves {name!r}",
@@ -441,7 +486,8 @@ def create_app(
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "onepeace",
-                                            "modalities": modalities, "dimensions": dim}]}
+                                            "modalities": modalities, "dimensions": dim,
+                                            "precision": precision(), "search": index is not None}]}
 
     # ----------------------------------------------------------------------------------- search
     async def parse_search(request: Request) -> tuple[SearchRequest, dict[str, bytes]]:
@@ -449,7 +495,7 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         files: dict[str, bytes] = {}
         if ctype == "multipart/form-data" or ctype == "application/x-www-form-urlencoded":
-            form = await request.form(max_files=4, max_fields=16)
+            form = await request.form(max_files=4, max_fields=32)
             fields: dict[str, Any] = {}
             for key, value in form.multi_items():
                 if key not in SearchRequest.model_fields and key not in file_modalities:
@@ -464,6 +510,8 @@ def create_app(
                         raise ServeError(400, f"{key}: the uploaded file {value.filename or ''!r} is empty", param=key)
                     files[key] = data
                     fields[key] = None
+                elif value != "" and key == "text" and "text" in fields:  # several texts, in order
+                    fields["text"] = [*([fields["text"]] if isinstance(fields["text"], str) else fields["text"]), value]
                 elif value != "":
                     fields[key] = value
             if "weights" in fields:
@@ -507,11 +555,16 @@ def create_app(
             raise ServeError(400, f"k: {req.k} is out of range; give 1 to {max_k}", param="k")
         if req.modality is not None:
             check_modality(req.modality, "modality")
-        if req.text is not None and len(req.text) > max_text_chars:
-            raise ServeError(400, f"text: {len(req.text):,} characters; at most {max_text_chars:,}", param="text")
+        texts = [req.text] if isinstance(req.text, str) else list(req.text or [])
+        if isinstance(req.text, list) and not texts:
+            raise ServeError(400, "text: the list is empty; give one text or several", param="text")
+        for i, t in enumerate(texts):
+            if len(t) > max_text_chars:
+                where = "text" if isinstance(req.text, str) else f"text[{i}]"
+                raise ServeError(400, f"{where}: {len(t):,} characters; at most {max_text_chars:,}", param="text")
         inputs: dict[str, Any] = {}
-        if req.text is not None:
-            inputs["text"] = req.text
+        if texts:
+            inputs["text"] = texts
         for key in files:
             check_modality(key, key)
 
@@ -575,7 +628,8 @@ def create_app(
         out: dict[str, Any] = {"status": "ok", "auth": api_key is not None}
         if not authorized:
             return out
-        out.update(model=name, dim=dim, modalities=modalities, file_types=file_types, index=None,
+        out.update(model=name, precision=precision(), dim=dim, modalities=modalities, file_types=file_types,
+                   index=None, search=index is not None,
                    batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                              **batcher.stats.as_dict()})
         if index is not None:
@@ -634,6 +688,7 @@ def _hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict:
             meta = json.loads(meta) if meta else {}
         except json.JSONDecodeError:
             meta = {"raw": meta}
+    meta = _public_metadata(meta) if isinstance(meta, dict) else meta
     uri = h.get("uri") or ""
     return {"id": h.get("id"), "modality": h.get("modality"), "text": h.get("text") or "",
             "name": os.path.basename(uri) if uri else "", "metadata": meta,
@@ -643,11 +698,25 @@ def _hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict:
             "thumb_url": f"/media/{h.get('id')}?thumb=256" if uri and h.get("modality") in thumbs else None}
 
 
+def _public_metadata(meta: dict) -> dict:
+    """A hit's metadata without the server's paths: ``source`` (the folder or manifest the item
+    was indexed from) and any other value that is an absolute path on this machine become their
+    last component, the name the user gave at indexing."""
+    out = {}
+    for key, value in meta.items():
+        if isinstance(value, str) and value and (key == "source" or (os.path.isabs(value) and os.path.exists(value))):
+            value = os.path.basename(os.path.normpath(value)) if os.path.isabs(value) else value
+        out[key] = value
+    return out
+
+
 def _index_summary(index: Any) -> dict:
-    """Rows per modality and the model of the index (cheap: no walk of the files on disk)."""
+    """Rows per modality, the index's name and its model (cheap: no walk of the files on disk)."""
     counts = index.modality_counts() if hasattr(index, "modality_counts") else index.info().get("modalities", {})
-    return {"rows": int(sum(counts.values())), "modalities": counts, "model": getattr(index, "model_name", ""),
-            "dim": getattr(index, "dim", None)}
+    path = getattr(index, "path", "") or ""
+    return {"name": os.path.basename(os.path.normpath(str(path))) if path else None,
+            "rows": int(sum(counts.values())), "modalities": counts,
+            "model": public_name(getattr(index, "model_name", "") or ""), "dim": getattr(index, "dim", None)}
 
 
 def _thumbnail(processor: Any, path: str, size: int) -> tuple[bytes, str] | None:

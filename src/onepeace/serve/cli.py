@@ -1,5 +1,8 @@
 """``onepeace serve DB --model MODEL``: the HTTP service (embeddings API, search API, web page).
 
+``onepeace serve --model MODEL`` (no DB) serves embeddings only: ``/v1/embeddings``, ``/health``,
+``/v1/models`` and the page, which says search is off; ``/search`` answers 404 JSON.
+
 The main CLI calls :func:`add_serve_parser` on its subparsers. Everything that can be wrong with
 the command line (no index at DB, a model that did not build it, a port in use) is one line and
 exit 2 before the server starts.
@@ -48,9 +51,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "serve", help="serve an index: OpenAI-compatible /v1/embeddings, /search and a web page (FastAPI)")
-    p.add_argument("db", metavar="DB", help="an index directory built by `onepeace index build`")
+    p.add_argument("db", metavar="DB", nargs="?", default=None,
+                   help="an index directory built by `onepeace index build` (leave it out with --model to serve "
+                        "embeddings only, without search)")
     p.add_argument("--model", help="the model that built the index: a directory or a hub id "
-                                   "(default: the one recorded in the index)")
+                                   "(default: the one recorded in the index); without DB, the model to serve")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
@@ -125,7 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             "pip install 'onepeace[serve]'") from None
     from ..cli import _runtime
 
-    if not os.path.isdir(args.db):
+    if args.db is None and not args.model:
+        raise InputError("nothing to serve: give an index (onepeace serve DB) or a model to serve embeddings only "
+                         "(onepeace serve --model MODEL)")
+    if args.db is not None and not os.path.isdir(args.db):
         raise InputError(f"no index at {args.db}: build one with `onepeace index build {args.db} --model MODEL SOURCE...`")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key == "":
@@ -133,14 +141,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     device = _runtime(args)
     sock = _bind(args.host, args.port)
     try:
-        model, index = load_served(args.db, args.model, args.dtype, device)
+        if args.db is None:
+            from ..model.onepeace import OnePeace
+
+            model, index = OnePeace.from_pretrained(args.model, dtype=args.dtype, device=device), None
+        else:
+            model, index = load_served(args.db, args.model, args.dtype, device)
         app = create_app(model, index, api_key=api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        counts = ", ".join(f"{n} {m}" for m, n in sorted(_counts(index).items()))
-        print(f"onepeace serve: http://{shown}:{port}/ — index {args.db} ({counts or 'empty'}), model "
-              f"{getattr(model, 'name_or_path', None) or args.model}; Ctrl-C stops", file=sys.stderr)
+        if index is None:
+            what = "no index: embeddings only, search is off"
+        else:
+            counts = ", ".join(f"{n} {m}" for m, n in sorted(_counts(index).items()))
+            what = f"index {args.db} ({counts or 'empty'})"
+        precision = getattr(model, "precision", None)
+        print(f"onepeace serve: http://{shown}:{port}/ — {what}, model "
+              f"{getattr(model, 'name_or_path', None) or args.model}{f' ({precision})' if precision else ''}; "
+              "Ctrl-C stops", file=sys.stderr)
         if not _is_loopback(args.host) and api_key is None:
             print(f"onepeace serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   f"this machine can use the service (set {API_KEY_ENV} or --api-key)", file=sys.stderr)

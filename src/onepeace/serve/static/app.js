@@ -35,8 +35,15 @@ async function loadInfo() {
     const idx = h.index;
     const counts = idx ? Object.entries(idx.modalities || {}).map(([m, n]) => `${n} ${m}`).join(", ") : "no index";
     const short = h.model.split("/").filter(Boolean).slice(-2).join("/");  // the full path is the tooltip
-    info.textContent = `model ${short} · ${h.dim}-d · index: ${counts || "empty"}`;
+    const precision = h.precision ? ` · ${h.precision}` : "";
+    info.textContent = `model ${short}${precision} · ${h.dim}-d · index: ${counts || "empty"}`;
     info.title = `model ${h.model}; index ${idx ? idx.rows : 0} rows`;
+    if (h.search === false) {  // `onepeace serve --model M`: embeddings only
+      info.textContent = `model ${short}${precision} · ${h.dim}-d · search is off: this server has no index ` +
+        "(it serves embeddings: POST /v1/embeddings)";
+      $("#search").disabled = true;
+      showStatus("search is off: start the server with an index (onepeace serve DB) to search", true);
+    }
     fileTypes = h.file_types || {};
     for (const m of Object.keys(fileTypes)) {
       if (!$(`#${m}-slot`)) addSlot(m);  // a slot per file modality of the model (video, ...)
