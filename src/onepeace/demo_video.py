@@ -180,6 +180,16 @@ def frame_average_baseline(model, data: dict[str, str], batch_size: int = 64) ->
     return all_pairs(emb)
 
 
+def example_clip(manifest: str) -> dict[str, Any]:
+    """The first clip of a held-out ``clips.jsonl`` with the caption of its own digit: what the CLI
+    suggests embedding next (``{"video": path, "digit": d, "text": "a video of the digit ..."}``)."""
+    with open(manifest, encoding="utf-8") as f:
+        row = json.loads(next(line for line in f if line.strip()))
+    label = int(row["label"])
+    return {"video": os.path.join(os.path.dirname(manifest), row["video"]), "digit": label,
+            "text": EVAL_TEMPLATE.format(word=_word(label))}
+
+
 def _summary(res: dict[str, dict]) -> dict[str, dict]:
     return {p: {**{k: round(res[p][k], 2) for k in ("R@1", "chance", "R@5") if k in res[p]},
                 **{k: res[p][k] for k in ("protocol", "queries", "gallery") if k in res[p]}} for p in PAIRS}
@@ -227,7 +237,7 @@ def run_demo_video(out: str = "runs/demo-video", demo_model: str = "runs/demo/mo
         _save_state(out, state)
     metrics = {"retrieval": _summary(state["retrieval"]),
                "baseline_frame_average": _summary(state["baseline"]),
-               "model": model_dir, "trained_pairs": ["video-text"],
+               "model": model_dir, "trained_pairs": ["video-text"], "example": example_clip(data["video-test"]),
                "train": {k: settings[k] for k in ("seed", "steps", "train_clips", "test_clips")},
                "video_options": VIDEO_OPTIONS, "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))

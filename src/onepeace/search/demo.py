@@ -89,6 +89,22 @@ def audio_to_image_precision(index: Any, k: int = 10) -> dict[str, float]:
             "queries": len(audio)}
 
 
+def query_clip_name() -> str:
+    """The file name (under ``index-media/audio``) of the composed query's spoken digit: the first
+    held-out clip of ``QUERY_DIGIT``, named as :func:`write_media` names it."""
+    from ..data.demo import DIGIT_WORDS, load_speech
+
+    _, labels, _ = load_speech("test")
+    i = next(i for i, lab in enumerate(labels) if int(lab) == QUERY_DIGIT)
+    return f"{DIGIT_WORDS[QUERY_DIGIT]}-{i:03d}.wav"
+
+
+def search_command(db: str, clip: str, k: int = 5) -> str:
+    """The ``onepeace search`` command the demo prints to try next (the composed query itself)."""
+    return (f"onepeace search {db} --audio {clip} --text '{QUERY_TEXT}' --weights text={QUERY_WEIGHTS[1]:g} "
+            f"audio={QUERY_WEIGHTS[0]:g} --modality image -k {k}")
+
+
 def demo_index(run_dir: str, model_dir: str, *, progress: bool | None = None, k: int = 5) -> dict[str, Any]:
     """Write the held-out media, index them into ``run_dir/index`` (an index of an earlier demo
     model is replaced: it is the demo's own), run the composed query. Returns what to print."""
@@ -105,11 +121,7 @@ def demo_index(run_dir: str, model_dir: str, *, progress: bool | None = None, k:
     model = OnePeace.from_pretrained(model_dir)
     result = build(db, model, [manifest], batch_size=64, progress=progress)
     idx = Index.open(db)
-    from ..data.demo import DIGIT_WORDS
-
-    word = DIGIT_WORDS[QUERY_DIGIT]
-    clip = os.path.join(run_dir, MEDIA, "audio", sorted(
-        f for f in os.listdir(os.path.join(run_dir, MEDIA, "audio")) if f.startswith(f"{word}-"))[0])
+    clip = os.path.join(run_dir, MEDIA, "audio", query_clip_name())
     hits = search(idx, model, text=QUERY_TEXT, audio=clip, weights={"audio": QUERY_WEIGHTS[0], "text": QUERY_WEIGHTS[1]},
                   modality="image", k=k)
     return {
@@ -117,8 +129,7 @@ def demo_index(run_dir: str, model_dir: str, *, progress: bool | None = None, k:
         "query": {"audio": clip, "text": QUERY_TEXT, "weights": {"audio": QUERY_WEIGHTS[0], "text": QUERY_WEIGHTS[1]},
                   "modality": "image", "digit": QUERY_DIGIT},
         "hits": hits, "audio_to_image": audio_to_image_precision(idx),
-        "command": (f"onepeace search {db} --audio {clip} --text '{QUERY_TEXT}' --weights text={QUERY_WEIGHTS[1]:g} "
-                    f"audio={QUERY_WEIGHTS[0]:g} --modality image -k {k}"),
+        "command": search_command(db, clip, k),
     }
 
 
