@@ -549,6 +549,31 @@ def test_demo_video_table_is_the_results_file():
         assert f"OMP_NUM_THREADS={res['environment']['threads']} " in run_line, run_line
 
 
+def test_demo_search_figures_are_the_results_file():
+    """The demo model's search figures in the prose are benchmarks/results/index.json's."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    demo = json.loads((RESULTS / "index.json").read_text())["demo"]
+    p = demo["audio_to_image"]
+    m = re.search(r"precision@1 ([\d.]+) and precision@10 ([\d.]+), against a chance of ([\d.]+)", readme)
+    assert m, "the README no longer states the demo's audio->image precision"
+    assert [float(x) for x in m.groups()] == [round(p["k=1"]["precision_at_k"], 2), round(p["k=10"]["precision_at_k"], 2),
+                                              round(p["k=10"]["chance"], 2)]
+    words = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+    labels = [h["label"] for h in demo["composed_query"]["top"]]
+    right = sum(lab == demo["composed_query"]["query"]["digit"] for lab in labels)
+    m = re.search(r"returned (\w+) sevens(?: and an? (\w+))? in its top (\d+)", readme)
+    assert m and m.group(1) == words[right] and int(m.group(3)) == len(labels), (m and m.group(0), labels)
+    dist = demo["score_distributions"]
+    for name, pair in (("spoken digit → image", "audio->image"), ("text → image", "text->image"),
+                       ("image → image", "image->image")):
+        m = re.search(re.escape(name) + r": ([−\d.]+) \(([−\d.]+)–([−\d.]+)\) against ([−\d.]+) \(([−\d.]+)–([−\d.]+)\)",
+                      readme)
+        assert m, name
+        got = [float(x.replace("−", "-")) for x in m.groups()]
+        want = [round(dist[pair][k][q], 2) for k in ("same_digit", "other_digit") for q in ("p50", "p5", "p95")]
+        assert got == want, (name, got, want)
+
+
 @runs("README.md: src/onepeace/")
 def test_source_tree_exists():
     b = block("README.md: src/onepeace/")
