@@ -233,6 +233,30 @@ def test_every_command_line_parses(b):
             parse(variant)
 
 
+def test_every_command_that_runs_a_model_takes_the_run_options():
+    """The synopsis: "every command that runs a model also takes [--device ...] [--dtype ...] [--threads N]"."""
+    import argparse
+
+    from onepeace.cli import build_parser
+
+    synopsis = block("README.md: onepeace --version").text
+    claimed = re.search(r"# every command that runs a model also takes (.*)", synopsis).group(1)
+    options = re.findall(r"\[(--[\w-]+)", claimed)
+    assert options == ["--device", "--dtype", "--threads"], claimed
+
+    def commands(parser, prefix):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in {id(sp): (n, sp) for n, sp in a.choices.items()}.values():
+                    yield from commands(sp, [*prefix, name])
+        yield prefix, parser
+
+    for prefix, sp in commands(build_parser(), []):
+        if "--model" in sp._option_string_actions and prefix != ["data", "check"]:  # data check: processors only
+            missing = [o for o in options if o not in sp._option_string_actions]
+            assert not missing, f"onepeace {' '.join(prefix)} runs a model but lacks {missing}"
+
+
 def test_the_command_parser_check_catches_drift():
     """The check above fails on an unknown flag, a bad choice and a missing required argument."""
     for bad in (["embed", "--model", "m", "--no-such-flag"], ["eval", "retrieval", "--model", "m", "--data", "d",
@@ -614,6 +638,10 @@ def test_use_it_from_python(here):
     claimed = int(re.search(r"([\d,]{9,}) parameters", b.text).group(1).replace(",", ""))
     assert sum(p.numel() for p in ns["big"].parameters()) == claimed
     assert ns["big"].device.type == "meta"
+    from onepeace.config import list_presets
+
+    presets = re.search(r"# presets: (.*)", b.text).group(1).split(", ")
+    assert sorted(presets) == sorted(list_presets())
 
 
 @runs("README.md: onepeace --version")
