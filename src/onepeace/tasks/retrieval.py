@@ -118,19 +118,27 @@ def ranked_metrics(queries: torch.Tensor, gallery: torch.Tensor, relevant: torch
 
 
 def retrieval_metrics(query: Rows, gallery: Rows, *, paired: bool = False, protocol: str = "auto",
-                      ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float | int | str]:
+                      ks: tuple[int, ...] = (1, 5, 10),
+                      pairs: Sequence[tuple[int, int]] | None = None) -> dict[str, float | int | str]:
     """Metrics of retrieving ``gallery`` items with ``query`` items, each side de-duplicated by
     item identity (see the module docstring for the protocols).
 
     ``paired``: row ``i`` of both sides is one line (a media item and its caption), so under the
     instance protocol the items of a row match each other. Unpaired sides (two media
     modalities) need labels, which define relevance under both protocols.
+
+    ``pairs``: the (query row, gallery row) pairs of lines, where not every row has a partner
+    (captions without media: a query without a match, or a distractor in the gallery); implies
+    ``paired``.
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"retrieval protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     labelled = query.labels is not None and gallery.labels is not None
-    if paired and len(query.items) != len(gallery.items):
-        raise ValueError("paired retrieval needs as many query rows as gallery rows")
+    if pairs is None and paired:
+        if len(query.items) != len(gallery.items):
+            raise ValueError("paired retrieval needs as many query rows as gallery rows")
+        pairs = [(i, i) for i in range(len(query.items))]
+    paired = pairs is not None
     if not labelled and (not paired or protocol == "class"):
         raise InputError("class-level retrieval needs a 'label' on every sample" if protocol == "class" else
                          "retrieval between two non-text modalities needs a 'label' on every sample")
@@ -140,7 +148,8 @@ def retrieval_metrics(query: Rows, gallery: Rows, *, paired: bool = False, proto
     gfirst, gindex = distinct(gallery.items)
     if paired and protocol == "instance":
         relevant = torch.zeros(len(qfirst), len(gfirst), dtype=torch.bool)
-        relevant[torch.tensor(qindex), torch.tensor(gindex)] = True
+        if pairs:
+            relevant[torch.tensor([qindex[a] for a, _ in pairs]), torch.tensor([gindex[b] for _, b in pairs])] = True
     else:
         vocab = {label: i for i, label in enumerate(sorted(set(query.labels) | set(gallery.labels)))}
         q = _label_sets(query, qindex, len(qfirst), vocab)
@@ -157,10 +166,25 @@ def retrieval_metrics(query: Rows, gallery: Rows, *, paired: bool = False, proto
 
 
 def pair_metrics(media: Rows, captions: Rows, name: str, *, protocol: str = "auto",
-                 ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float | int | str]]:
+                 ks: tuple[int, ...] = (1, 5, 10),
+                 texts: Rows | None = None) -> dict[str, dict[str, float | int | str]]:
     """``{"<name>->text": ..., "text-><name>": ...}`` for paired media and caption rows; the
-    protocol is decided once (on the media) for both directions."""
+    protocol is decided once (on the media) for both directions. ``texts``: captions without
+    media (caption-only manifest lines) joining the text side: relevant by label under the class
+    protocol; under the instance protocol, gallery distractors and queries without a match."""
     if protocol == "auto":
         protocol = infer_protocol(media) if media.labels is not None else "instance"
-    return {f"{name}->text": retrieval_metrics(media, captions, paired=True, protocol=protocol, ks=ks),
-            f"text->{name}": retrieval_metrics(captions, media, paired=True, protocol=protocol, ks=ks)}
+    if texts is None or not len(texts.items):
+        return {f"{name}->text": retrieval_metrics(media, captions, paired=True, protocol=protocol, ks=ks),
+                f"text->{name}": retrieval_metrics(captions, media, paired=True, protocol=protocol, ks=ks)}
+    if (texts.labels is None) != (captions.labels is None):
+        raise InputError(f"the {name} lines {'have' if captions.labels is not None else 'have no'} 'label' and the "
+                         f"caption-only lines {'have' if texts.labels is not None else 'have no'}: label all lines "
+                         "or none")
+    if len(captions.items) != len(media.items):
+        raise ValueError("paired retrieval needs as many caption rows as media rows")
+    joined = Rows(torch.cat([captions.emb, texts.emb.to(captions.emb.dtype)]), [*captions.items, *texts.items],
+                  None if captions.labels is None else [*captions.labels, *texts.labels], media=False)
+    pairs = [(i, i) for i in range(len(media.items))]
+    return {f"{name}->text": retrieval_metrics(media, joined, protocol=protocol, ks=ks, pairs=pairs),
+            f"text->{name}": retrieval_metrics(joined, media, protocol=protocol, ks=ks, pairs=pairs)}
