@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from importlib import resources
@@ -17,21 +18,27 @@ import torch
 from .errors import ConfigError, InputError, OnePeaceError
 
 _PYTHON_SHOWWARNING = warnings.showwarning
+_VERBOSE = False  # -v of the command this process runs
 
 
 def _npz_name(path: str) -> str:
     return path if path.endswith(".npz") else path + ".npz"
 
 
-def _check_out(path: str | None, force: bool, npz: bool = False) -> None:
-    """An --out file is checked before any work: its folder exists, and it is new unless --force."""
-    if path:
-        from .outputs import check_output_file
+def _check_out(path: str | None, force: bool, npz: bool = False) -> str | None:
+    """An --out file is checked before any work: a file name (not a folder: an existing one, or a
+    name ending in '/'), its folder exists and is not a model directory, and it is new unless
+    --force. Returns the file that will be written (``.npz`` appended where ``npz`` and missing)."""
+    if not path:
+        return None
+    from .outputs import check_output_file
 
-        check_output_file(_npz_name(path) if npz else path, force, hint="--force")
+    check_output_file(path, True)  # the name as given: a folder is an error, not a place for '.npz'
+    return check_output_file(_npz_name(path) if npz else path, force, hint="--force")
 
 
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
+def _atomic_savez(path: str, **arrays: np.ndarray) -> str:
+    """Write ``arrays`` to the .npz ``path`` (``.npz`` appended when missing) atomically; its name."""
     path = _npz_name(path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -43,6 +50,7 @@ def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return path
 
 
 #: similarity tables: a full matrix up to this many columns, else each row's best matches
@@ -243,17 +251,22 @@ def _media_flags() -> str:
 
 
 def _texts(values: list[str], files: list[str] | None = None) -> list[str]:
-    """``--text`` values, then the lines of each ``--text-file`` (blank lines left out)."""
+    """``--text`` values, then the lines of each ``--text-file``: each line exactly as written
+    (spaces included, so a line embeds as the same ``--text`` does), without its line ending
+    (``\n``, ``\r\n`` or ``\r``) or a UTF-8 byte-order mark; blank and whitespace-only lines are
+    left out."""
     texts = list(values)
     for path in files or []:
         try:
-            with open(path, encoding="utf-8") as f:
-                lines = [line.strip() for line in f.read().splitlines()]
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                lines = re.split(r"\r\n|\r|\n", f.read())  # line endings only (not str.splitlines' \f, \v, ...)
         except FileNotFoundError:
             raise InputError(f"text file not found: {path}") from None
+        except IsADirectoryError:
+            raise InputError(f"text file {path} is a directory; give a file with one text per line") from None
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read text file {path}: {e}") from None
-        lines = [line for line in lines if line]
+        lines = [line for line in lines if line.strip()]
         if not lines:
             raise InputError(f"text file {path} holds no text (one text per line)")
         texts += lines
@@ -296,7 +309,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _load_model(path: str, dtype: str | None, device: str = "cpu"):
     from .model.onepeace import OnePeace
 
-    return OnePeace.from_pretrained(path, dtype=dtype, device=device)
+    model = OnePeace.from_pretrained(path, dtype=dtype, device=device)
+    if _VERBOSE:  # -v: say what --dtype auto chose
+        print(f"onepeace: model {path}: computing in {_precision(model)} on {device} (--dtype {dtype or 'as stored'})",
+              file=sys.stderr)
+    return model
+
+
+def _precision(model) -> str:
+    """The precision ``model`` computes in ("fp32", "bf16", "fp16" or "int8"): what ``--dtype auto``
+    chose, recorded in the outputs."""
+    p = getattr(model, "precision", None)
+    if isinstance(p, str):
+        return p
+    from .model.quant import is_int8
+
+    if is_int8(model):
+        return "int8"
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, str(model.dtype))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -304,7 +334,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     inputs = {k: v for k, v in inputs.items() if v}
     if not inputs:
         raise OnePeaceError(f"nothing to embed: give --text, --text-file, {_media_flags()} (files or folders)")
-    _check_out(args.out, args.force, npz=True)
+    out = _check_out(args.out, args.force, npz=True)
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     if args.official_padding_leak and "audio" in model.adapters:
@@ -313,11 +343,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     emb = model.embed(batch_size=args.batch_size, progress=None, long_audio=args.long_audio, **inputs) if inputs else {}
     emb.update(fused)
     inputs.update({k: args.fused_inputs[k] for k in fused})
-    if args.out:
-        _atomic_savez(args.out, **{k: v.numpy().astype(np.float32) for k, v in emb.items()}, **_names(**inputs))
-        print(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in emb.items())} and the input names "
-              f"({', '.join(f'{k}_inputs' for k in emb)}) to {args.out}")
-    _print_similarity(emb, inputs, more=f"all the embeddings are in {args.out}" if args.out
+    if out:
+        out = _atomic_savez(out, **{k: v.numpy().astype(np.float32) for k, v in emb.items()}, **_names(**inputs),
+                            dtype=np.array(_precision(model)))
+        print(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in emb.items())}, the input names "
+              f"({', '.join(f'{k}_inputs' for k in emb)}) and the dtype computed in ({_precision(model)}) to {out}")
+    _print_similarity(emb, inputs, more=f"all the embeddings are in {out}" if out
                       else "--out FILE.npz saves all the embeddings")
     return 0
 
@@ -445,7 +476,8 @@ def cmd_try(args: argparse.Namespace) -> int:
         raise InputError("give a recording with --audio REC.wav or a photo of a digit with --image PHOTO.jpg")
     # every input is read and checked before the model loads: a bad file fails at once
     inputs = [("audio", f, prepare_audio(f)) for f in args.audio] + [("image", f, prepare_image(f)) for f in args.image]
-    model = _load_model(args.model, None)
+    device = _runtime(args)
+    model = _load_model(args.model, args.dtype, device)
     for modality, name, media in inputs:
         p = classify_digit(model, modality, media)
         top = p.topk(3)
@@ -555,7 +587,7 @@ def cmd_eval_task(args: argparse.Namespace) -> int:
     from .checkpoints.format import write_text_atomic
     from .finetune.job import evaluate_task
 
-    _check_out(args.out, args.force)
+    out = _check_out(args.out, args.force)
     for source in args.data:
         if not os.path.isfile(source):
             raise InputError(f"task manifest {'is not a file' if os.path.exists(source) else 'not found'}: {source}")
@@ -572,10 +604,13 @@ def cmd_eval_task(args: argparse.Namespace) -> int:
 
     metrics = evaluate_task(model, args.task, args.data, batch_size=args.batch_size, on_skip=on_skip,
                             progress=None, **opts)
+    for m in metrics.values():  # per data source; each records the precision the model computed in
+        if isinstance(m, dict):
+            m["dtype"] = _precision(model)
     text = json.dumps(_rounded(metrics), indent=1)
     print(text)
-    if args.out:
-        write_text_atomic(args.out, text + "\n")
+    if out:
+        write_text_atomic(out, text + "\n")
     return 0
 
 
@@ -586,13 +621,15 @@ def _topk_lines(probs: torch.Tensor, labels: list[str], k: int) -> list[str]:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from .tasks.zeroshot import parse_labels, zero_shot
+    from .tasks.zeroshot import check_templates, parse_labels, zero_shot
 
     inputs = _media_inputs(args)
     if not inputs:
         raise OnePeaceError(f"give {_media_flags()} inputs to classify (files or folders)")
-    _check_out(args.out, args.force, npz=True)
+    out = _check_out(args.out, args.force, npz=True)
     labels = parse_labels(args.labels)
+    if args.template:
+        check_templates(args.template, "--template")
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     probs = zero_shot(model, labels, templates=args.template or None, batch_size=args.batch_size, progress=None,
@@ -600,16 +637,19 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     for name, items in inputs.items():
         for item, line in zip(items, _topk_lines(probs[name], labels, args.top_k)):
             print(f"{item}: {line}")
-    if args.out:
-        _atomic_savez(args.out, **{k: v.numpy().astype(np.float32) for k, v in probs.items()}, labels=np.array(labels),
-                      **_names(**inputs))
+    if out:
+        out = _atomic_savez(out, **{k: v.numpy().astype(np.float32) for k, v in probs.items()},
+                            labels=np.array(labels), **_names(**inputs), dtype=np.array(_precision(model)))
+        print(f"onepeace zeroshot: wrote the probabilities ({', '.join(probs)}), labels, input names and dtype "
+              f"to {out}", file=sys.stderr)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks.evaluate import evaluate_retrieval
+    from .tasks.evaluate import check_pair, evaluate_retrieval
 
-    _check_out(args.out, args.force)
+    out = _check_out(args.out, args.force)
+    check_pair(args.query, args.gallery)  # a modality no plug-in provides: refused before the model loads
     for source in args.data:
         if not (os.path.exists(source) or (glob.has_magic(source) and glob.glob(source))):
             raise InputError(f"data source not found: {source} (give a .jsonl manifest, a .tar shard, "
@@ -622,13 +662,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     m = evaluate_retrieval(model, args.data, args.query, args.gallery, args.batch_size, args.protocol, on_skip,
                            progress=None)
+    m["dtype"] = _precision(model)
     scores = "  ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
     print(f"{args.query} -> {args.gallery} ({m['protocol']}-level, {m['queries']} queries, "
-          f"{m['gallery']} distinct gallery items): {scores}")
-    if args.out:
+          f"{m['gallery']} distinct gallery items, {m['dtype']}): {scores}")
+    if m.get("no_match"):
+        _note(args, f"{m['no_match']} of the {m['queries']} queries have no relevant {args.gallery} item (e.g. "
+                    "caption-only lines under the instance protocol) and are not scored")
+    if out:
         from .checkpoints.format import write_text_atomic
 
-        write_text_atomic(args.out, json.dumps({f"{args.query}->{args.gallery}": _rounded(m)}, indent=2))
+        write_text_atomic(out, json.dumps({f"{args.query}->{args.gallery}": _rounded(m)}, indent=2))
     return 0
 
 
@@ -657,7 +701,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if len({len(v) for v in inputs.values()}) > 1:
         raise InputError("inputs classified together are paired in order, so each needs the same count; got "
                          + ", ".join(f"{len(v)} --{k}" for k, v in inputs.items()))
-    _check_out(args.out, args.force, npz=True)
+    out = _check_out(args.out, args.force, npz=True)
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     if args.official_padding_leak and "audio" in model.adapters:
@@ -673,9 +717,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     probs = logits.sigmoid() if args.multi_label else logits.softmax(-1)
     for item, line in zip(items, _topk_lines(probs, labels, args.top_k)):
         print(f"{item}: {line}")
-    if args.out:
-        _atomic_savez(args.out, logits=logits.numpy().astype(np.float32), labels=np.array(labels, dtype=str),
-                      **_names(**inputs))
+    if out:
+        out = _atomic_savez(out, logits=logits.numpy().astype(np.float32), labels=np.array(labels, dtype=str),
+                            **_names(**inputs), dtype=np.array(_precision(model)))
+        print(f"onepeace classify: wrote the logits, labels, input names and dtype to {out}", file=sys.stderr)
     return 0
 
 
@@ -813,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a photo or scan of one handwritten digit (centred and contrast-normalised like the "
                          "training digits); repeatable")
     tr.add_argument("--model", default="runs/demo/model", help="the demo model (default runs/demo/model)")
+    _add_runtime_options(tr)
     tr.set_defaults(func=cmd_try)
     dv = sub.add_parser("demo-video", help="align a video branch to the demo model on generated digit clips "
                                            "(after `onepeace demo`; ~5 min)")
@@ -959,6 +1005,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``onepeace`` command; returns its exit status. A reader that stops early (``| head``)
+    ends it quietly with status 141 (128 + SIGPIPE), as a coreutils tool killed by SIGPIPE."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 141
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: what is still buffered for stdout goes nowhere (else Python's final
+    flush fails again and prints 'Exception ignored ... BrokenPipeError')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (captured in tests): nothing buffered there
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # allow `onepeace pretrain CONFIG --optim.lr=1e-4` as well as `optim.lr=1e-4`
     argv = [a[2:] if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else a for a in argv]
@@ -967,6 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # a usage error (already printed), --help or --version
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    global _VERBOSE
+    _VERBOSE = bool(args.verbose)
     _show_warnings_as_lines(args.command)
     if getattr(args, "max_pixels", None):
         from PIL import Image
@@ -980,6 +1051,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except MemoryError:
+        print(f"onepeace {args.command}: error: out of memory; try a smaller --batch-size or fewer inputs",
+              file=sys.stderr)
+        return 1
+    except ImportError as e:
+        missing = f" ({e.name})" if getattr(e, "name", None) else ""
+        print(f"onepeace {args.command}: error: a module this command needs is missing{missing}: {e}; "
+              "reinstall onepeace with the extra it needs (see the README's install section)", file=sys.stderr)
+        return 1
+    except OSError as e:  # disk full, permission denied, ... on a file the command reads or writes
+        where = f": {e.filename}" if e.filename else ""
+        print(f"onepeace {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback with -v
+        logging.getLogger("onepeace.cli").info("traceback of the internal error", exc_info=True)
+        print(f"onepeace {args.command}: internal error: {type(e).__name__}: {e} (a bug in onepeace: please "
+              "report it with the command; `onepeace -v ...` shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

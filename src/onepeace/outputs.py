@@ -107,13 +107,38 @@ def recover(dst: str | os.PathLike) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
+def is_model_dir(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds an onepeace model: ``config.json`` and its weights."""
+    from .checkpoints.format import is_model_file
+
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    return "config.json" in names and any(n.endswith((".safetensors", ".safetensors.index.json")) and is_model_file(n)
+                                          for n in names)
+
+
+def check_not_in_model_dir(path: str | os.PathLike) -> None:
+    """Refuse an output ``path`` inside a model directory (next to its config.json and weights):
+    a model directory holds only the model, and a foreign file there blocks replacing it later."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if is_model_dir(parent):
+        raise OutputError(f"{path} would be written into the model directory {parent}, which holds only the "
+                          "model's files; write it elsewhere")
+
+
 def check_output_file(path: str | os.PathLike, force: bool = False, *, hint: str = FORCE_HINT) -> str:
     """Check, before any work, that the file ``path`` may be written: its folder exists and is
     writable, and it does not exist yet unless ``force``. Returns ``path`` as a string."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise OutputError(f"{path} is a directory; give the output file's name")
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in ("", ".", ".."):
+        raise OutputError(f"{path} names a folder; give the output file's name")
     parent = os.path.dirname(os.path.abspath(path))
+    check_not_in_model_dir(path)
     if not os.path.isdir(parent):
         raise OutputError(f"the folder of {path} does not exist ({parent}); create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -312,5 +337,5 @@ def discard_run(path: str | os.PathLike) -> None:
         os.remove(os.path.join(path, "metrics.jsonl"))
 
 
-__all__ = ["check_output_dir", "check_output_file", "check_output_files", "check_run_dir", "discard_run",
-           "is_staging_name", "recover", "staged_dir"]
+__all__ = ["check_not_in_model_dir", "check_output_dir", "check_output_file", "check_output_files", "check_run_dir", "discard_run",
+           "is_model_dir", "is_staging_name", "recover", "staged_dir"]

@@ -24,14 +24,32 @@ IMAGE_TEMPLATES = [
 DEFAULT_TEMPLATES = {"image": IMAGE_TEMPLATES, "audio": AUDIO_TEMPLATES}
 
 
+def check_templates(templates: Sequence[str], what: str = "template") -> None:
+    """Each prompt template formats with one label (``str.format``: ``"a photo of a {}."``); a
+    template that does not (``"{} and {}"``, ``"a {} {"``, ``"a {name}"``, no ``{}``) is an
+    :class:`InputError` naming it."""
+    if not templates:
+        raise InputError(f"no {what} given: each needs a '{{}}' where the label goes")
+    marker = "\x00label\x00"
+    for t in templates:
+        try:
+            filled = t.format(marker)
+        except (IndexError, KeyError, ValueError, AttributeError, TypeError) as e:
+            kind = {IndexError: "more than one '{}'", KeyError: f"a named field {{{e}}}"}.get(type(e), str(e))
+            raise InputError(f"{what} {t!r} cannot take the label ({kind}); give one '{{}}' where the label "
+                             "goes, and write a literal brace as '{{' or '}}'") from None
+        if marker not in filled:
+            raise InputError(f"{what} {t!r} has no '{{}}' where the label goes (a literal brace is written "
+                             "'{{' or '}}')")
+
+
 @torch.inference_mode()
 def class_embeddings(model, labels: Sequence[str], templates: Sequence[str], *, batch_size: int = 16,
                      progress: bool | None = False) -> torch.Tensor:
     """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
     if not labels:
         raise InputError("no class labels given")
-    if not templates or any("{}" not in t for t in templates):
-        raise InputError("each template needs a '{}' where the label goes")
+    check_templates(templates)
     prompts = [t.format(label) for label in labels for t in templates]
     z = model.embed(text=prompts, batch_size=batch_size, progress=progress)["text"].view(len(labels), len(templates), -1)
     return F.normalize(z.mean(1), dim=-1)
