@@ -239,3 +239,16 @@ def test_the_dtype_computed_in_is_recorded(tmp_path, capsys, model_dir):
     code, out, err = run(capsys, "embed", "--model", model_dir, "--text", "x", "--dtype", "fp32", "--out",
                          str(tmp_path / "f.npz"))
     assert str(np.load(tmp_path / "f.npz")["dtype"]) == "fp32"
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_output_directories_in_a_model_directory_are_refused(tmp_path, capsys, no_model_load, model_dir, inside):
+    manifest = tmp_path / "d.jsonl"
+    manifest.write_text(json.dumps({"image": str(_png(tmp_path)), "text": "x"}) + "\n")
+    out = os.path.join(model_dir, "sub") if inside else model_dir
+    before = sorted(os.listdir(model_dir))
+    for args in (["data", "shards", str(manifest), out], ["export", "onnx", model_dir, out],
+                 ["segment", "--model", model_dir, "--image", str(_png(tmp_path)), "--out-dir", out],
+                 ["data", "prepare", "esc", "--root", str(tmp_path), "--out", out]):
+        one_line_error(*run(capsys, *args)[::2], "model directory")
+        assert sorted(os.listdir(model_dir)) == before, args

@@ -730,8 +730,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     images = _media_files(args, args.image, "image")
     dests: list = [None] * len(images)
     if args.out_dir:  # checked before any work: one new PNG per image, existing ones only with --force
-        from .outputs import check_output_files
+        from .outputs import check_output_files, check_output_folder_not_model
 
+        check_output_folder_not_model(args.out_dir, "--out-dir")
         names = [os.path.splitext(os.path.basename(item))[0] + ".png" for item in images]
         dests = check_output_files(args.out_dir, names, args.force, sources=images, hint="--force")
     device = _runtime(args)

@@ -129,6 +129,16 @@ def check_not_in_model_dir(path: str | os.PathLike) -> None:
                           "model's files; write it elsewhere")
 
 
+def check_output_folder_not_model(path: str | os.PathLike, flag: str = "the output directory") -> None:
+    """Refuse an output directory ``path`` that is a model directory or lies inside one: files
+    or folders of other outputs there block replacing the model later."""
+    path = os.fspath(path)
+    for folder in (path, os.path.dirname(os.path.abspath(path))):
+        if is_model_dir(folder):
+            raise OutputError(f"{flag} {path} is {'' if folder == path else 'inside '}the model directory "
+                              f"{folder}, which holds only the model's files; choose another directory")
+
+
 def check_output_file(path: str | os.PathLike, force: bool = False, *, hint: str = FORCE_HINT) -> str:
     """Check, before any work, that the file ``path`` may be written: its folder exists and is
     writable, and it does not exist yet unless ``force``. Returns ``path`` as a string."""
@@ -337,5 +347,5 @@ def discard_run(path: str | os.PathLike) -> None:
         os.remove(os.path.join(path, "metrics.jsonl"))
 
 
-__all__ = ["check_not_in_model_dir", "check_output_dir", "check_output_file", "check_output_files", "check_run_dir", "discard_run",
+__all__ = ["check_not_in_model_dir", "check_output_dir", "check_output_folder_not_model", "check_output_file", "check_output_files", "check_run_dir", "discard_run",
            "is_model_dir", "is_staging_name", "recover", "staged_dir"]

@@ -28,9 +28,11 @@ def data_shards(
     skip_missing: bool = False,
 ) -> int:
     """Pack a manifest's samples into tar shards; prints the counts. Returns the exit code."""
+    from ..outputs import check_output_folder_not_model
     from .manifest import read_manifest
     from .shards import write_shards_stats
 
+    check_output_folder_not_model(out_dir, "the shard directory")
     samples = read_manifest(manifest)  # then the output is checked, before any shard is written
     if not samples:
         raise InputError(f"manifest {manifest} has no samples")
@@ -107,8 +109,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     import json
 
+    from ..outputs import check_output_folder_not_model
     from .prepare import prepare_coco, prepare_esc
 
+    check_output_folder_not_model(args.out, "--out")
     if args.dataset == "esc":
         summary = prepare_esc(args.root, args.out, overwrite=args.force)
     else:

@@ -16,6 +16,9 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     if args.dtype not in ONNX_DTYPES:
         raise InputError(f"--dtype {args.dtype}: ONNX export writes fp32 graphs (give --dtype fp32 or auto); to "
                          "run them in lower precision, convert or quantise the .onnx files with onnxruntime's tools")
+    from ..outputs import check_output_folder_not_model
+
+    check_output_folder_not_model(args.out_dir, "OUT_DIR")
     names = None
     if args.modalities is not None:
         names = [m.strip() for m in args.modalities.split(",") if m.strip()]
