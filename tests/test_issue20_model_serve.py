@@ -60,6 +60,7 @@ def test_no_answer_names_a_path_of_the_server(world, client):
         "search form": client.post("/search", data={"text": "a tone", "k": "20"}),
         "bad model": client.post("/v1/embeddings", json={"input": "x", "model": "nope"}),
         "bad filter": client.post("/search", json={"text": "x", "where": "nonsense ((("}),
+        "bad structured filter": client.post("/search", json={"text": "x", "filter": {"column": "uri", "value": root}}),
     }
     for what, r in answers.items():
         assert root not in r.text and str(world["model_dir"]) not in r.text, (what, r.text[:500])

@@ -255,7 +255,7 @@ def test_search_json_and_multipart_rank_like_the_python_api(world, client):
     r = client.post("/search", data={"image": b64(png), "text": "a circle", "weights": "text=0.5,image=1",
                                      "modality": "image", "k": "3"})  # base64 in a form field
     assert [h["id"] for h in r.json()["results"]] == [h["id"] for h in want]
-    r = client.post("/search", json={"text": "noise", "where": "modality = 'audio'", "k": 10})
+    r = client.post("/search", json={"text": "noise", "filter": {"column": "modality", "value": "audio"}, "k": 10})
     assert {h["modality"] for h in r.json()["results"]} == {"audio"}
 
 
@@ -339,7 +339,8 @@ def test_bad_requests_are_4xx_json_and_the_server_keeps_serving(world, client):
         (client.post("/search", json={"text": "x", "weights": {"image": 1}}), 400, "no image input"),
         (client.post("/search", json={"text": "x", "weights": [1, 2]}), 400, "2 weights for 1"),
         (client.post("/search", data={"text": "x", "weights": "text=lots"}), 400, "NAME=NUMBER"),
-        (client.post("/search", json={"text": "x", "where": "nonsense ((("}), 400, "nonsense"),
+        (client.post("/search", json={"text": "x", "where": "nonsense ((("}), 400, "raw SQL"),
+        (client.post("/search", data={"text": "x", "filter": "nonsense((("}), 400, "nonsense"),
         (client.post("/search", json=[1, 2]), 400, "JSON object"),
         (client.post("/search", content=b"text=x", headers={"content-type": "text/plain"}), 415, "Content-Type"),
         (client.get("/nowhere"), 404, "no such endpoint"),
@@ -451,7 +452,8 @@ def test_search_while_the_index_is_being_updated(world, tmp_path):
             assert r.status_code == 200, r.text
         thread.join()
         after = httpx.get(server.url + "/health").json()["index"]["rows"]
-        r = httpx.post(server.url + "/search", json={"text": "x", "where": "text LIKE 'new %'", "k": 100})
+        r = httpx.post(server.url + "/search", json={"text": "x", "filter": {"column": "text", "op": "starts_with", "value": "new "},
+                                                          "k": 100})
     assert not failures, failures
     assert after == before + 50 and len(r.json()["results"]) == 50
 

@@ -127,16 +127,18 @@ def scores_to_probs(scores: Sequence[float], logit_scale: float) -> list[float]:
 
 def search(index: Any, model: Any, *, text: Any = None, image: Any = None, audio: Any = None,
            weights: Mapping[str, float] | Sequence[float] | None = None, modality: str | None = None,
-           k: int = 10, where: str | None = None, exact: bool | None = None,
+           k: int = 10, where: str | None = None, exact: bool | None = None, filter: Any = None,
            **other_modalities: Any) -> list[dict[str, Any]]:
     """Embed and compose the query with ``model`` and search ``index``: hits best first, each a
     row (id, modality, uri, text, metadata) with ``score`` (cosine) and ``prob`` (softmax of the
-    temperature-scaled scores over the hits; None when the model has no temperature)."""
+    temperature-scaled scores over the hits; None when the model has no temperature). ``where``
+    is a raw SQL filter (local use), ``filter`` a structured one (see ``store.compile_filter``)."""
     from .fingerprint import model_fingerprint, model_name
 
     index.check_model(model_fingerprint(model), model_name(model))
     vector = compose(model, text=text, image=image, audio=audio, weights=weights, **other_modalities)
-    hits = index.search(vector, k=k, modality=modality, where=where, exact=exact)
+    hits = index.search(vector, k=k, modality=modality, where=where, exact=exact,
+                        **({"filter": filter} if filter is not None else {}))
     scale = model_scale(model)
     probs = scores_to_probs([h["score"] for h in hits], scale) if scale is not None else [None] * len(hits)
     for h, p in zip(hits, probs):

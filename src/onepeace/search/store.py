@@ -75,6 +75,112 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+#: the columns a structured filter may name (``name``: the file's name, the last part of ``uri``;
+#: ``uri`` and ``metadata`` hold the server's paths and are not filterable from a structured filter)
+FILTER_COLUMNS = ("id", "modality", "text", "name")
+#: filter operators (``name`` takes eq, ne, in, not_in and ends_with), see :func:`compile_filter`
+FILTER_OPS = ("eq", "ne", "in", "not_in", "contains", "starts_with", "ends_with")
+_NAME_OPS = ("eq", "ne", "in", "not_in", "ends_with")
+FILTER_MAX_DEPTH = 8
+FILTER_MAX_TERMS = 64
+FILTER_MAX_VALUES = 256
+FILTER_MAX_CHARS = 1000
+
+
+def _like(value: str) -> str:
+    """``value`` as a LIKE pattern matching itself literally (with ``ESCAPE '\\'``)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def compile_filter(spec: Any) -> str:
+    """A structured filter (JSON-like) as a LanceDB SQL filter, built only from this module's
+    own SQL: columns from :data:`FILTER_COLUMNS`, values as quoted string literals (``%`` and
+    ``_`` escaped in patterns), so no value can close a parenthesis or add a condition.
+
+    Grammar: ``{"column": C, "op": OP, "value": V}``, ``{"and": [F, ...]}``, ``{"or": [F, ...]}``,
+    ``{"not": F}``. OP is ``eq`` (the default), ``ne``, ``in`` / ``not_in`` (V a list of strings),
+    ``contains``, ``starts_with``, ``ends_with`` (V a string; ``name`` takes eq, ne, in, not_in,
+    ends_with). Raises InputError (``filter: ...``) on anything else."""
+    terms = [0]
+
+    def fail(where: str, what: str) -> InputError:
+        return InputError(f"filter{where}: {what}")
+
+    def string(v: Any, where: str) -> str:
+        if not isinstance(v, str):
+            raise fail(where, f"a value must be a string, got {type(v).__name__}")
+        if len(v) > FILTER_MAX_CHARS:
+            raise fail(where, f"a value of {len(v):,} characters; at most {FILTER_MAX_CHARS:,}")
+        if "\0" in v:
+            raise fail(where, "a value contains a NUL character")
+        return v
+
+    def leaf(node: dict, where: str) -> str:
+        unknown = sorted(set(node) - {"column", "op", "operator", "value"})
+        if unknown:
+            raise fail(where, f"unknown key {unknown[0]!r}; a condition is {{\"column\", \"op\", \"value\"}}")
+        column = node.get("column")
+        if column not in FILTER_COLUMNS:
+            raise fail(where, f"unknown column {column!r}; filter on one of {', '.join(FILTER_COLUMNS)}")
+        op = node.get("op", node.get("operator", "eq"))
+        if op not in FILTER_OPS or (column == "name" and op not in _NAME_OPS):
+            allowed = _NAME_OPS if column == "name" else FILTER_OPS
+            raise fail(where, f"unknown operator {op!r} for {column}; use one of {', '.join(allowed)}")
+        if "value" not in node:
+            raise fail(where, "a condition needs a value")
+        value = node["value"]
+        if op in ("in", "not_in"):
+            if not isinstance(value, list) or not value:
+                raise fail(where, f"{op} takes a non-empty list of strings")
+            if len(value) > FILTER_MAX_VALUES:
+                raise fail(where, f"{len(value)} values; at most {FILTER_MAX_VALUES}")
+            values = [string(v, f"{where}.value[{i}]") for i, v in enumerate(value)]
+        else:
+            values = [string(value, where + ".value")]
+        if column == "name":
+            for v in values:
+                if "/" in v or "\\" in v or not v:
+                    raise fail(where, f"a file name cannot be empty or contain a path separator: {v!r}")
+            eq = [f"uri LIKE {_quote('%/' + _like(v))} ESCAPE '\\'" for v in values]
+            if op == "ends_with":
+                return f"(uri LIKE {_quote('%' + _like(values[0]))} ESCAPE '\\' AND uri <> '')"
+            sql = "(" + " OR ".join(eq) + ")"
+            return f"(NOT {sql} AND uri <> '')" if op in ("ne", "not_in") else sql
+        if op == "eq":
+            return f"({column} = {_quote(values[0])})"
+        if op == "ne":
+            return f"({column} <> {_quote(values[0])})"
+        if op in ("in", "not_in"):
+            listed = ", ".join(_quote(v) for v in values)
+            return f"({column} {'NOT IN' if op == 'not_in' else 'IN'} ({listed}))"
+        pattern = {"contains": "%{}%", "starts_with": "{}%", "ends_with": "%{}"}[op].format(_like(values[0]))
+        return f"({column} LIKE {_quote(pattern)} ESCAPE '\\')"
+
+    def node(n: Any, where: str, depth: int) -> str:
+        if depth > FILTER_MAX_DEPTH:
+            raise fail(where, f"nested deeper than {FILTER_MAX_DEPTH} levels")
+        if not isinstance(n, dict):
+            raise fail(where, f"a filter is a JSON object, got {type(n).__name__}")
+        terms[0] += 1
+        if terms[0] > FILTER_MAX_TERMS:
+            raise fail("", f"more than {FILTER_MAX_TERMS} conditions")
+        logic = [k for k in ("and", "or", "not") if k in n]
+        if logic:
+            if len(n) != 1:
+                raise fail(where, f"{logic[0]!r} must be the only key of its object")
+            key = logic[0]
+            if key == "not":
+                return f"(NOT {node(n['not'], where + '.not', depth + 1)})"
+            parts = n[key]
+            if not isinstance(parts, list) or not parts:
+                raise fail(where, f"{key!r} takes a non-empty list of filters")
+            sql = f" {key.upper()} ".join(node(x, f"{where}.{key}[{i}]", depth + 1) for i, x in enumerate(parts))
+            return f"({sql})"
+        return leaf(n, where)
+
+    return node(spec, "", 0)
+
+
 def _schema(dim: int, fingerprint: str, model_name: str):
     import pyarrow as pa
 
@@ -349,10 +455,11 @@ class Index:
     # ------------------------------------------------------------------ search
     def search(self, vector: np.ndarray | Sequence[float], k: int = 10, modality: str | None = None,
                where: str | None = None, exact: bool | None = None, *, nprobes: int = DEFAULT_NPROBES,
-               refine_factor: int = DEFAULT_REFINE) -> list[dict[str, Any]]:
+               refine_factor: int = DEFAULT_REFINE, filter: Any = None) -> list[dict[str, Any]]:
         """The ``k`` rows nearest ``vector`` (cosine), best first: rows without the vector, with
         ``score`` (cosine similarity) and ``metadata`` parsed. ``modality`` keeps one modality,
-        ``where`` is a SQL filter on the columns (e.g. ``"uri LIKE '%/cats/%'"``). ``exact``:
+        ``where`` is a SQL filter on the columns (e.g. ``"uri LIKE '%/cats/%'"``, for local use),
+        ``filter`` a structured one (:func:`compile_filter`; what the network API takes). ``exact``:
         None (or False) uses the ANN index when there is one, True always compares every row."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
@@ -366,6 +473,8 @@ class Index:
         filters = []
         if modality is not None:
             filters.append(f"modality = {_quote(_check_modality(modality))}")
+        if filter is not None:
+            filters.append(compile_filter(filter))
         if where:
             filters.append(f"({where})")
         query = (self._table.search((q / norm).astype(np.float32), vector_column_name="vector")

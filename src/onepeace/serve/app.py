@@ -48,13 +48,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import InputError, OnePeaceError
-from .batching import MicroBatcher
+from .batching import MicroBatcher, QueueFullError
 
 log = logging.getLogger("onepeace.serve")
 
@@ -62,9 +62,13 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 #: an item id in the index: a hex digest (sha1 is 40 characters)
 _ID = re.compile(r"[0-9a-f]{16,64}")
 _DATA_URI = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 415: "invalid_request_error",
           500: "server_error", 503: "service_unavailable"}
+#: seconds a client shed with 503 is told to wait (``Retry-After``)
+RETRY_AFTER_S = 1
+#: paths that are never shed (an operator's probes must answer under overload)
+_UNSHED = ("/health", "/metrics")
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -121,6 +125,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         redact = getattr(request.app.state, "redact", None) or (lambda m: m)
         return error_response(400, redact(str(exc)))
 
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(request: Request, exc: QueueFullError):
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.rejected.labels("queue_full").inc()
+        return error_response(503, str(exc), code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(ClientDisconnect)
     async def _disconnect(request: Request, exc: ClientDisconnect):
         return error_response(400, "the client disconnected before sending the whole request")
@@ -136,13 +147,20 @@ class _LimitsMiddleware:
     """Bounds every HTTP request: a body over ``max_bytes`` is refused with 413 (from its
     Content-Length before reading, or as soon as the streamed bytes pass it), and a request that
     has not started its response within ``timeout_s`` (reading the body included) gets 408 and its
-    work is cancelled. Sending a started response (a media file) has no deadline."""
+    work is cancelled (its queued embedding jobs with it). Sending a started response (a media
+    file) has no deadline. At most ``max_in_flight`` requests are served at once: the next gets
+    503 with ``Retry-After`` at once (``/health`` and ``/metrics`` are never refused). Every
+    request is counted in ``metrics`` (route, status, latency) when given."""
 
-    def __init__(self, app: Callable, max_bytes: int, timeout_s: float):
+    def __init__(self, app: Callable, max_bytes: int, timeout_s: float, max_in_flight: int | None = None,
+                 metrics: Any = None):
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.max_in_flight, self.metrics = max_in_flight, metrics
+        self.in_flight = 0
 
-    async def _reply(self, send: Callable, status: int, message: str) -> None:
-        response = error_response(status, message)
+    async def _reply(self, send: Callable, status: int, message: str, code: str | None = None,
+                     headers: dict[str, str] | None = None) -> None:
+        response = error_response(status, message, code=code, headers=headers)
         await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
 
@@ -150,6 +168,37 @@ class _LimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        status = [0]
+
+        async def counted_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+                if self.metrics is not None:
+                    route = getattr(scope.get("route"), "path", None) or _route_of(scope.get("path", ""))
+                    self.metrics.observe_request(route, scope.get("method", ""), status[0], loop.time() - t0)
+            await send(message)
+
+        shed = scope.get("path") not in _UNSHED
+        if shed and self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            if self.metrics is not None:
+                self.metrics.rejected.labels("too_many_requests").inc()
+            await self._reply(counted_send, 503, f"the server is busy ({self.in_flight} requests in progress, at "
+                                                 f"most {self.max_in_flight}: --max-in-flight); retry in a moment",
+                              code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
+            return
+        self.in_flight += shed
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        try:
+            await self._limited(scope, receive, counted_send)
+        finally:
+            self.in_flight -= shed
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+
+    async def _limited(self, scope: dict, receive: Callable, send: Callable) -> None:
         too_large = (f"the request body is over the server's limit of {self.max_bytes:,} bytes "
                      "(--max-request-bytes); send smaller or fewer files")
         length = dict(scope.get("headers") or []).get(b"content-length")
@@ -197,6 +246,21 @@ class _LimitsMiddleware:
             waiter.cancel()
             if not task.done():
                 task.cancel()
+
+
+_ROUTES = ("/", "/health", "/metrics", "/search", "/v1/embeddings", "/embeddings", "/v1/models")
+
+
+def _route_of(path: str) -> str:
+    """A metrics label for a path no route matched (shed before routing, or unknown): the route's
+    template, never the raw path (its values would grow the label set without bound)."""
+    if path in _ROUTES:
+        return path
+    if path.startswith("/media/"):
+        return "/media/{item_id}"
+    if path.startswith("/static/"):
+        return "/static"
+    return "other"
 
 
 # ----------------------------------------------------------------------------- request decoding
@@ -272,34 +336,53 @@ class SearchRequest(BaseModel):
     weights: dict[str, float] | list[float] | None = None
     modality: str | None = Field(None, description="the modality of the results (default: all)")
     k: int = 10
-    where: str | None = Field(None, description="a filter over the index columns (LanceDB SQL)")
+    filter: dict[str, Any] | None = Field(
+        None, description="a structured filter: {\"column\": C, \"op\": OP, \"value\": V} with C one of id, modality, "
+                          "text, name and OP one of eq, ne, in, not_in, contains, starts_with, ends_with; combined with "
+                          "{\"and\": [...]}, {\"or\": [...]}, {\"not\": {...}}. Raw SQL (a \"where\" key) is refused.",
+        examples=[{"and": [{"column": "text", "op": "contains", "value": "dog"},
+                           {"column": "name", "op": "ends_with", "value": ".jpg"}]}])
 
 
 # ------------------------------------------------------------------------------------ the model
-class _BatchedModel:
-    """The model as query.compose sees it, with ``embed`` going through the micro-batcher (so the
-    query embeddings of /search share forward passes with /v1/embeddings); called from threads."""
+class _Embedded:
+    """The model as query.compose sees it, its ``embed`` answering with rows already computed
+    through the micro-batcher (awaited by the request's task, so a request's deadline or its
+    client's disconnect cancels its queued jobs, and no thread waits on the batcher)."""
 
-    def __init__(self, model: Any, batcher: MicroBatcher):
-        self._model, self._batcher = model, batcher
+    def __init__(self, model: Any, rows: dict[str, np.ndarray]):
+        self._model, self._rows = model, rows
 
-    def embed(self, text=None, image=None, audio=None, **others):
+    def embed(self, **given: Any) -> dict[str, Any]:
         import torch
 
-        given = {"text": text, "image": image, "audio": audio}
-        given.update({k: v for k, v in others.items() if k in self._model.modality_names})
-        futures = {}
+        out = {}
         for name, items in given.items():
             if items is None:
                 continue
-            items = [items] if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)) else list(items)
-            futures[name] = self._batcher.submit(name, items)
-        if not futures:
-            raise InputError("nothing to embed: give a text, an image or an audio clip")
-        return {name: torch.from_numpy(f.result()) for name, f in futures.items()}
+            n = len(items) if isinstance(items, (list, tuple)) else 1
+            rows = self._rows[name]
+            if rows.shape[0] != n:
+                raise RuntimeError(f"{n} {name} inputs but {rows.shape[0]} rows were embedded")
+            out[name] = torch.from_numpy(rows)
+        return out
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
+
+
+async def embed_all(batcher: MicroBatcher, grouped: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """Each modality's inputs through the batcher, awaited together: if one job is refused (the
+    queue is full) or the awaiting task is cancelled, the jobs already queued are cancelled."""
+    futures: dict[str, Any] = {}
+    try:
+        for name, items in grouped.items():
+            futures[name] = batcher.submit(name, items)
+        waiting = {name: asyncio.wrap_future(f) for name, f in futures.items()}
+        return {name: await w for name, w in waiting.items()}
+    finally:
+        for f in futures.values():
+            f.cancel()  # a no-op on a finished job
 
 
 def _served_name(model: Any) -> str:
@@ -349,6 +432,9 @@ def create_app(
     max_k: int = 200,
     model_name: str | None = None,
     warmup: bool = False,
+    max_queue: int | None = 1024,
+    max_in_flight: int | None = 256,
+    model_load_s: float | None = None,
 ) -> FastAPI:
     """The FastAPI application serving ``model`` (an ``OnePeace``) and, if given, ``index`` (an
     ``onepeace.search.Index`` built with that model) — see the module docstring for the endpoints.
@@ -360,6 +446,9 @@ def create_app(
     one text (the model reads its first 70 tokens), ``max_k`` the hits of one search.
     ``warmup``: at start-up, run one small input of each modality through the model (its first
     forward passes are slow), so that the first request is answered at full speed.
+    ``max_queue``: most inputs waiting for a forward pass, ``max_in_flight``: most requests
+    served at once (None: unbounded); past either, 503 with ``Retry-After`` at once.
+    ``model_load_s``: how long loading the model took, for ``/metrics``.
     """
     model.eval()
     known = model_name or _served_name(model)
@@ -378,8 +467,17 @@ def create_app(
     def embed_rows(modality: str, items: list[Any]) -> np.ndarray:
         return model.embed(**{modality: items}, batch_size=max(1, len(items)))[modality].numpy()
 
-    batcher = MicroBatcher(embed_rows, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    batched_model = _BatchedModel(model, batcher)
+    from .metrics import make_metrics
+
+    batcher_ref: list[MicroBatcher] = []
+    metrics = make_metrics(lambda: batcher_ref[0].depth if batcher_ref else 0,
+                           model_load_s if model_load_s is not None else getattr(model, "load_seconds", None))
+    batcher = MicroBatcher(embed_rows, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                           on_batch=metrics.observe_batch if metrics is not None else None)
+    batcher_ref.append(batcher)
+    if getattr(model, "precision", None) == "int8":
+        log.warning("serving an int8 model: its activations are quantised per forward pass, so a served row "
+                    "depends on the other requests in its micro-batch; serve fp32 or bf16 for batch-invariant rows")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -392,6 +490,7 @@ def create_app(
     app = FastAPI(title="onepeace", version=_version(), lifespan=lifespan,
                   description="ONE-PEACE embeddings (OpenAI-compatible) and search over an index of images, audio and text")
     app.state.model, app.state.index, app.state.batcher = model, index, batcher
+    app.state.metrics = metrics
     app.state.redact = _redactor([known if os.path.exists(known) else "",
                                   str(getattr(model, "source_dir", "") or ""),
                                   str(getattr(index, "path", "") or ""),
@@ -401,7 +500,8 @@ def create_app(
     def precision() -> str | None:
         return getattr(model, "precision", None)
     _install_error_handlers(app)
-    app.add_middleware(_LimitsMiddleware, max_bytes=int(max_request_bytes), timeout_s=float(timeout_s))
+    app.add_middleware(_LimitsMiddleware, max_bytes=int(max_request_bytes), timeout_s=float(timeout_s),
+                       max_in_flight=max_in_flight, metrics=metrics)
 
     async def authorize(request: Request) -> None:
         if api_key is None:
@@ -498,7 +598,7 @@ def create_app(
             form = await request.form(max_files=4, max_fields=32)
             fields: dict[str, Any] = {}
             for key, value in form.multi_items():
-                if key not in SearchRequest.model_fields and key not in file_modalities:
+                if key not in SearchRequest.model_fields and key not in file_modalities and key != "where":
                     raise ServeError(400, f"unknown form field {key!r}; expected "
                                           f"{', '.join([*SearchRequest.model_fields, *sorted(file_modalities)])}",
                                      param=key)
@@ -516,22 +616,22 @@ def create_app(
                     fields[key] = value
             if "weights" in fields:
                 fields["weights"] = _parse_weights(fields["weights"])
-            try:
-                req = SearchRequest.model_validate(fields)
-            except Exception as e:  # pydantic.ValidationError
-                raise RequestValidationError(e.errors()) from None
+            if isinstance(fields.get("filter"), str):
+                fields["filter"] = _parse_filter_field(fields["filter"])
+            _refuse_where(fields)
+            req = _validate_search(fields)
         elif ctype in ("application/json", ""):
             body = await request.body()
             try:
                 payload = json.loads(body or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ServeError(400, f"the request body is not valid JSON ({e})") from None
+            except RecursionError:
+                raise ServeError(400, "the request body is JSON nested too deeply") from None
             if not isinstance(payload, dict):
                 raise ServeError(400, "the request body must be a JSON object, e.g. {\"text\": \"a dog\", \"k\": 10}")
-            try:
-                req = SearchRequest.model_validate(payload)
-            except Exception as e:  # pydantic.ValidationError
-                raise RequestValidationError(e.errors()) from None
+            _refuse_where(payload)
+            req = _validate_search(payload)
         else:
             raise ServeError(415, f"unsupported Content-Type {ctype!r}: send application/json or multipart/form-data")
         unknown = sorted((req.model_extra or {}).keys() - file_modalities)
@@ -548,6 +648,7 @@ def create_app(
     @app.post("/search", dependencies=[Depends(authorize)])
     async def search(request: Request):
         from ..search import query as query_mod
+        from ..search.store import compile_filter
 
         idx = need_index()
         req, files = await parse_search(request)
@@ -568,24 +669,33 @@ def create_app(
         for key in files:
             check_modality(key, key)
 
-        def run() -> list[dict]:
-            for key, data in files.items():
-                inputs[key] = decode_media(model, key, data, f"{key} upload")
-            if not inputs:
-                raise ServeError(400, "the query is empty: give a text, an image or an audio clip (or several)")
-            try:
-                return query_mod.search(idx, batched_model, weights=req.weights, modality=req.modality, k=req.k,
-                                        where=req.where, **inputs)
-            except (OnePeaceError, ServeError):
-                raise
-            except Exception as e:  # noqa: BLE001 - LanceDB's own errors: a bad filter is the request's fault
-                if req.where:
-                    raise ServeError(400, f"where: the filter {req.where!r} was refused by the index: "
-                                          f"{str(e).splitlines()[0][:300]}", param="where") from None
-                raise
-
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+
+        def decode() -> None:
+            for key, data in files.items():
+                inputs[key] = decode_media(model, key, data, f"{key} upload")
+
+        if files:
+            await run_in_threadpool(decode)
+        if not inputs:
+            raise ServeError(400, "the query is empty: give a text, an image or an audio clip (or several)")
+        if req.filter is not None:  # refused before any work
+            try:
+                compile_filter(req.filter)
+            except InputError as e:
+                raise ServeError(400, str(e), param="filter") from None
+        grouped: dict[str, list[Any]] = {}
+        for m, x in query_mod.query_inputs(**inputs):
+            grouped.setdefault(m, []).append(x)
+        query_mod.resolve_weights(query_mod.query_inputs(**inputs), req.weights)  # bad weights: 400 before embedding
+        # awaited here, not in a thread: the deadline (408) or a disconnect cancels the queued jobs
+        rows = await embed_all(batcher, grouped)
+
+        def run() -> list[dict]:
+            return query_mod.search(idx, _Embedded(model, rows), weights=req.weights, modality=req.modality,
+                                    k=req.k, filter=req.filter, **inputs)
+
         hits = await run_in_threadpool(run)
         took = round((loop.time() - t0) * 1000, 1)
         return JSONResponse({"results": [_hit(h, thumbs) for h in hits], "k": req.k, "modality": req.modality,
@@ -608,6 +718,9 @@ def create_app(
             raise ServeError(404, f"item {item_id} is a {row.get('modality', 'text')} item with no file")
         if not os.path.isfile(uri):
             raise ServeError(404, f"the file of item {item_id} is no longer there; rebuild the index (--prune)")
+        if not _under_indexed_source(row):
+            raise ServeError(403, f"the file of item {item_id} is outside the folders the index was built from "
+                                  "(a symbolic link out of the collection?); it is not served")
         ctype = mimetypes.guess_type(uri)[0] or "application/octet-stream"
         headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
         if thumb is not None and row.get("modality") in thumbs:
@@ -631,10 +744,20 @@ def create_app(
         out.update(model=name, precision=precision(), dim=dim, modalities=modalities, file_types=file_types,
                    index=None, search=index is not None,
                    batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
-                             **batcher.stats.as_dict()})
+                             "max_queue": batcher.max_queue, "max_in_flight": max_in_flight,
+                             **batcher.snapshot()})
         if index is not None:
             out["index"] = await run_in_threadpool(_index_summary, index)
         return out
+
+    # ---------------------------------------------------------------------------------- metrics
+    @app.get("/metrics", dependencies=[Depends(authorize)], include_in_schema=False)
+    async def prometheus_metrics():
+        if metrics is None:
+            raise ServeError(404, "metrics are off: install prometheus-client (pip install 'onepeace[serve]')",
+                             code="no_metrics")
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
 
     # ------------------------------------------------------------------------------------- page
     @app.get("/", include_in_schema=False)
@@ -655,6 +778,36 @@ def _warm_up(batcher: MicroBatcher, modalities: list[str]) -> None:
     for modality in modalities:
         if modality in samples:
             batcher.embed_sync(modality, samples[modality])
+
+
+def _validate_search(fields: dict) -> SearchRequest:
+    """The search request of a JSON object or form fields; pydantic's errors become a 400 listing
+    them, and nothing else raised while validating becomes a 500."""
+    try:
+        return SearchRequest.model_validate(fields)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise ServeError(400, f"invalid request: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+
+
+def _refuse_where(fields: dict) -> None:
+    """The network API takes no raw SQL: a ``where`` key is refused (400), naming the way to filter."""
+    if "where" in fields:
+        raise ServeError(400, "where: raw SQL filters are not accepted over the network; send a structured "
+                              "filter instead, e.g. \"filter\": {\"column\": \"text\", \"op\": \"contains\", "
+                              "\"value\": \"dog\"}", param="where", code="raw_sql_refused")
+
+
+def _parse_filter_field(value: str) -> Any:
+    """A form's ``filter`` field: the JSON of a structured filter."""
+    text = value.strip()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ServeError(400, f"filter: {text[:100]!r} is not a JSON filter ({e if isinstance(e, json.JSONDecodeError) else 'nested too deeply'}); "
+                              "e.g. {\"column\": \"text\", \"op\": \"contains\", \"value\": \"dog\"}",
+                         param="filter") from None
 
 
 def _parse_weights(value: Any) -> Any:
@@ -696,6 +849,25 @@ def _hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict:
             "media_url": f"/media/{h.get('id')}" if uri else None,
             "media_type": (mimetypes.guess_type(uri)[0] or "application/octet-stream") if uri else None,
             "thumb_url": f"/media/{h.get('id')}?thumb=256" if uri and h.get("modality") in thumbs else None}
+
+
+def _under_indexed_source(row: dict) -> bool:
+    """Whether an indexed file lies, after resolving symbolic links, under the source it was
+    indexed from: the folder, the folder of the manifest, or the file given itself as a source.
+    A row that records no source is not served."""
+    uri = row.get("uri") or ""
+    meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+    source = meta.get("source") if isinstance(meta.get("source"), str) else ""
+    if not uri or not source or not os.path.isabs(source):
+        return False
+    real = os.path.realpath(uri)
+    if os.path.isdir(source):
+        root = os.path.realpath(source)
+    elif os.path.normpath(source) == os.path.normpath(uri):
+        return True  # a file named itself as a source
+    else:
+        root = os.path.dirname(os.path.realpath(source))  # a manifest: the files under its folder
+    return os.path.commonpath([real, root]) == root
 
 
 def _public_metadata(meta: dict) -> dict:

@@ -288,8 +288,8 @@ function queryForm(modality, k) {
   form.append("weights", JSON.stringify(weights));
   if (modality) form.append("modality", modality);
   form.append("k", k);
-  const where = $("#where").value.trim();
-  if (where) form.append("where", where);
+  const filter = $("#where").value.trim();  // a structured filter (JSON); the server takes no raw SQL
+  if (filter) form.append("filter", filter);
   return form;
 }
 
