@@ -26,7 +26,7 @@ def test_convert_then_embed_writes_npz_in_input_order(tmp_path, capsys, ref_out,
     out = capsys.readouterr().out
     assert "text x image cosine similarity" in out and "image x audio" in out
     e = np.load(tmp_path / "e.npz")
-    assert set(e.files) == {"text", "image", "audio", "text_inputs", "image_inputs", "audio_inputs"}
+    assert set(e.files) == {"text", "image", "audio", "text_inputs", "image_inputs", "audio_inputs", "dtype"}
     assert e["text"].dtype == np.float32 and list(e["image_inputs"]) == imgs
     assert maxdiff(e["text"], ref_out["text_embed_single"][:3]) <= 1e-5
     assert maxdiff(e["image"], ref_out["image_embed_single"][::-1]) <= 1e-5

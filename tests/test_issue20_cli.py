@@ -252,3 +252,23 @@ def test_output_directories_in_a_model_directory_are_refused(tmp_path, capsys, n
                  ["data", "prepare", "esc", "--root", str(tmp_path), "--out", out]):
         one_line_error(*run(capsys, *args)[::2], "model directory")
         assert sorted(os.listdir(model_dir)) == before, args
+
+
+def test_long_text_warns_and_chunks_from_the_cli(tmp_path, capsys, model_dir):
+    """A text over the 70-token limit is one warning line naming its length (not a silent cut), and
+    --long-text chunk embeds all of it: the vector differs from the truncated one."""
+    long = " ".join(f"word{i}" for i in range(120))
+    code, _, err = run(capsys, "embed", "--model", model_dir, "--dtype", "fp32", "--text", long,
+                       "--out", str(tmp_path / "t.npz"))
+    assert code == 0 and "Traceback" not in err
+    warn = [line for line in err.splitlines() if "warning" in line]
+    assert len(warn) == 1, err
+    assert "240 tokens" in warn[0] and "first 70" in warn[0] and "--long-text chunk" in warn[0], warn[0]
+    code, _, err = run(capsys, "embed", "--model", model_dir, "--dtype", "fp32", "--text", long, "--long-text", "chunk",
+                       "--out", str(tmp_path / "c.npz"))
+    assert code == 0
+    cut, whole = np.load(tmp_path / "t.npz")["text"], np.load(tmp_path / "c.npz")["text"]
+    assert abs(float(np.linalg.norm(whole)) - 1) < 1e-5 and float((cut * whole).sum()) < 1 - 1e-4
+    model = OnePeace.from_pretrained(model_dir, dtype="fp32")
+    ref = model.embed(text=[long], long_text="chunk")["text"].numpy()
+    np.testing.assert_allclose(whole, ref, atol=1e-6)

@@ -340,7 +340,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.official_padding_leak and "audio" in model.adapters:
         model.adapters["audio"].official_padding_leak = True
     fused = _embed_with_sound(model, inputs, args) if args.fuse_audio else {}
-    emb = model.embed(batch_size=args.batch_size, progress=None, long_audio=args.long_audio, **inputs) if inputs else {}
+    emb = model.embed(batch_size=args.batch_size, progress=None, long_audio=args.long_audio,
+                      long_text=args.long_text, **inputs) if inputs else {}
     emb.update(fused)
     inputs.update({k: args.fused_inputs[k] for k in fused})
     if out:
@@ -402,8 +403,9 @@ def cmd_demo_video(args: argparse.Namespace) -> int:
         print(f"{pair:>13}  {r['R@1']:6.1f}  {r['chance']:6.1f}  {r['R@1'] / r['chance']:8.1f}  {b['R@1']:9.1f}{note}")
     print("(frame avg: each clip as the mean image embedding of its frames, the image-model baseline)")
     print(f"\nmetrics: {os.path.join(args.out, 'metrics.json')}\nmodel:   {m['model']}")
-    print(f"  onepeace embed --model {m['model']} --video {args.out}/data/video-test/clip-00000.mp4 "
-          "--text 'a video of the digit seven'")
+    ex = m.get("example")
+    if ex:  # a held-out clip with its own digit's caption (runs of an earlier onepeace lack it)
+        print(f"  onepeace embed --model {m['model']} --video {ex['video']} --text '{ex['text']}'")
     return 0
 
 
@@ -633,7 +635,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     device = _runtime(args)
     model = _load_model(args.model, args.dtype, device)
     probs = zero_shot(model, labels, templates=args.template or None, batch_size=args.batch_size, progress=None,
-                      long_audio=args.long_audio, **inputs)
+                      long_audio=args.long_audio, long_text=args.long_text, **inputs)
     for name, items in inputs.items():
         for item, line in zip(items, _topk_lines(probs[name], labels, args.top_k)):
             print(f"{item}: {line}")
@@ -763,6 +765,10 @@ def _add_long_audio(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-audio", choices=["truncate", "chunk"], default="truncate",
                         help="clips over 15 s: truncate (official, the default: the first 15 s, with a "
                              "warning) or chunk (the duration-weighted mean of 15 s window embeddings)")
+    parser.add_argument("--long-text", choices=["truncate", "chunk"], default="truncate",
+                        help="texts over the model's 70 tokens: truncate (official, the default: the first 70 "
+                             "tokens, with a warning) or chunk (the token-weighted mean of 70-token window "
+                             "embeddings)")
 
 
 def _show_warnings_as_lines(command: str) -> None:
@@ -862,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(tr)
     tr.set_defaults(func=cmd_try)
     dv = sub.add_parser("demo-video", help="align a video branch to the demo model on generated digit clips "
-                                           "(after `onepeace demo`; ~5 min)")
+                                           "(after `onepeace demo`; ~10 min)")
     dv.add_argument("--demo-model", default="runs/demo/model", help="the trained demo model (default runs/demo/model)")
     dv.add_argument("--out", default="runs/demo-video", help="run directory (default runs/demo-video); an "
                                                              "unfinished run there is resumed")

@@ -45,22 +45,24 @@ def check_templates(templates: Sequence[str], what: str = "template") -> None:
 
 @torch.inference_mode()
 def class_embeddings(model, labels: Sequence[str], templates: Sequence[str], *, batch_size: int = 16,
-                     progress: bool | None = False) -> torch.Tensor:
-    """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
+                     progress: bool | None = False, long_text: str = "truncate") -> torch.Tensor:
+    """[C, D]: per class, the normalised mean of its normalised prompt embeddings (``long_text``: a
+    prompt over the model's token limit, as in :meth:`OnePeace.embed`)."""
     if not labels:
         raise InputError("no class labels given")
     check_templates(templates)
     prompts = [t.format(label) for label in labels for t in templates]
-    z = model.embed(text=prompts, batch_size=batch_size, progress=progress)["text"].view(len(labels), len(templates), -1)
+    z = model.embed(text=prompts, batch_size=batch_size, progress=progress, long_text=long_text)["text"].view(len(labels), len(templates), -1)
     return F.normalize(z.mean(1), dim=-1)
 
 
 @torch.inference_mode()
 def zero_shot(model, labels: Sequence[str], *, templates: Sequence[str] | None = None,
-              batch_size: int = 16, long_audio: str = "truncate", progress: bool | None = False,
-              **inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
+              batch_size: int = 16, long_audio: str = "truncate", long_text: str = "truncate",
+              progress: bool | None = False, **inputs: Sequence[Any]) -> dict[str, torch.Tensor]:
     """Per given modality: class probabilities [N, C] (softmax of the model's temperature-scaled
-    cosine similarities). ``long_audio`` and ``progress`` are as in :meth:`OnePeace.embed`."""
+    cosine similarities). ``long_audio``, ``long_text`` (the class prompts: a long label) and ``progress`` are as in
+    :meth:`OnePeace.embed`."""
     given = {k: v for k, v in inputs.items() if v is not None}
     if not given:
         raise InputError("nothing to classify: give image=[...] or audio=[...]")
@@ -68,7 +70,7 @@ def zero_shot(model, labels: Sequence[str], *, templates: Sequence[str] | None =
     scale = float(model.logit_scale_exp()) if model.logit_scale is not None else 100.0
     for name, items in given.items():
         tpl = templates or DEFAULT_TEMPLATES.get(name) or list(_plugin_templates(name)) or ["{}"]
-        classes = class_embeddings(model, labels, tpl, batch_size=batch_size, progress=progress)
+        classes = class_embeddings(model, labels, tpl, batch_size=batch_size, progress=progress, long_text=long_text)
         z = model.embed(batch_size=batch_size, long_audio=long_audio, progress=progress, **{name: items})[name]
         out[name] = (scale * z @ classes.T).softmax(-1)
     return out
