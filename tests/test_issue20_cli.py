@@ -272,3 +272,36 @@ def test_long_text_warns_and_chunks_from_the_cli(tmp_path, capsys, model_dir):
     model = OnePeace.from_pretrained(model_dir, dtype="fp32")
     ref = model.embed(text=[long], long_text="chunk")["text"].numpy()
     np.testing.assert_allclose(whole, ref, atol=1e-6)
+
+
+def test_recipe_overrides_may_follow_options():
+    """`pretrain CFG --output D optim.lr=1e-4` took the override as an unrecognised argument."""
+    from onepeace.cli import _is_override
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["pretrain", "r.toml", "--output", "d", "optim.lr=1e-4"])
+    assert extra == ["optim.lr=1e-4"] and all(_is_override(a) for a in extra)
+    assert not _is_override("--foo=1") and not _is_override("lr=1") and not _is_override("x")
+
+
+def test_overrides_after_options_reach_the_recipe(capsys, monkeypatch):
+    import onepeace.cli as cli
+
+    seen = {}
+
+    def fake(args):
+        seen["overrides"] = list(args.overrides)
+        return 0
+
+    real = cli.build_parser
+
+    def with_fake_pretrain():
+        p = real()
+        p._subparsers._group_actions[0].choices["pretrain"].set_defaults(func=fake)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", with_fake_pretrain)
+    assert main(["pretrain", "r.toml", "a.b=1", "--output", "d", "optim.lr=1e-4"]) == 0
+    assert seen["overrides"] == ["a.b=1", "optim.lr=1e-4"]
+    code, _, err = run(capsys, "pretrain", "r.toml", "--output", "d", "stray")
+    assert code == 2 and "unrecognized arguments: stray" in err and len(err.strip().splitlines()) == 1

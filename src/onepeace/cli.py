@@ -1011,6 +1011,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_override(arg: str) -> bool:
+    """``section.key=value``: a recipe override of ``pretrain`` / ``finetune``."""
+    key = arg.split("=", 1)[0]
+    return "=" in arg and not arg.startswith("-") and "." in key and " " not in key
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``onepeace`` command; returns its exit status. A reader that stops early (``| head``)
     ends it quietly with status 141 (128 + SIGPIPE), as a coreutils tool killed by SIGPIPE."""
@@ -1039,7 +1045,13 @@ def _main(argv: list[str] | None) -> int:
     # allow `onepeace pretrain CONFIG --optim.lr=1e-4` as well as `optim.lr=1e-4`
     argv = [a[2:] if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else a for a in argv]
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # recipe overrides (section.key=value) may also come after options: `pretrain CFG --output D optim.lr=1`
+        if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
+            args.overrides += extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # a usage error (already printed), --help or --version
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
