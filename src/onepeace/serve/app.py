@@ -587,7 +587,9 @@ def create_app(
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "onepeace",
                                             "modalities": modalities, "dimensions": dim,
-                                            "precision": precision(), "search": index is not None}]}
+                                            "precision": precision(), "batch_invariant": precision() != "int8",
+                                            "precision_note": getattr(model, "serve_note", "") or None,
+                                            "search": index is not None}]}
 
     # ----------------------------------------------------------------------------------- search
     async def parse_search(request: Request) -> tuple[SearchRequest, dict[str, bytes]]:
@@ -741,7 +743,8 @@ def create_app(
         out: dict[str, Any] = {"status": "ok", "auth": api_key is not None}
         if not authorized:
             return out
-        out.update(model=name, precision=precision(), dim=dim, modalities=modalities, file_types=file_types,
+        out.update(model=name, precision=precision(), batch_invariant=precision() != "int8", dim=dim,
+                   modalities=modalities, file_types=file_types,
                    index=None, search=index is not None,
                    batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                              "max_queue": batcher.max_queue, "max_in_flight": max_in_flight,

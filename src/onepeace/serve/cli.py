@@ -70,6 +70,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="largest request body; larger ones get 413 (default 16 MiB)")
     p.add_argument("--timeout", type=_seconds, default=30.0,
                    help="seconds a request may take before it gets 408 (default 30)")
+    p.add_argument("--max-queue", type=_positive, default=1024,
+                   help="most inputs waiting for a forward pass; past it requests get 503 with Retry-After "
+                        "(default 1024)")
+    p.add_argument("--max-in-flight", type=_positive, default=256,
+                   help="most requests served at once; past it requests get 503 with Retry-After (default 256)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_serve)
     return p
@@ -104,10 +109,41 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def serving_dtype(dtype: str | None, device: str = "cpu") -> tuple[str | None, str]:
+    """The precision ``serve`` loads the model in, and a note for the banner. ``auto`` never means
+    int8 here: int8 quantises activations per forward pass, so a served row would change with the
+    other requests in its micro-batch; the server promises batch-invariant rows, so ``auto``
+    stands for bf16 where the CPU (or GPU) computes it natively, else fp32."""
+    from ..model.precision import choose
+
+    if dtype is None or str(dtype).strip().lower() != "auto":
+        if str(dtype).strip().lower() == "int8":
+            return "int8", "int8: rows depend on their micro-batch (not batch-invariant)"
+        return dtype, ""
+    picked = choose(device)
+    if picked == "int8":
+        return "fp32", "auto: fp32, not int8 (int8 rows would depend on their micro-batch)"
+    return picked, f"auto: {picked}"
+
+
+def load_model(spec: str, dtype: str | None = None, device: str = "cpu"):
+    """The model to serve, in the precision :func:`serving_dtype` picks (``model.serve_note`` says
+    why; ``model.load_seconds`` how long loading took)."""
+    import time
+
+    from ..model.onepeace import OnePeace
+
+    resolved, note = serving_dtype(dtype, device)
+    t0 = time.perf_counter()
+    model = OnePeace.from_pretrained(spec, dtype=resolved, device=device)
+    model.load_seconds = time.perf_counter() - t0
+    model.serve_note = note
+    return model
+
+
 def load_served(db: str, model_spec: str | None, dtype: str | None = None, device: str = "cpu"):
     """Open the index at ``db`` and load the model that built it (``model_spec`` or the index's
     own record); a model whose fingerprint differs from the index's is refused, naming both."""
-    from ..model.onepeace import OnePeace
     from ..search.fingerprint import model_fingerprint
     from ..search.store import Index
 
@@ -115,7 +151,7 @@ def load_served(db: str, model_spec: str | None, dtype: str | None = None, devic
     spec = model_spec or index.model_name
     if not spec or spec.startswith("<"):
         raise InputError(f"{db} does not record a loadable model ({spec!r}); pass --model")
-    model = OnePeace.from_pretrained(spec, dtype=dtype, device=device)
+    model = load_model(spec, dtype, device)
     index.check_model(model_fingerprint(model), spec)
     return model, index
 
@@ -142,13 +178,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)
     try:
         if args.db is None:
-            from ..model.onepeace import OnePeace
-
-            model, index = OnePeace.from_pretrained(args.model, dtype=args.dtype, device=device), None
+            model, index = load_model(args.model, args.dtype, device), None
         else:
             model, index = load_served(args.db, args.model, args.dtype, device)
         app = create_app(model, index, api_key=api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                         max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True)
+                         max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True,
+                         max_queue=args.max_queue, max_in_flight=args.max_in_flight,
+                         model_load_s=getattr(model, "load_seconds", None))
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         if index is None:
@@ -156,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             counts = ", ".join(f"{n} {m}" for m, n in sorted(_counts(index).items()))
             what = f"index {args.db} ({counts or 'empty'})"
-        precision = getattr(model, "precision", None)
+        precision = getattr(model, "serve_note", "") or getattr(model, "precision", None)
         print(f"onepeace serve: http://{shown}:{port}/ — {what}, model "
               f"{getattr(model, 'name_or_path', None) or args.model}{f' ({precision})' if precision else ''}; "
               "Ctrl-C stops", file=sys.stderr)
