@@ -19,10 +19,16 @@ ranks unequal sample counts; with finite epochs under DDP, balance the shard siz
 with replacement from its own seeded stream (webdataset's ``ResampledShards``): an endless stream
 with no epoch boundaries, the usual choice for multi-node runs over many shards.
 
-Bad samples (missing, empty or corrupt files, unreadable shards, invalid records) are skipped:
-counted in ``dataset.skipped`` (one count shared by all DataLoader workers of the dataset, so the
-main process sees theirs), logged as a warning naming the sample, and passed to
-``on_skip(sample_id, reason)`` when given (in the process that skipped it).
+Bad samples (missing, empty or corrupt files, unreadable shards, invalid records: an
+:class:`~onepeace.errors.InputError`) are skipped: counted in ``dataset.skipped`` (one count shared
+by all DataLoader workers of the dataset, so the main process sees theirs), logged as a warning
+naming the sample, and passed to ``on_skip(sample_id, reason)`` when given (in the process that
+skipped it). Any other error -- a missing module, a bug, out of memory, too many open files -- is
+not the sample's fault: it stops the run, named in one line (:func:`onepeace.errors.stop_in_worker`).
+A training stream that skips more than ``max_skip_share`` (default
+:data:`~onepeace.errors.MAX_SKIP_SHARE`, half) of the samples it has seen, once it has seen
+:data:`~onepeace.errors.MIN_SKIP_SEEN`, stops with a :class:`~onepeace.errors.SkipLimitError`
+(counted per DataLoader worker, each over its own share of the data).
 
 Evaluation samples (``train=False``) also carry their identity, for retrieval metrics over
 distinct items (:mod:`onepeace.tasks.retrieval`): ``"item"`` maps each media field to the media
@@ -47,7 +53,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ModelConfig, get_preset
-from ..errors import InputError
+from ..errors import MAX_SKIP_SHARE, InputError, SkipGuard, stop_in_worker
 from ..processing import Processor, split_companions
 from .augment import parse_augment
 from .manifest import media_fields, read_manifest
@@ -104,6 +110,12 @@ def resolve_source(source: Source) -> tuple[str, list[Any]]:
                      "a glob, or a webdataset spec: pipe:COMMAND, a URL, shard-{000000..000009}.tar)")
 
 
+def _name(source: Source) -> str:
+    if isinstance(source, (list, tuple)):
+        return f"{os.fspath(source[0])} (and {len(source) - 1} more)" if len(source) > 1 else os.fspath(source[0])
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else repr(source)
+
+
 def _config(config: ModelConfig | str) -> ModelConfig:
     if isinstance(config, str):
         return get_preset(config)
@@ -155,6 +167,10 @@ class PairDataset(IterableDataset):
     (with ``persistent_workers=False``, the DataLoader default, workers get a fresh copy of the
     dataset per epoch). ``rank`` / ``world_size`` are used when ``torch.distributed`` is not
     initialised.
+
+    ``max_skip_share``: the share of skipped samples that stops the stream (a
+    :class:`~onepeace.errors.SkipLimitError`); ``"auto"`` is :data:`~onepeace.errors.MAX_SKIP_SHARE`
+    when ``train``, and never for evaluation (which reports how many it skipped); None never.
     """
 
     def __init__(
@@ -174,6 +190,7 @@ class PairDataset(IterableDataset):
         fields: Sequence[str] | None = None,
         augment: dict[str, dict[str, Any]] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
+        max_skip_share: float | None | str = "auto",
     ):
         super().__init__()
         self.config = _config(config)
@@ -217,6 +234,9 @@ class PairDataset(IterableDataset):
             raise InputError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
         self.shuffle_buffer = int(shuffle_buffer)
         self.on_skip = on_skip
+        if max_skip_share == "auto":
+            max_skip_share = MAX_SKIP_SHARE if self.train else None
+        self._guard = SkipGuard(f"the data {_name(source)}", max_skip_share)  # per process
         self.epoch = 0
         self._skipped = SkipCount()  # shared by the DataLoader workers of this dataset
         self.ok = 0  # samples produced by this process
@@ -277,6 +297,7 @@ class PairDataset(IterableDataset):
         log.warning("skipping sample %s: %s", sample_id, reason)
         if self.on_skip is not None:
             self.on_skip(str(sample_id), str(reason))
+        self._guard.skip()  # raises once too much of the input was bad
 
     # -- iteration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -394,14 +415,18 @@ class PairDataset(IterableDataset):
                 if self.train and self.augment.get(k):
                     item = self.augment[k].apply(proc, item, rng)
                 out[k] = proc.sample(item, train=self.train, rng=rng, **self.sample_options.get(k, {}))
-        except Exception as e:  # noqa: BLE001 - one bad file must never end a training run
+        except InputError as e:  # the sample's fault: one bad file must never end a training run
             self._skip(sample_id, e)
             return None
+        except Exception as e:  # a missing module, a bug, out of memory: not the sample's fault
+            stop_in_worker(e, f"sample {sample_id}")
+            raise
         if rec.get("label") is not None:
             out["label"] = int(rec["label"])
         if not self.train:
             out["item"] = {k: media_identity(rec[k]) for k in kinds}
         self.ok += 1
+        self._guard.ok()
         return out
 
 

@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, not_the_input
 from .manifest import media_modalities, read_manifest
 
 log = logging.getLogger(__name__)
@@ -403,6 +403,8 @@ def _open_shard(url: str):
     try:
         return open(url, "rb") if local else gopen(url, "rb")
     except Exception as e:  # noqa: BLE001 - gopen raises what the scheme's opener raises
+        if not_the_input(e):  # too many open files, out of memory: the machine's fault, not the shard's
+            raise
         raise InputError(f"cannot open shard {url}: {e}") from None
 
 
@@ -435,6 +437,8 @@ def iter_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             sample["__shard__"] = sample.pop("__url__", url)
             yield sample
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if not_the_input(e):
+            raise
         status = _close_quietly(stream)
         raise InputError(f"corrupt or truncated shard {url}: {status or e}") from None
     finally:

@@ -6,8 +6,10 @@ A task manifest is JSONL, one sample per line; which fields a line needs depends
 
 Loading is map-style: a sampler yields ``(epoch, index)`` pairs (a seeded permutation per epoch,
 split across ranks), so augmentation randomness depends only on (seed, epoch, index) and a resumed
-run sees the same stream. A sample that fails to load is skipped (logged and counted), never
-fatal.
+run sees the same stream. A sample that fails to load (an :class:`~onepeace.errors.InputError`:
+missing, corrupt, mismatched mask) is skipped (logged and counted); any other error (a missing
+module, a bug, out of memory) stops the run in one line, and so does a training stream that skipped
+more than :data:`~onepeace.errors.MAX_SKIP_SHARE` of its samples (see :class:`onepeace.errors.SkipGuard`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.dataset import SkipCount
 from ..data.manifest import iter_jsonl, resolve_media
-from ..errors import InputError
+from ..errors import MAX_SKIP_SHARE, InputError, SkipGuard, stop_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,15 @@ class TaskDataset(Dataset):
     ``skipped`` counts failures in every DataLoader worker; ``skipped_ids`` names those of this
     process (all of them when loading in-process, as evaluation does)."""
 
-    def __init__(self, records: list[dict[str, Any]], task, train: bool, seed: int = 0):
+    def __init__(self, records: list[dict[str, Any]], task, train: bool, seed: int = 0, *,
+                 max_skip_share: float | None | str = "auto", name: str = "the task manifest"):
         self.records, self.task, self.train, self.seed = records, task, train, seed
         self._skipped = SkipCount()
         self.skipped_ids: list[str] = []
+        if max_skip_share == "auto":  # training stops on too much bad data; evaluation reports it
+            max_skip_share = MAX_SKIP_SHARE if train else None
+        self._guard = SkipGuard(name, max_skip_share)  # per process (each worker its own) ...
+        self._counted: set[int] = set()  # ... over distinct records: a record seen again is not more input
 
     @property
     def skipped(self) -> int:
@@ -101,12 +108,25 @@ class TaskDataset(Dataset):
         rec = self.records[i]
         rng = random.Random(f"onepeace-ft-aug:{self.seed}:{epoch}:{i}")
         try:
-            return self.task.sample(rec, self.train, rng)
+            out = self.task.sample(rec, self.train, rng)
         except InputError as e:
             self._skipped.add()
             self.skipped_ids.append(str(rec.get("id")))
             log.warning("skipping sample %s (%s): %s", rec.get("id"), rec.get("_where"), e)
+            if self._first(i):
+                self._guard.skip()
             return None
+        except Exception as e:  # a missing module, a bug, out of memory: not the sample's fault
+            stop_in_worker(e, f"sample {rec.get('id')} ({rec.get('_where')})")
+            raise
+        if self._first(i):
+            self._guard.ok()
+        return out
+
+    def _first(self, i: int) -> bool:
+        new = i not in self._counted
+        self._counted.add(i)
+        return new
 
 
 class TaskCollator:
@@ -130,7 +150,7 @@ def task_loader(task, source: str, batch_size: int, *, train: bool, seed: int = 
     if records is None:
         records = read_task_manifest(source, task.required_fields)
         task.check_records(records, source)
-    ds = TaskDataset(records, task, train, seed)
+    ds = TaskDataset(records, task, train, seed, name=f"the task manifest {source}")
     sampler = EpochSampler(len(records), seed=seed, shuffle=train, repeat=train, rank=rank if train else 0,
                            world=world if train else 1)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..config import HeadConfig, ModelConfig
 from ..data.dataset import media_identity
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, DecodeError, InputError, not_the_input
 from ..pretrain.losses import contrastive_loss
 from ..processing import Processor
 from ..processing.image import load_image
@@ -593,8 +593,10 @@ class SegmentationTask(Task):
         try:
             with Image.open(rec["mask"]) as m:
                 mask = m.copy()
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types
-            raise InputError(f"cannot read mask {rec['mask']}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files ...
+            if not_the_input(e):  # ... but out of memory or file handles is not the mask's fault
+                raise
+            raise DecodeError(f"cannot read mask {rec['mask']}: {e}") from None
         if mask.mode not in ("L", "P", "I", "I;16"):
             raise InputError(f"mask {rec['mask']} must be a single-channel image of class ids, got mode {mask.mode}")
         if mask.size != img.size:

@@ -28,7 +28,7 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, OnePeaceWarning
+from ..errors import DecodeError, InputError, OnePeaceWarning, not_the_input
 from .inputs import describe, open_binary
 
 LONG_AUDIO_MODES = ("truncate", "chunk")
@@ -91,8 +91,10 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
         try:
             data, rate = sf.read(stream, dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
+            if not_the_input(e):  # out of memory, a missing module: not the file's fault
+                raise
             reason = str(e).removeprefix(f"Error opening {stream!r}: ").rstrip(".")
-            raise InputError(
+            raise DecodeError(
                 f"cannot decode audio {describe(item)}: {reason}. Give a file in one of the formats "
                 f"{', '.join(x.lstrip('.') for x in AUDIO_EXTENSIONS)}"
             ) from None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import DecodeError, InputError, not_the_input
 from .inputs import describe, open_binary
 
 #: file name extensions of common image formats (all read by Pillow); folders are searched for these
@@ -39,16 +39,20 @@ def load_image(item: Any) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise InputError(_too_large(item, e)) from None
         except Image.UnidentifiedImageError:
-            raise InputError(
+            raise DecodeError(
                 f"cannot decode image {describe(item)}: not an image in a format Pillow reads "
                 f"({', '.join(x.lstrip('.') for x in IMAGE_EXTENSIONS)}, ...)"
             ) from None
         except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad files
-            raise InputError(f"cannot decode image {describe(item)}: {e}") from None
+            if not_the_input(e):  # out of memory, a missing module: not the file's fault
+                raise
+            raise DecodeError(f"cannot decode image {describe(item)}: {e}") from None
     try:
         return img.convert("RGB")
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot convert image {describe(item)} to RGB: {e}") from None
+        if not_the_input(e):
+            raise
+        raise DecodeError(f"cannot convert image {describe(item)} to RGB: {e}") from None
 
 
 def _too_large(item: Any, e: Exception) -> str:

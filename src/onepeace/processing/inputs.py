@@ -6,7 +6,7 @@ import io
 import os
 from typing import Any
 
-from ..errors import InputError
+from ..errors import DecodeError, InputError, not_the_input
 
 
 def describe(item: Any) -> str:
@@ -49,9 +49,11 @@ def open_binary(item: Any, kind: str) -> io.BytesIO:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
+            if not_the_input(e):  # too many open files, ...: the machine's fault, the run stops
+                raise
             raise InputError(f"cannot read {kind} file {path}: {e.strerror or e}") from None
         if not data:
-            raise InputError(f"{kind} file is empty: {path}")
+            raise DecodeError(f"{kind} file is empty: {path}")
         return NamedBytes(data, path)
     if isinstance(item, (bytes, bytearray, memoryview)):
         if not len(item):
@@ -60,7 +62,9 @@ def open_binary(item: Any, kind: str) -> io.BytesIO:
     if hasattr(item, "read"):
         try:
             data = item.read()
-        except Exception as e:  # noqa: BLE001 - any reader failure is the input's fault
+        except Exception as e:  # noqa: BLE001 - any reader failure is the input's fault ...
+            if not_the_input(e):  # ... but for running out of memory or file handles
+                raise
             raise InputError(f"cannot read {kind} input {describe(item)}: {e}") from None
         if isinstance(data, str):
             raise InputError(f"{kind} file object {describe(item)} is open in text mode; open it with 'rb'")

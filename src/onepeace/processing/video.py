@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import DecodeError, InputError, MissingDependencyError
 from . import COMPANION_SEP
 from .image import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS
 from .inputs import NamedBytes, describe, open_binary
@@ -49,7 +49,7 @@ def _av():
     try:
         import av
     except ImportError:
-        raise InputError("reading video files needs PyAV: pip install 'onepeace[video]'") from None
+        raise MissingDependencyError("reading video files needs PyAV: pip install 'onepeace[video]'") from None
     return av
 
 
@@ -128,7 +128,7 @@ def _open(av, data: bytes, name: str):
     try:
         return av.open(io.BytesIO(data), mode="r")
     except av.error.FFmpegError as e:
-        raise InputError(f"cannot decode video {name}: not a video file FFmpeg reads, or a truncated one "
+        raise DecodeError(f"cannot decode video {name}: not a video file FFmpeg reads, or a truncated one "
                          f"({_why(e)}). Give a file in one of the formats "
                          f"{', '.join(x.lstrip('.') for x in VIDEO_EXTENSIONS)}") from None
 
@@ -150,7 +150,7 @@ def _video_stream(container, name: str):
         raise InputError(f"{name} has no video stream (streams: {', '.join(kinds)}); give a video file")
     stream = streams[0]
     if stream.codec_context is None:
-        raise InputError(f"cannot decode video {name}: its video codec is not one FFmpeg (PyAV) can decode; "
+        raise DecodeError(f"cannot decode video {name}: its video codec is not one FFmpeg (PyAV) can decode; "
                          "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
     return stream
 
@@ -178,14 +178,14 @@ def _decode(stream: NamedBytes, name: str, frames: int, sampling: str, stride: i
                 if p.pts is not None and p.time_base is not None:
                     end = max(end, float((p.pts + (p.duration or 0)) * p.time_base) - start)
         except av.error.FFmpegError as e:
-            raise InputError(f"cannot decode video {name}: the file is truncated or damaged ({_why(e)})") from None
+            raise DecodeError(f"cannot decode video {name}: the file is truncated or damaged ({_why(e)})") from None
         fps = float(vs.average_rate or vs.guessed_rate or 0)
         declared = (container.duration or 0) / 1e6
     if n == 0:
-        raise InputError(f"video {name} has no frames")
+        raise DecodeError(f"video {name} has no frames")
     # streaming containers (webm, mkv, avi) cut short still demux; their header keeps the length
     if declared > 0 and end < 0.9 * declared - 0.1:
-        raise InputError(f"video {name} is truncated: its header says {declared:.2f} s, its data ends at "
+        raise DecodeError(f"video {name} is truncated: its header says {declared:.2f} s, its data ends at "
                          f"{end:.2f} s (an interrupted download or copy?)")
     want = sample_indices(n, frames, sampling, stride)
     wanted = set(want)
@@ -236,9 +236,9 @@ def _decode(stream: NamedBytes, name: str, frames: int, sampling: str, stride: i
                 for out in resampler.resample(None):
                     pieces.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as e:
-            raise InputError(f"cannot decode video {name}: the file is truncated or damaged ({_why(e)})") from None
+            raise DecodeError(f"cannot decode video {name}: the file is truncated or damaged ({_why(e)})") from None
     if not kept:
-        raise InputError(f"video {name} has no decodable frames (the file may be truncated or damaged)")
+        raise DecodeError(f"video {name} has no decodable frames (the file may be truncated or damaged)")
     # frames the demuxer counted but the decoder did not deliver: hold the last decoded one
     order = sorted(kept)
     pics = [kept[i] if i in kept else kept[max((k for k in order if k <= i), default=order[0])] for i in want]

@@ -8,8 +8,12 @@
 * **planner** (:meth:`BuildRun.plan`): drops items the index already holds unchanged (same id and
   file size/mtime, or same content hash) and groups the rest into single-modality batches.
 * **mapper**: :func:`decode_batch` reads, hashes and decodes one batch (run in DataLoader
-  workers, in parallel with the model); a file that cannot be read or decoded is set aside with its
-  reason, never aborting the job. :func:`embed_decoded` runs the model and makes the rows.
+  workers, in parallel with the model); a file that cannot be read or decoded (an
+  :class:`~onepeace.errors.InputError`) is set aside with its reason and the job goes on. Any other
+  error (a missing module, a bug, out of memory, too many open files) stops the build in one line,
+  and so does a build that set aside more than :data:`~onepeace.errors.MAX_SKIP_SHARE` of the
+  items it listed (see :class:`~onepeace.errors.SkipGuard`). :func:`embed_decoded` runs the model
+  and makes the rows.
 * **writer** (:class:`IndexWriter`): commits rows in batches (one Lance commit each), so a
   killed build loses at most the rows not yet committed, and a rerun adds exactly those.
 
@@ -35,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OnePeaceError
+from ..errors import InputError, OnePeaceError, SkipGuard, not_the_input, stop_in_worker
 from .store import Index, SearchIndexError, is_index, item_id
 
 log = logging.getLogger(__name__)
@@ -293,6 +297,8 @@ def _read(item: Item) -> bytes:
     except IsADirectoryError:
         raise InputError(f"is a directory: {item.uri}") from None
     except OSError as e:
+        if not_the_input(e):  # too many open files, ...: the machine's fault, the build stops
+            raise
         raise InputError(f"cannot read {item.uri}: {e.strerror or e}") from None
     if not data:
         raise InputError(f"file is empty: {item.uri}")
@@ -324,6 +330,9 @@ def decode_batch(batch: Batch, processor: Any) -> Decoded:
             except InputError as e:
                 skipped.append((item, str(e)))
                 continue
+            except Exception as e:  # too many open files, ...: not the file's fault, the build stops
+                stop_in_worker(e, item.name)
+                raise
             digest = hashlib.sha256(data).hexdigest()
             payload: Any = NamedBytes(data, item.uri)
         else:
@@ -341,14 +350,17 @@ def decode_batch(batch: Batch, processor: Any) -> Decoded:
             warnings.simplefilter("always")
             try:
                 inputs = proc([_rewind(p) for p in payloads])
-            except Exception:  # noqa: BLE001 - find the culprits one by one
+            except InputError:  # find the culprits one by one
                 keep = []
                 for i, (item, p) in enumerate(zip(items, payloads)):
                     try:
                         proc([_rewind(p)])
                         keep.append(i)
-                    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+                    except InputError as e:  # the file's fault: set it aside
                         skipped.append((item, _reason(e)))
+                    except Exception as e:  # a missing module, a bug: not the file's, the build stops
+                        stop_in_worker(e, item.name)
+                        raise
                 items = [items[i] for i in keep]
                 hashes = [hashes[i] for i in keep]
                 payloads = [payloads[i] for i in keep]
@@ -408,7 +420,12 @@ class _DecodeDataset:
 
             Image.MAX_IMAGE_PIXELS = self.max_pixels
             self._processor = Processor(ModelConfig.from_dict(json.loads(self.config_json)))
-        return decode_batch(batch, self._processor)
+        try:
+            return decode_batch(batch, self._processor)
+        except Exception as e:  # not an input's fault (those are set aside): the build stops
+            first = batch.items[0].name if batch.items else "?"
+            stop_in_worker(e, f"a batch of {len(batch.items)} {batch.modality} item(s) from {first}")
+            raise
 
 
 def embed_local(model: Any, batches: Iterable[Batch], *, workers: int = 2) -> Iterator[Result]:
@@ -577,6 +594,9 @@ class BuildRun:
         self.model_name = model_name
         self.engine = engine
         self.on_progress: Callable[[int], None] = lambda n: None
+        # every listed item counts as used when planned; one set aside (then or when decoded)
+        # counts as skipped, and too many of those stop the build
+        self.guard = SkipGuard(f"the index build of {', '.join(self.sources)}")
 
     # ---- planning (runs in this process; the DataLoader pulls from it)
     def _left_out(self, path: str) -> None:
@@ -597,9 +617,10 @@ class BuildRun:
         buffers: dict[str, Batch] = {}
         for item in self.items():
             if item.error or item.modality not in self.modalities:
-                self._skip(item, item.error or f"this model has no {item.modality} branch")
                 self.on_progress(1)
+                self._skip(item, item.error or f"this model has no {item.modality} branch", counted=False)
                 continue
+            self.guard.ok()
             iid = item.id
             if iid in self.seen:
                 self.duplicates += 1
@@ -636,10 +657,11 @@ class BuildRun:
         return (st.st_size, st.st_mtime_ns) == (old[1], old[2])
 
     # ---- consuming results
-    def _skip(self, item: Item, reason: str) -> None:
+    def _skip(self, item: Item, reason: str, *, counted: bool = True) -> None:
         entry = {"modality": item.modality, "source": item.source, "reason": reason}
         entry["uri" if item.uri else "item"] = item.name
         self.skipped.append(entry)
+        self.guard.skip(counted=counted)  # raises once too many items were set aside
 
     def consume(self, result: Result) -> None:
         self.writer.add(result.rows)
