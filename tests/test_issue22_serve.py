@@ -335,3 +335,18 @@ def test_filter_json_strings_with_injection_keep_the_query_valid(world):
                                           {"column": "text", "op": op, "value": value}]})
             got = sorted(r["text"] for r in idx.rows(["text"], where=sql))
             assert got == sorted(t for t in texts if pred(t, value)), (op, value, sql)
+
+
+# --------------------------------------------------------------------------------- result shape
+def test_one_result_shape_documented_in_the_openapi_schema(client):
+    r = client.post("/search", json={"text": "a red circle", "k": 3})
+    body = r.json()
+    assert body["schema_version"] == 1 and len(body["hits"]) == 3
+    assert body["results"] == body["hits"]  # the old name, for a deprecation period
+    for h in body["hits"]:
+        assert {"id", "modality", "text", "metadata", "score", "prob"} <= set(h)
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/search"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["$ref"].endswith("/SearchResponse")
+    props = schema["components"]["schemas"]["SearchResponse"]["properties"]
+    assert "hits" in props and props["results"].get("deprecated") is True

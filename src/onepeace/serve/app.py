@@ -9,8 +9,9 @@
   ``usage`` counts the text tokens the model reads (images and audio count 0).
 * ``POST /search`` — a composed query (one text or several, image and/or audio, weights in the
   order text(s), image, audio as ``onepeace search`` composes them, target modality, ``k``, a
-  ``where`` filter) as JSON (files as base64 / data URIs) or multipart form data (files as
-  uploads) → ranked hits with ``score``, ``prob`` and a ``media_url``.
+  structured ``filter``; raw SQL ``where`` is refused) as JSON (files as base64 / data URIs) or
+  multipart form data (files as uploads) → ``{"schema_version": 1, "hits": [...]}`` (``results``:
+  the same list, deprecated), each with ``score``, ``prob`` and a ``media_url``.
 * ``GET /media/{id}`` — the indexed file of an item, looked up by its id in the index (never a
   path from the request); ``?thumb=N`` gives an image at most N pixels on its longer side.
 * ``GET /health``, ``GET /v1/models``, ``GET /`` (the page; ``/static/*`` its script and style).
@@ -23,8 +24,9 @@ folder or manifest it was indexed from.
 
 Concurrent embeddings share forward passes (:mod:`.batching`). Every error is a JSON body
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status — 400 bad input, 401 a
-missing or wrong API key, 404 unknown item, 408 over ``timeout_s``, 413 over
-``max_request_bytes`` — and never a traceback.
+missing or wrong API key, 403 a file outside the indexed folders, 404 unknown item, 408 over
+``timeout_s``, 413 over ``max_request_bytes``, 503 (with ``Retry-After``) when the queue or the
+in-flight requests are at their bounds — and never a traceback. ``GET /metrics``: Prometheus.
 """
 
 from __future__ import annotations
@@ -344,6 +346,40 @@ class SearchRequest(BaseModel):
                            {"column": "name", "op": "ends_with", "value": ".jpg"}]}])
 
 
+#: the version of the search result schema (``{"schema_version", "hits": [...]}``), shared with
+#: ``onepeace search --json``
+SEARCH_SCHEMA_VERSION = 1
+
+
+class SearchHit(BaseModel):
+    """One hit: the fields ``onepeace search --json`` prints too (id, modality, text, metadata,
+    score, prob), plus the file's name and URLs instead of its path on the server."""
+
+    id: str
+    modality: str
+    text: str = ""
+    metadata: dict[str, Any] = {}
+    score: float = Field(..., description="cosine similarity of the query and the row, in [-1, 1]")
+    prob: float | None = Field(None, description="softmax of the temperature-scaled scores over the hits")
+    name: str = ""
+    media_url: str | None = None
+    media_type: str | None = None
+    thumb_url: str | None = None
+
+
+class SearchResponse(BaseModel):
+    """The answer of /search: ``hits`` best first (the name ``onepeace search --json`` uses).
+    ``results`` holds the same list under its old name, kept for a deprecation period."""
+
+    schema_version: int = SEARCH_SCHEMA_VERSION
+    hits: list[SearchHit]
+    results: list[SearchHit] = Field(..., deprecated=True, description="deprecated: the same list as hits")
+    k: int
+    modality: str | None = None
+    inputs: list[str]
+    took_ms: float
+
+
 # ------------------------------------------------------------------------------------ the model
 class _Embedded:
     """The model as query.compose sees it, its ``embed`` answering with rows already computed
@@ -647,7 +683,7 @@ def create_app(
                 files[key] = decode_base64_input(value, key, key)
         return req, files
 
-    @app.post("/search", dependencies=[Depends(authorize)])
+    @app.post("/search", dependencies=[Depends(authorize)], responses={200: {"model": SearchResponse}})
     async def search(request: Request):
         from ..search import query as query_mod
         from ..search.store import compile_filter
@@ -700,8 +736,9 @@ def create_app(
 
         hits = await run_in_threadpool(run)
         took = round((loop.time() - t0) * 1000, 1)
-        return JSONResponse({"results": [_hit(h, thumbs) for h in hits], "k": req.k, "modality": req.modality,
-                             "inputs": sorted(inputs), "took_ms": took})
+        found = [_hit(h, thumbs) for h in hits]
+        return JSONResponse({"schema_version": SEARCH_SCHEMA_VERSION, "hits": found, "results": found, "k": req.k,
+                             "modality": req.modality, "inputs": sorted(inputs), "took_ms": took})
 
     # ------------------------------------------------------------------------------------ media
     @app.get("/media/{item_id}", dependencies=[Depends(authorize)])

@@ -324,13 +324,13 @@ async function search(event) {
       const section = document.createElement("section");
       section.className = `group ${kinds[i]}`;
       const h = document.createElement("h2");
-      h.textContent = `${KIND_NAMES[kinds[i]] || kinds[i]} (${body.results.length})`;
+      h.textContent = `${KIND_NAMES[kinds[i]] || kinds[i]} (${body.hits.length})`;
       const list = document.createElement("ol");
       list.className = "grid";
-      list.replaceChildren(...await Promise.all(body.results.map((hit, j) => renderHit(hit, j + 1))));
+      list.replaceChildren(...await Promise.all(body.hits.map((hit, j) => renderHit(hit, j + 1))));
       section.append(h, list);
       groups.push(section);
-      n += body.results.length;
+      n += body.hits.length;
     }
     $("#results").replaceChildren(...groups);
     const inputs = answers.length ? answers[0].inputs.join(" + ") : "";
