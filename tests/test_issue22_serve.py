@@ -350,3 +350,15 @@ def test_one_result_shape_documented_in_the_openapi_schema(client):
     assert ok["$ref"].endswith("/SearchResponse")
     props = schema["components"]["schemas"]["SearchResponse"]["properties"]
     assert "hits" in props and props["results"].get("deprecated") is True
+
+
+def test_the_cli_json_has_the_same_schema(world, client, capsys):
+    from onepeace.cli import main
+
+    assert main(["search", str(world["root"] / "index"), "--text", "a red circle", "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    served = client.post("/search", json={"text": "a red circle", "k": 3}).json()
+    assert out["schema_version"] == served["schema_version"] == 1
+    assert [h["id"] for h in out["hits"]] == [h["id"] for h in served["hits"]]
+    common = {"id", "modality", "text", "metadata", "score", "prob"}
+    assert all(common <= set(h) for h in out["hits"])

@@ -230,7 +230,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
-        print(json.dumps({"index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
+        print(json.dumps({"schema_version": 1, "index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
                           "hits": hits}, indent=1, ensure_ascii=False))
         return 0
     terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]
