@@ -89,7 +89,9 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
     else:
         stream = open_binary(item, "audio")
         try:
-            data, rate = sf.read(stream, dtype="float32", always_2d=True)
+            with sf.SoundFile(stream) as f:
+                declared, rate, container = f.frames, f.samplerate, f.format
+                data = f.read(dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
             if not_the_input(e):  # out of memory, a missing module: not the file's fault
                 raise
@@ -98,12 +100,85 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
                 f"cannot decode audio {describe(item)}: {reason}. Give a file in one of the formats "
                 f"{', '.join(x.lstrip('.') for x in AUDIO_EXTENSIONS)}"
             ) from None
+        _warn_if_cut_short(item, stream.getvalue(), container, declared, len(data), rate)
         wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if wav.size == 0:
         raise InputError(f"audio {describe(item)} has no samples")
     if not np.isfinite(wav).all():
         raise InputError(f"audio {describe(item)} contains NaN or infinite samples")
     return resample(np.ascontiguousarray(wav), int(rate), sample_rate)
+
+
+def _warn_if_cut_short(item: Any, raw: bytes, container: str, declared: int, read: int, rate: int) -> None:
+    """Warn (:class:`OnePeaceWarning`) when decoding stopped before the end the file declares: the
+    length in its header (libsndfile's frame count; a WAV's data chunk size, which libsndfile
+    clamps to the bytes present), or, for Ogg (no length in any header), the end-of-stream page
+    every complete Ogg stream ends with."""
+    if container == "WAV":
+        declared = max(declared, _wav_declared_frames(raw) or 0)
+    if read < declared:
+        cut = f"decoding stopped at {read / rate:.1f} s of {declared / rate:.1f} s"
+    elif container == "OGG" and read and not _ogg_ends_whole(raw):
+        cut = f"decoding stopped at {read / rate:.1f} s, before the end of its stream"
+    else:
+        return
+    warnings.warn(f"audio {describe(item)}: {cut}; the file is truncated or corrupt (only what was read is used)",
+                  OnePeaceWarning, stacklevel=3)
+
+
+def _wav_declared_frames(raw: bytes) -> int | None:
+    """Frames a RIFF/WAVE header declares (its data chunk size over the block size), or None."""
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    pos, block = 12, 0
+    while pos + 8 <= len(raw):
+        cid, size = raw[pos : pos + 4], int.from_bytes(raw[pos + 4 : pos + 8], "little")
+        if cid == b"fmt " and pos + 22 <= len(raw):
+            block = int.from_bytes(raw[pos + 20 : pos + 22], "little")
+        elif cid == b"data":
+            # 0 and 0xFFFFFFFF: a stream written without knowing its length
+            return size // block if block and size not in (0, 0xFFFFFFFF) else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _ogg_crc(page: bytes) -> int:
+    crc = 0
+    for byte in page:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_TABLE[((crc >> 24) ^ byte) & 0xFF]
+    return crc
+
+
+def _ogg_table() -> list[int]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if r & 0x80000000 else (r << 1) & 0xFFFFFFFF
+        table.append(r)
+    return table
+
+
+_OGG_TABLE = _ogg_table()
+
+
+def _ogg_ends_whole(raw: bytes) -> bool:
+    """Whether an Ogg file ends with a whole page (its checksum right) that closes its stream (the
+    end-of-stream flag): the last valid page found from the end must be both."""
+    end = len(raw)
+    while (i := raw.rfind(b"OggS", 0, end)) >= 0:
+        end = i
+        if i + 27 > len(raw) or raw[i + 4] != 0:
+            continue
+        nseg = raw[i + 26]
+        stop = i + 27 + nseg + sum(raw[i + 27 : i + 27 + nseg])
+        if stop > len(raw):
+            continue  # a page cut short
+        page = raw[i:stop]
+        if _ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) != int.from_bytes(page[22:26], "little"):
+            continue  # "OggS" inside a packet, or a damaged page
+        return stop == len(raw) and bool(raw[i + 5] & 0x04)
+    return False
 
 
 class AudioProcessor:
