@@ -72,12 +72,24 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         first = _first_skipped(report)
         print(f"onepeace index: warning: skipped {result['skipped']} item(s) that could not be read or decoded"
               f"{f' (first: {first})' if first else ''}; all are listed in {report}", file=sys.stderr)
+    if result.get("duplicates"):
+        print(f"onepeace index: note: left out {result['duplicates']:,} duplicate(s): lines or files that list a file "
+              "or text already listed (its first listing is indexed, with that line's caption and fields; give "
+              f"each caption its own text line to index them all; examples in {report})", file=sys.stderr)
     if result.get("left_out"):
         print(f"onepeace index: note: left out {result['left_out']} file(s) in the folders that this model does "
               f"not read (by extension; examples in {report})", file=sys.stderr)
-    pruned = f", pruned {result['pruned']}" if args.prune else ""
+    # every kind of input that gave no new row is named, with its count
+    out = [f"{result['unchanged']:,} unchanged", f"{result['skipped']:,} skipped",
+           f"{result.get('duplicates', 0):,} duplicate(s) left out"]
+    if result.get("left_out"):
+        out.append(f"{result['left_out']:,} file(s) of other types left out")
+    if result.get("metadata_only"):
+        out.append(f"{result['metadata_only']:,} with new captions or fields only")
+    if args.prune:
+        out.append(f"pruned {result['pruned']}")
     print(f"indexed {result['added']:,} new and {result.get('changed', 0):,} changed item(s) "
-          f"({result['unchanged']:,} unchanged, {result['skipped']:,} skipped{pruned}) in {elapsed:.1f} s; "
+          f"({', '.join(out)}) in {elapsed:.1f} s; "
           f"{args.db} holds {idx.count():,} rows ({_counts(idx.modality_counts())}), search: {result.get('index', 'exact')}")
     print(f"report: {report}")
     return 0
@@ -154,7 +166,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
         state = "" if c.get("finished", True) else " (interrupted)"
         print(f"last build{state}: {last[1].get('started', '?')}: added {c.get('added', 0):,}, changed "
               f"{c.get('changed', 0):,}, unchanged {c.get('unchanged', 0):,}, skipped {c.get('skipped', 0):,}, "
-              f"pruned {c.get('pruned', 0):,} ({last[0]})")
+              f"duplicates {c.get('duplicates', 0):,}, pruned {c.get('pruned', 0):,} ({last[0]})")
     return 0
 
 

@@ -584,6 +584,7 @@ class BuildRun:
         self.unchanged = 0
         self.relabel: list[Item] = []  # unchanged files whose text or metadata changed
         self.duplicates = 0
+        self.duplicate_examples: list[dict[str, Any]] = []  # the first few, for the report
         self.skipped: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.left_out: list[str] = []
@@ -623,7 +624,7 @@ class BuildRun:
             self.guard.ok()
             iid = item.id
             if iid in self.seen:
-                self.duplicates += 1
+                self._duplicate(item)
                 self.on_progress(1)
                 continue
             self.seen.add(iid)
@@ -655,6 +656,14 @@ class BuildRun:
         except OSError:
             return False  # the mapper reports it
         return (st.st_size, st.st_mtime_ns) == (old[1], old[2])
+
+    def _duplicate(self, item: Item) -> None:
+        """An item listed again (the same file, or the same text): its first listing is indexed."""
+        self.duplicates += 1
+        if len(self.duplicate_examples) < 20:
+            where = f"{item.source}:{item.metadata['line']}" if "line" in item.metadata else item.source
+            self.duplicate_examples.append({"modality": item.modality, "source": where,
+                                            "uri" if item.uri else "item": item.name})
 
     # ---- consuming results
     def _skip(self, item: Item, reason: str, *, counted: bool = True) -> None:
@@ -721,7 +730,7 @@ class BuildRun:
             "elapsed_s": round(time.time() - self.started, 3),
             "counts": self.summary(finished), **(extra or {}),
             "skipped": self.skipped, "warnings": self.warnings,
-            "left_out_examples": self.left_out,
+            "left_out_examples": self.left_out, "duplicate_examples": self.duplicate_examples,
         }
         os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
         write_text_atomic(self.report_path, json.dumps(report, indent=1, ensure_ascii=False))
