@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean
+.PHONY: install demo demo-video demo-seeds demo-ablation test bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ demo-video: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# each extra alone: the core plus ONE extra ([search], [serve], [video], [export], [scale]; the core
+# alone for training) in a fresh venv each, its command run once (about 10 min; pip's cache reused;
+# TORCH_INDEX as for install). CI runs it after `make test`.
+check-extras: $(BIN)/python
+	$(BIN)/python scripts/check_extras.py $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+
+# on a CUDA machine (< 8 min on one H100): parity in fp32 and bf16 against CPU fp32, base and 4B
+# throughput, a serve smoke test: benchmarks/results/gpu-check.json. Without CUDA: one line, exit 0
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
