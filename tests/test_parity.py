@@ -1,4 +1,5 @@
-"""Parity with the official implementation (../shared/fixtures/upstream-tiny)."""
+"""Parity with the official implementation: its outputs on tiny random checkpoints, in
+tests/fixtures/upstream-tiny (README.md there says how they were made)."""
 
 from __future__ import annotations
 

@@ -403,8 +403,8 @@ FILES = {
     "data/pairs.jsonl": "manifest: the sample images with captions",
     "pairs.jsonl": "manifest: the sample images with captions",
     "configs": "the repository's configs/",
-    "weights/one-peace.pt": "the official tiny checkpoint of ../shared/fixtures (where present)",
-    "weights/dict.txt": "its dict.txt",
+    "weights/one-peace.pt": "the official tiny checkpoint of tests/fixtures/upstream-tiny",
+    "weights/dict.txt": "a dict.txt for it (conftest.fixture_dict)",
 }
 #: absolute paths of the README, relative in the scratch folder
 ABSOLUTE = {"/data/cat.jpg": "data/cat.jpg", "/data/dog.png": "data/dog.png"}
@@ -477,11 +477,10 @@ def workspace(tmp_path_factory) -> Path:
     for i in range(4):
         Image.fromarray(images[i]).save(media / "images" / f"{DIGIT_WORDS[int(labels[i])]}-{i:04d}.png")
     (ws / "configs").symlink_to(ROOT / "configs")
-    if (TINY / "one-peace-tiny.pt").exists() and DICT.exists():
-        (ws / "weights").mkdir()
-        (ws / "weights" / "one-peace.pt").symlink_to(TINY / "one-peace-tiny.pt")
-        (ws / "weights" / "dict.txt").symlink_to(DICT)
-    missing = [name for name in FILES if name not in ABSOLUTE and not name.startswith(("~", "weights/"))
+    (ws / "weights").mkdir()
+    (ws / "weights" / "one-peace.pt").symlink_to(TINY / "one-peace-tiny.pt")
+    (ws / "weights" / "dict.txt").symlink_to(DICT)
+    missing = [name for name in FILES if name not in ABSOLUTE and not name.startswith("~")
                and not (ws / name).exists()]
     assert not missing, missing
     return ws
@@ -798,8 +797,6 @@ def test_serve_examples(here):
 
 @runs("README.md: onepeace convert weights/one-peace.pt one-peace-dir --dict weights/dict.txt")
 def test_convert_official(here):
-    if not (here / "weights").exists():
-        pytest.skip("../shared/fixtures/upstream-tiny and ../shared/data are absent (developer/CI machines only)")
     ((line, args),) = _command_lines(block(test_convert_official._runs[0]))
     (here / "one-peace-dir").unlink()  # the link to the workspace's model: convert writes a new one
     run_ok(args, here)
