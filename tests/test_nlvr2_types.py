@@ -1,6 +1,7 @@
-"""NLVR2 type embeddings (spec §2.1, §2.2, §5): zero-initialised [1,1,D] vectors added after the
-positions to every token (CLS included); the image adapter's second vector only on a pair's second
-image, flagged by the processed batch's optional ``second`` key. Converter keys and round trips."""
+"""NLVR2 type embeddings (the official adapters' ``add_type_embedding``): zero-initialised [1,1,D]
+vectors added after the positions to every token (CLS included); the image adapter's second vector
+only on a pair's second image, flagged by the processed batch's optional ``second`` key. Converter
+keys and round trips."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Unit tests of the pretraining pieces (spec §4.2-4.5): mask samplers, ``forward_kept``, the two
-contrastive losses against plainly written references, and a smoke test of ``compute_losses``."""
+"""Unit tests of the pretraining pieces (official: one_peace/criterions/*_pretrain_loss.py): mask
+samplers, ``forward_kept``, the two contrastive losses against plainly written references, and a
+smoke test of ``compute_losses``."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ class HeadConfig:
     ``type``:
 
     * ``"classify"``: the attention-pooling classification head of the official fine-tuned
-      models (spec §3.7): classification, grounding, VQA, AQA, NLVR2;
+      models (``OnePeaceClassifyHead``, one_peace/models/one_peace/one_peace_base.py of
+      github.com/OFA-Sys/ONE-PEACE): classification, grounding, VQA, AQA, NLVR2;
     * ``"linear"``: the vision branch's ImageNet head: mean of the patch tokens -> LayerNorm ->
       Linear;
     * ``"dense"``: a light per-patch head for semantic segmentation (LayerNorm -> Linear ->

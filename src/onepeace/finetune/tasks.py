@@ -1,5 +1,5 @@
-"""Fine-tuning tasks (spec §5): what a manifest line holds, how it becomes a batch, the head,
-the loss and the metrics.
+"""Fine-tuning tasks: what a manifest line holds, how it becomes a batch, the head, the loss and the
+metrics (the official recipes: one_peace/run_scripts/<task>/ of github.com/OFA-Sys/ONE-PEACE).
 
 Every task follows one small contract, so a new one is a new class plus ``register_task``:
 

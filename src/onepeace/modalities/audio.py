@@ -1,5 +1,5 @@
 """Audio: wav2vec-style conv stem on raw 16 kHz audio, conv positional stack, 1D relative buckets
-(spec §2.3).
+(the official ``AudioAdapter``, github.com/OFA-Sys/ONE-PEACE, one_peace/models/adapter/audio.py).
 
 Two deliberate differences from the official code, neither changing a single-clip result:
 

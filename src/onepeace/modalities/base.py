@@ -182,7 +182,8 @@ class Modality(nn.Module):
 
     # ---- init ---------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        """Official init for the adapter's own tensors (spec §4.7)."""
+        """Official init for the adapter's own tensors (``init_one_peace_params`` in the official
+        one_peace/models/one_peace/one_peace_base.py): CLS trunc-normal, relative tables zero."""
         trunc_normal_(self.cls_embedding)
         for t in self.rel_tables:
             nn.init.zeros_(t.weight)

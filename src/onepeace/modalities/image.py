@@ -1,4 +1,5 @@
-"""Image: hMLP stem (16x16 effective patch), learned 2D positions, 2D relative buckets (spec §2.2)."""
+"""Image: hMLP stem (16x16 effective patch), learned 2D positions, 2D relative buckets, as the
+official ``ImageAdapter`` (github.com/OFA-Sys/ONE-PEACE, one_peace/models/adapter/image.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Text: GPT-2 BPE token embedding + learned absolute positions + 1D relative buckets (spec §2.1)."""
+"""Text: GPT-2 BPE token embedding + learned absolute positions + 1D relative buckets, as the
+official ``TextAdapter`` (github.com/OFA-Sys/ONE-PEACE, one_peace/models/adapter/text.py)."""
 
 from __future__ import annotations
 

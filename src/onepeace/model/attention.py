@@ -1,4 +1,5 @@
-"""Shared self-attention (spec §3.3): q bias, no k bias, Magneto sub-LN before out_proj."""
+"""Shared self-attention, as the official ``MultiheadAttention`` (github.com/OFA-Sys/ONE-PEACE,
+one_peace/models/transformer/multihead_attention.py): q bias, no k bias, Magneto sub-LN before out_proj."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Per-modality GeGLU feed-forward with sub-LN (spec §3.4)."""
+"""Per-modality GeGLU feed-forward with sub-LN: GELU(W0 x) * (W1 x) -> LayerNorm -> Linear, as the
+official ``build_geglu_ffn`` builds it (github.com/OFA-Sys/ONE-PEACE,
+one_peace/models/transformer/transformer_layer.py)."""
 
 from __future__ import annotations
 

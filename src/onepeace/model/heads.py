@@ -1,4 +1,6 @@
-"""Task heads: the attention-pooling classifier of the official fine-tuned models (spec §3.7),
+"""Task heads: the attention-pooling classifier of the official fine-tuned models
+(``OnePeaceClassifyHead`` and ``MultiheadAttentionPooling`` in
+one_peace/models/one_peace/one_peace_base.py of github.com/OFA-Sys/ONE-PEACE),
 the vision branch's mean-pool linear head, and a light dense head for segmentation."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""One pre-LN layer: shared attention, per-modality FFNs, LayerScale and drop path (spec §3.2)."""
+"""One pre-LN layer: shared attention, per-modality FFNs, LayerScale and drop path, as the official
+``TransformerEncoderLayer`` (github.com/OFA-Sys/ONE-PEACE, one_peace/models/transformer/transformer_layer.py):
+x + gamma_1 * attn(LN(x)), then x + gamma_2 * ffn_m(LN(x)) with each token's modality FFN."""
 
 from __future__ import annotations
 

@@ -66,9 +66,13 @@ class OnePeace(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     def reset_parameters(self, only: Callable[[str], bool] | None = None) -> None:
-        """The official from-scratch init (spec §4.7). With ``only`` (a predicate on parameter
-        names), just the parameters it accepts are initialised (a model grown from a trained one:
-        new head, new modality branch); an adapter is re-initialised only when all of it is new."""
+        """The official from-scratch init (``init_one_peace_params`` in
+        one_peace/models/one_peace/one_peace_base.py of github.com/OFA-Sys/ONE-PEACE: Linear
+        weights and embeddings truncated normal, std 0.02 cut at +-0.02; zero biases, pad row and
+        relative tables; unit LayerNorms; layer scales 1e-6). With ``only`` (a predicate on
+        parameter names), just the parameters it accepts are initialised (a model grown from a
+        trained one: new head, new modality branch); an adapter is re-initialised only when all of
+        it is new."""
         from ..modalities.base import trunc_normal_
 
         keep = only or (lambda name: True)

@@ -1,4 +1,5 @@
-"""Relative-position bucket tables (spec §2.1–2.3).
+"""Relative-position bucket tables, as the official ``make_token_bucket_position`` (text, audio) and
+``make_image_bucket_position`` (image) build them (github.com/OFA-Sys/ONE-PEACE, one_peace/models/adapter/).
 
 Each table maps (query index, key index) in a CLS-prefixed sequence to a row of a learned
 ``Embedding(num_buckets, heads)``. The last three rows are reserved for the CLS: CLS as query,

@@ -1,4 +1,6 @@
-"""The two ONE-PEACE objectives (spec §4.2-4.3).
+"""The two ONE-PEACE objectives (the official ``compute_itc_loss`` and ``compute_dcl_loss`` of
+``ImageTextPretrainLossCriterion``, one_peace/criterions/image_text_pretrain_loss.py of
+github.com/OFA-Sys/ONE-PEACE).
 
 * Cross-modal aligning contrast: symmetric InfoNCE with a learnable temperature; negatives are
   gathered from all ranks. ``gather_with_grad=True`` (default) lets gradients flow through the

@@ -1,4 +1,6 @@
-"""Mask samplers (spec §4.4). Each returns a bool [B, N] *keep* mask over the CLS-prefixed
+"""Mask samplers (officially drawn by the pretraining datasets of github.com/OFA-Sys/ONE-PEACE:
+one_peace/data/pretrain_data/, audio spans by ``compute_block_mask_1d`` in
+one_peace/utils/data_utils.py). Each returns a bool [B, N] *keep* mask over the CLS-prefixed
 sequence (CLS always kept, padding never kept); :func:`keep_to_positions` turns it into the sorted
 kept indices the encoder consumes. Modalities choose among these in their ``sample_keep`` hook.
 """

@@ -1,5 +1,6 @@
-"""The pretraining wrapper (spec §4.1): the encoder, plus a light decoder that reconstructs the
-features of masked tokens from the kept ones, for intra-modal denoising contrast.
+"""The pretraining wrapper: the encoder, plus a light decoder that reconstructs the features of
+masked tokens from the kept ones, for intra-modal denoising contrast (the official
+``OnePeacePretrainModel``, one_peace/models/one_peace/one_peace_pretrain.py of github.com/OFA-Sys/ONE-PEACE).
 
 The decoder gets the encoder outputs of kept tokens through ``decoder_embed[m]``, mask tokens at
 the hidden positions, its own absolute positions, 2 layers with per-modality FFNs and no relative

@@ -1,4 +1,6 @@
-"""One pretraining step's loss for a (text, other-modality) pair: the stage recipes (spec §4.5).
+"""One pretraining step's loss for a (text, other-modality) pair: the stage recipes (the official
+``ImageTextPretrainLossCriterion`` / ``AudioTextPretrainLossCriterion``, one_peace/criterions/ of
+github.com/OFA-Sys/ONE-PEACE).
 
 Stage 1 (image-text): L = ITC + 0.5 DCL_text + 1.0 DCL_image + 0.5 DCL_vl-text + 0.5 DCL_vl-image.
 Stage 2 (audio-text): L = ATC + 1.0 DCL_audio + 0.5 DCL_al-text + 0.5 DCL_al-audio, with the

@@ -1,4 +1,5 @@
-"""Audio preprocessing identical to the official hub (spec §6.2).
+"""Audio preprocessing identical to the official hub (``OnePeaceHubInterface.process_audio`` in
+one_peace/models/one_peace/hub_interface.py of github.com/OFA-Sys/ONE-PEACE).
 
 Any format soundfile reads, any rate and channel count -> 16 kHz mono (channel mean, soxr HQ as
 librosa 0.10 does, length fixed to ceil(n * ratio)), whole-clip normalisation, *then* the length

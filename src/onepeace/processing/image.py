@@ -1,4 +1,5 @@
-"""Image preprocessing identical to the official hub (spec §6.1).
+"""Image preprocessing identical to the official hub (``OnePeaceHubInterface.process_image`` in
+one_peace/models/one_peace/hub_interface.py of github.com/OFA-Sys/ONE-PEACE).
 
 RGB, square bicubic resize of the PIL image (no crop, aspect not kept), [0, 1], CLIP mean/std.
 """

@@ -1,4 +1,6 @@
-"""Text preprocessing identical to the official hub (spec §6.3)."""
+"""Text preprocessing identical to the official hub (``OnePeaceHubInterface.process_text`` in
+one_peace/models/one_peace/hub_interface.py of github.com/OFA-Sys/ONE-PEACE): lower-cased, a
+leading space, GPT-2 BPE, the first 70 tokens, then ``</s>``; no ``<s>``."""
 
 from __future__ import annotations
 

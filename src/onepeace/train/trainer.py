@@ -73,7 +73,8 @@ def _seed_for(seed: int, micro_step: int, rank: int) -> int:
 
 
 class PretrainJob:
-    """Pretraining (spec §4): the model plus the decoder; ``module("loss", batch, objective,
+    """Pretraining (the official one_peace/models/one_peace/one_peace_pretrain.py and
+    one_peace/criterions/*_pretrain_loss.py): the model plus the decoder; ``module("loss", batch, objective,
     generator)``; zero-shot retrieval on the eval manifests."""
 
     name = "pretrain"
