@@ -204,6 +204,22 @@ def tiny_search_collection(root: Path) -> tuple[Path, Path]:
     return root / "model", media
 
 
+from onepeace.model import precision as _precision  # noqa: E402
+
+_REAL_CPU_FEATURES = _precision.cpu_features  # unpatched, for auto_dtype_as_users_get_it
+
+
+@pytest.fixture
+def auto_dtype_as_users_get_it(monkeypatch, _auto_dtype_is_fp32):
+    """Undo the fp32 pin below for one test: ``dtype="auto"`` picks from this CPU's real flags, as it
+    does for a user (bf16 where the CPU computes bf16 natively; int8 or fp32 elsewhere). Returns
+    what ``auto`` stands for here."""
+    from onepeace.model import precision
+
+    monkeypatch.setattr(precision, "cpu_features", _REAL_CPU_FEATURES)
+    return precision.choose("cpu")
+
+
 @pytest.fixture(autouse=True)
 def _auto_dtype_is_fp32(monkeypatch):
     """``dtype="auto"`` (the inference commands' default) picks bf16 or int8 from the CPU's flags;
