@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check
+.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo-video: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# everything but the tests marked slow (training runs, demos, Ray, torch.compile), browser
+# (headless Chromium) and distributed (torchrun / gloo processes): a few minutes on 2 cores
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser and not distributed"
 
 # each extra alone: the core plus ONE extra ([search], [serve], [video], [export], [scale]; the core
 # alone for training) in a fresh venv each, its command run once (about 10 min; pip's cache reused;

@@ -60,6 +60,7 @@ def _records(out):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_recipe_trains_only_the_new_branch_with_both_objectives(setup, capsys):
     out = setup / "run"
     assert main(["pretrain", RECIPE, *_overrides(setup, out)]) == 0
@@ -94,6 +95,8 @@ def test_recipe_refuses_a_missing_soundtrack_with_one_line(setup, capsys):
     assert err[-1].startswith("onepeace pretrain: error:") and "align_with aligns video with audio" in err[-1]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_recipe_under_torchrun_two_processes(setup):
     out = setup / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "onepeace.cli", "pretrain",

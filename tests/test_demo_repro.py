@@ -111,6 +111,7 @@ def _stage2(out, data, init, seed=0, steps=3):
     return rows, result, weights
 
 
+@pytest.mark.slow
 def test_stage2_training_is_identical_bit_for_bit_with_the_same_seed(tmp_path, small, two_threads):
     data, init = small
     rows_a, res_a, w_a = _stage2(str(tmp_path / "a"), data, init)
@@ -124,6 +125,7 @@ def test_stage2_training_is_identical_bit_for_bit_with_the_same_seed(tmp_path, s
     assert rows_c[0]["loss"] != rows_a[0]["loss"] and w_c != w_a
 
 
+@pytest.mark.slow
 def test_demo_resumes_refuses_a_finished_run_and_reruns_identically_with_force(tmp_path, small, monkeypatch,
                                                                               two_threads):
     import onepeace.demo as demo

@@ -29,6 +29,7 @@ def test_moving_digit_moves_the_digit_across_the_frame():
     assert all(int(f.sum()) == int(clip[0].sum()) for f in clip)  # the whole digit in every frame
 
 
+@pytest.mark.slow
 def test_demo_video_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from onepeace.cli import main
     from onepeace.demo_video import PAIRS

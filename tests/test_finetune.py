@@ -96,6 +96,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_finetune_and_eval_commands(case, data, tmp_path, capsys, monkeypatch):
     task, key, extra, metric = CASES[case]
@@ -148,6 +149,7 @@ def test_finetune_and_eval_commands(case, data, tmp_path, capsys, monkeypatch):
         assert np.load(tmp_path / "l.npz")["logits"].shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_classification_learns(data, tmp_path, monkeypatch):
     monkeypatch.chdir(data["dir"])
     out = tmp_path / "run"
@@ -160,6 +162,7 @@ def test_classification_learns(data, tmp_path, monkeypatch):
     assert logits.argmax(-1).tolist() == [0, 1]
 
 
+@pytest.mark.slow
 def test_resumed_finetune_matches_uninterrupted(data, tmp_path, monkeypatch):
     import shutil
 
@@ -289,6 +292,7 @@ def test_confusion_miou_matches_reference():
     assert torch.equal(parts, conf)
 
 
+@pytest.mark.slow
 @needs_fixtures
 def test_official_finetuned_checkpoint_continues_training(converted, tmp_path, data, monkeypatch):
     """The converted official VGGSound classifier keeps its head and fine-tunes further."""
@@ -450,6 +454,8 @@ def test_a_manifest_of_unreadable_media_stops_with_a_clear_error(data, tmp_path,
 
 # FSDP2 fine-tuning ran by hand (2 ranks, grounding); under a loaded CI host one rank aborted once
 # at shutdown ("terminate called without an active exception"), so only DDP is in the suite
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp"])
 def test_finetune_under_torchrun(parallel, data, tmp_path):
     import subprocess

@@ -32,6 +32,7 @@ def _compile_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_compile_unavailable() is not None, reason=str(_compile_unavailable()))
 def test_compiled_layers_match_eager():
     torch.manual_seed(0)

@@ -102,6 +102,7 @@ def _exact(world, rows: list[dict]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- same rows
+@pytest.mark.slow
 @needs_ray
 def test_ray_rows_match_local(world, local_db, ray_db):
     local, on_ray = _rows(local_db[0]), _rows(ray_db[0])
@@ -121,6 +122,7 @@ def test_ray_rows_match_local(world, local_db, ray_db):
                                                              str(world["root"] / "model"), world["model"].config.dim)
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_counts_and_report_match_local(local_db, ray_db):
     (_, a), (_, b) = local_db, ray_db
@@ -133,6 +135,7 @@ def test_ray_counts_and_report_match_local(local_db, ray_db):
     assert rb["skipped"][0]["uri"].endswith("broken.png") and "cannot decode" in rb["skipped"][0]["reason"]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_rerun_adds_only_new_and_changed(world, cluster, tmp_path):
     """An index built in-process goes on on Ray: one file changed and one new are embedded, the
@@ -169,6 +172,7 @@ def test_ray_rerun_adds_only_new_and_changed(world, cluster, tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLI and errors
+@pytest.mark.slow
 @needs_ray
 def test_cli_engine_ray(world, cluster, tmp_path, capsys):
     db = tmp_path / "db"
@@ -185,6 +189,7 @@ def test_cli_engine_ray(world, cluster, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "3 Ray actor(s)" in err and "has 2 CPUs" in err
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_worker_that_sees_another_model_fails_in_one_line(world, cluster, tmp_path, monkeypatch):
     """The actors check the model they load against the driver's (a node with other files under

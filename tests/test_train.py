@@ -23,6 +23,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 def test_two_process_gradients_equal_single_process(tmp_path, kind):
     pm = build()
@@ -95,6 +97,7 @@ KILLABLE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path):
     data = _write_data(tmp_path)
     from onepeace.train.config import load_config
@@ -127,6 +130,7 @@ def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path):
     assert m.embed(text=["a handwritten digit seven"])["text"].shape == (1, 128)
 
 
+@pytest.mark.slow
 def test_short_training_on_demo_digits_lowers_the_loss(tmp_path):
     data = _write_data(tmp_path)
     from onepeace.train.config import load_config
@@ -137,6 +141,7 @@ def test_short_training_on_demo_digits_lowers_the_loss(tmp_path):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3
 
 
+@pytest.mark.slow
 def test_align_a_new_modality_trains_only_its_branch(tmp_path):
     """The "align a new modality" recipe: extend a text+image model with an audio branch and train
     only that branch (audio stands in for any registered plug-in)."""

@@ -428,6 +428,7 @@ def test_index_and_server_take_videos(video_index, clips):
         assert r.status_code == 400 and "unknown field 'smell'" in r.json()["error"]["message"]
 
 
+@pytest.mark.browser
 def test_the_web_page_uploads_a_video_and_plays_video_results(video_index, clips, tmp_path):
     """A real headless Chromium: the page grows a video slot from the server's file types, an
     uploaded clip queries the index, and video hits show a player with its middle frame as poster."""
