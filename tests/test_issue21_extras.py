@@ -83,6 +83,7 @@ def test_closure_follows_self_references_and_extras_markers():
     assert "pandas" in _closure(["scale"])  # ray[data]'s extra requirement, behind a marker
 
 
+@pytest.mark.slow
 def test_search_extra_alone_builds_and_searches_an_index(tmp_path):
     """Before the fix [search] lacked pylance: the build failed with one line asking for it."""
     model, media = tiny_search_collection(tmp_path)
@@ -95,6 +96,7 @@ def test_search_extra_alone_builds_and_searches_an_index(tmp_path):
     assert len(json.loads(found.stdout[found.stdout.index("{"):])["hits"]) == 2
 
 
+@pytest.mark.slow
 def test_the_blocker_refuses_what_the_extras_do_not_bring(tmp_path):
     """The check above can fail: without [search], the same build stops in one line naming the extra."""
     model, media = tiny_search_collection(tmp_path)

@@ -39,6 +39,7 @@ def test_cpu_needs_quick_and_unknown_devices_are_refused(capsys):
     assert e.value.code == 2 and "'tpu'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path, capsys):
     out = tmp_path / "gpu-check.json"
     assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0, capsys.readouterr().out
@@ -56,6 +57,7 @@ def test_dry_run_goes_through_every_step_and_writes_the_results(tmp_path, capsys
     assert all(m["items_per_s"] > 0 for m in speed["modalities"].values())
 
 
+@pytest.mark.slow
 def test_a_wrong_device_result_fails_the_check(monkeypatch):
     """The derived tolerances are no blanket: the device fp32 model with one weight matrix scaled by
     0.1 % fails its fp32 comparisons (and only those)."""
