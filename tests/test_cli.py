@@ -34,6 +34,7 @@ def test_convert_then_embed_writes_npz_in_input_order(tmp_path, capsys, ref_out,
     assert main(["embed", "--model", str(tmp_path / "m"), "--dtype", "bf16", "--text", "a cat"]) == 0
 
 
+@pytest.mark.slow
 def test_demo_runs_and_saves(tmp_path, capsys):
     assert main(["demo", "--samples", "--save", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
@@ -56,6 +57,7 @@ def test_errors_are_one_line_with_nonzero_exit(args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bad_inputs_via_cli(tmp_path, capsys):
     assert main(["demo", "--samples", "--save", str(tmp_path / "d")]) == 0
     capsys.readouterr()

@@ -186,6 +186,7 @@ def test_device_option(capsys, models, monkeypatch):
         assert (args.device, args.threads, args.dtype) == ("auto", 2, "fp16"), command
 
 
+@pytest.mark.slow
 def test_fp16_on_the_cpu_is_close_to_fp32(tmp_path, capsys, models):
     outs = {}
     for dtype in ("fp32", "fp16"):

@@ -46,6 +46,7 @@ def tiny_export(tmp_path_factory):
     return m, out, record
 
 
+@pytest.mark.slow
 def test_one_graph_per_branch_named_as_the_processed_batch(tiny_export):
     import onnx
 
@@ -78,6 +79,7 @@ def _raw(name, n, seed=0):
     return [(0.1 * rng.standard_normal(int(rng.integers(16000, 60000)))).astype(np.float32) for _ in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text", "image", "audio"])
 def test_parity_with_pytorch_at_new_batch_sizes_and_lengths(tiny_export, name):
     m, out, _ = tiny_export
@@ -93,6 +95,7 @@ def test_parity_with_pytorch_at_new_batch_sizes_and_lengths(tiny_export, name):
         assert feats.shape[0] == n and feats.shape[2] == m.config.dim
 
 
+@pytest.mark.slow
 def test_refuses_existing_output_unknown_modalities_and_int8(tmp_path, capsys):
     m = _random_tiny()
     out = tmp_path / "x"
@@ -117,6 +120,7 @@ def test_refuses_existing_output_unknown_modalities_and_int8(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 @needs_fixtures
 def test_parity_on_the_shared_fixture_inputs(converted, tmp_path, texts):
     """The converted official tiny checkpoint, on the fixture's own raw inputs: onnxruntime matches

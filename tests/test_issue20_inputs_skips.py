@@ -77,6 +77,7 @@ def test_a_missing_module_in_a_loader_worker_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in msg and "scipy" in msg and "w" in msg and "a module onepeace needs is missing" in msg
 
 
+@pytest.mark.slow
 def test_a_bug_in_a_processor_stops_the_training_run_in_one_line(tmp_path, monkeypatch, capsys):
     import onepeace.processing.image as image
 
@@ -237,6 +238,7 @@ def test_a_bug_in_a_decoder_stops_the_index_build_in_one_line(tmp_path, model_di
     assert "skipped" not in err
 
 
+@pytest.mark.slow
 def test_an_index_build_of_mostly_unreadable_files_stops(tmp_path, model_dir, capsys):
     (tmp_path / "media").mkdir()
     _images(tmp_path / "media", 3)

@@ -123,6 +123,7 @@ def test_a_restart_after_a_timed_out_close_never_runs_two_workers():
 
 
 # ---------------------------------------------------------------------------------- over HTTP
+@pytest.mark.slow
 def test_past_max_in_flight_a_request_gets_503_at_once_and_health_still_answers(world):
     app = create_app(world["model"], None, max_in_flight=2, max_wait_ms=0)
     gate = Gate(app.state.batcher._embed)
@@ -146,6 +147,7 @@ def test_past_max_in_flight_a_request_gets_503_at_once_and_health_still_answers(
         assert httpx.post(server.url + "/v1/embeddings", json={"input": "after"}, timeout=30).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_burst_against_a_small_queue_gets_only_200s_and_503s(world):
     """300 requests from 48 threads, a queue of 4 inputs and slow forward passes: some are shed
     with 503 + Retry-After, the others answered; /health answers throughout and afterwards."""

@@ -203,6 +203,7 @@ def test_on_error_null_lets_lancedb_drop_the_row(world, tmp_path):
     _assert_embeds(world, [rows[p] for p in good], "image", good)  # the batch's good rows, unchanged
 
 
+@pytest.mark.slow
 def test_registration_in_a_new_process(world, tmp_path):
     """A table made in one process opens and searches in another that imported lancedb, then
     onepeace (the registry learns "onepeace" from ``import onepeace``); ``import onepeace`` alone

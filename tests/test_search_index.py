@@ -291,6 +291,7 @@ def test_store_search_filters_and_ann(tmp_path):
     assert found >= 38
 
 
+@pytest.mark.slow
 def test_reader_searches_while_writer_adds(tmp_path):
     d, batches, per = 8, 25, 20
     idx = Index.create(tmp_path / "db", fingerprint="f" * 64, model_name="synthetic", dim=d)
@@ -319,6 +320,7 @@ for b in range({batches}):
     assert searches > 0 and idx.count() == batches * per and len(set(_ids(idx))) == batches * per
 
 
+@pytest.mark.slow
 def test_sigkill_during_build_then_rerun(tmp_path, model_dir, capsys):
     files = _images(tmp_path / "media", 48)
     db = tmp_path / "db"
@@ -396,6 +398,7 @@ def test_import_onepeace_stays_light():
     subprocess.run([sys.executable, "-c", code], env=ENV, check=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_demo_search_step(tmp_path, monkeypatch, capsys):
     """``make demo`` ends by indexing the held-out digits and running one composed query (here on
     a few digits and an untrained model: the plumbing, not the quality)."""

@@ -507,6 +507,7 @@ def test_cli_errors_are_one_line_before_serving(world, tmp_path, capsys):
     assert "--api-key is empty" in run(world["root"] / "index", "--api-key", "")
 
 
+@pytest.mark.slow
 def test_cli_serves_the_index(world):
     """`onepeace serve DB` (the model recorded in the index) as a user runs it, on a free port."""
     exe = os.path.join(os.path.dirname(sys.executable), "onepeace")

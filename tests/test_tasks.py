@@ -119,6 +119,7 @@ def test_convert_with_labels_names_the_classes(tmp_path, capsys):
     assert DICT.exists()
 
 
+@pytest.mark.slow
 def test_zeroshot_and_eval_commands(tmp_path, capsys):
     import soundfile as sf
     from PIL import Image

@@ -325,6 +325,7 @@ def cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_embed_video_files_folders_and_fused(saved, clips, tmp_path):
     out = tmp_path / "e.npz"
     r = cli("embed", "--model", saved, "--video", clips["six.mp4"], clips["six.webm"], "--text", "a bar",
@@ -343,6 +344,7 @@ def test_cli_embed_video_files_folders_and_fused(saved, clips, tmp_path):
     assert np.abs(z["video+audio"] - ref).max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,why", BAD)
 def test_cli_bad_video_exits_2_naming_the_file(saved, bad, name, why):
     r = cli("embed", "--model", saved, "--video", bad / name)
@@ -351,11 +353,13 @@ def test_cli_bad_video_exits_2_naming_the_file(saved, bad, name, why):
     assert line.startswith("onepeace embed: error:") and str(bad / name) in line and why in line
 
 
+@pytest.mark.slow
 def test_cli_fuse_audio_of_a_silent_video_exits_2(saved, clips):
     r = cli("embed", "--model", saved, "--video", clips["silent.mp4"], "--fuse-audio")
     assert r.returncode == 2 and "no audio track" in r.stderr and str(clips["silent.mp4"]) in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_eval_retrieval_between_video_and_text(saved, clips, tmp_path):
     lines = [{"video": str(clips[k]), "text": f"clip {k}"} for k in ("six.mp4", "three.mp4", "silent.mp4")]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -366,6 +370,7 @@ def test_cli_eval_retrieval_between_video_and_text(saved, clips, tmp_path):
     assert m["queries"] == 3 and m["gallery"] == 3 and m["skipped"] == 0
 
 
+@pytest.mark.slow
 def test_cli_zeroshot_video(saved, clips):
     r = cli("zeroshot", "--model", saved, "--labels", "bar,dot,cat", "--video", clips["six.mp4"], "--top-k", "2")
     assert r.returncode == 0, r.stderr
@@ -464,6 +469,7 @@ def test_the_web_page_uploads_a_video_and_plays_video_results(video_index, clips
 
 
 # ------------------------------------------------------------------------------ the recipe page
+@pytest.mark.slow
 def test_the_recipe_pages_imu_plugin_works_as_an_installed_entry_point(tmp_path):
     """docs/new-modality.md's IMU plug-in, installed as a package's entry point: the command line
     finds it (an --imu flag), embeds its files with text, and a bad file is one clear error."""
