@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check
+.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,6 +113,16 @@ demo-seeds: install
 # time; the default arm reuses `make demo-seeds` when it ran first): benchmarks/results/demo-ablation.json
 demo-ablation: install
 	$(BIN)/python benchmarks/demo_seeds.py --ablation --seeds 0 1 2 --default-from runs/demo-seeds
+
+# the documentation site (docs/, mkdocs.yml): build/site/, built strict (a broken link, a page left out of
+# the navigation or an unreadable docstring fails it); tests/test_docs_site.py runs the same build
+docs: install
+	$(BIN)/mkdocs build --strict
+
+# the tables of figures in README.md and docs/*.md, rewritten from benchmarks/results/*.json
+# (tests/test_tables.py fails when a table and its JSON disagree)
+tables: install
+	$(BIN)/python scripts/gen_tables.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

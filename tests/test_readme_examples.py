@@ -83,15 +83,19 @@ BLOCKS = _blocks()
 NOT_RUN = {
     "README.md: onepeace serve runs/demo/index --model runs/demo/model":
         "a server that runs until stopped (its API is run below, the CLI by tests/test_serve.py)",
-    "README.md: onepeace serve runs/demo/index --model runs/demo/model        # then open http://127.0.0":
+    "docs/serve.md: onepeace serve runs/demo/index --model runs/demo/model        # then open http://127.0.0":
         "a server that runs until stopped (its API is run below, the CLI by tests/test_serve.py)",
-    'README.md: model = onepeace.OnePeace.from_pretrained("org/name")            # or "org/name@v1", r':
+    'docs/python.md: model = onepeace.OnePeace.from_pretrained("org/name")            # or "org/name@v1", r':
         "the Hugging Face Hub (network, an account)",
-    "README.md: onepeace index build photos.db ~/Pictures --model one-peace-dir --engine ray   # a local":
+    "docs/scale.md: onepeace index build photos.db ~/Pictures --model one-peace-dir --engine ray   # a local":
         "starts a Ray cluster (tests/test_search_ray.py runs the engine on a local one)",
-    "README.md: ray start --head --port 6379                      # on the head node":
+    "docs/scale.md: ray start --head --port 6379                      # on the head node":
         "a multi-node Ray cluster",
-    "README.md: onepeace download ONE-PEACE --out weights    # one-peace.pt: 3.9 B parameters, 15.5 GB":
+    "docs/architecture.md: cli.py (and search/, serve/, export/, data/ command modules)":
+        "a drawing of the layers, not code",
+    'docs/serve.md: filter := {"column": C, "op": OP, "value": V}':
+        "a grammar, not code (the JSON example below it is run by test_serve_examples)",
+    "docs/checkpoints.md: onepeace download ONE-PEACE --out weights    # one-peace.pt: 3.9 B parameters, 15.5 GB":
         "the network and the 15.5 GB official checkpoint",
 }
 
@@ -268,7 +272,7 @@ def test_every_command_that_runs_a_model_takes_the_run_options():
 
     from onepeace.cli import build_parser
 
-    synopsis = block("README.md: onepeace --version").text
+    synopsis = block("docs/cli.md: onepeace --version").text
     claimed = re.search(r"# every command that runs a model also takes (.*)", synopsis).group(1)
     options = re.findall(r"\[(--[\w-]+)", claimed)
     assert options == ["--device", "--dtype", "--threads"], claimed
@@ -535,7 +539,9 @@ def run_python(b: Block, ws: Path, subst: dict[str, str] | None = None, **names)
 
 # --------------------------------------------------------------------------------- the set-up
 @runs("README.md: make demo   # installs into .venv (torch pinned to 2.13.0), then runs the main job o",
-      "README.md: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # then: p")
+      "docs/install.md: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # then: p",
+      "docs/install.md: make demo   # installs into .venv (torch pinned to 2.13.0), then runs the main job o",
+      "docs/demo.md: make demo   # installs into .venv, then runs the demo: about 5 minutes on 2 CPU cores")
 def test_setup_commands():
     """``make`` lines as a dry run (``make -n -B``: every step printed, nothing run); ``pip`` lines
     need the network and are not run. The README's claims: torch pinned to 2.13.0, ``TORCH_INDEX``
@@ -571,22 +577,22 @@ def _table_rows(text: str) -> dict[str, list[tuple[str, list[float]]]]:
     return sections
 
 
-@runs("README.md: R@1  chance  x chance")
+@runs("README.md: R@1  chance  x chance", "docs/demo.md: R@1  chance  x chance")
 def test_demo_table_is_the_seed_0_run_of_the_results_file():
-    b = block("README.md: R@1  chance  x chance")
     seed0 = json.loads((RESULTS / "demo-seeds.json").read_text())["per_seed"]["0"]
-    sections = list(_table_rows(b.text).items())
-    assert [len(rows) for _, rows in sections] == [6, 4, 4]
-    for (title, rows), part in zip(sections, ("retrieval", "heldout_engine", "heldout_source")):
-        for pair, (r1, chance, times) in rows:
-            want = seed0[part][pair]
-            assert (r1, chance) == (round(want["R@1"], 1), round(want["chance"], 1)), (title, pair)
-            assert times == round(want["R@1"] / want["chance"], 1), (title, pair)
+    for key in test_demo_table_is_the_seed_0_run_of_the_results_file._runs:
+        sections = list(_table_rows(block(key).text).items())
+        assert [len(rows) for _, rows in sections] == [6, 4, 4], key
+        for (title, rows), part in zip(sections, ("retrieval", "heldout_engine", "heldout_source")):
+            for pair, (r1, chance, times) in rows:
+                want = seed0[part][pair]
+                assert (r1, chance) == (round(want["R@1"], 1), round(want["chance"], 1)), (key, title, pair)
+                assert times == round(want["R@1"] / want["chance"], 1), (key, title, pair)
 
 
-@runs("README.md: R@1  chance  x chance  frame avg")
+@runs("docs/demo.md: R@1  chance  x chance  frame avg")
 def test_demo_video_table_is_the_results_file():
-    b = block("README.md: R@1  chance  x chance  frame avg")
+    b = block("docs/demo.md: R@1  chance  x chance  frame avg")
     res = json.loads((RESULTS / "demo-video.json").read_text())
     (rows,) = _table_rows(b.text).values()
     assert [p for p, _ in rows] == ["video->text", "text->video", "video->audio", "video->image"]
@@ -602,8 +608,8 @@ def test_demo_video_table_is_the_results_file():
 
 
 def test_demo_search_figures_are_the_results_file():
-    """The demo model's search figures in the prose are benchmarks/results/index.json's."""
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    """The demo model's search figures in the prose of docs/search.md are benchmarks/results/index.json's."""
+    readme = " ".join((ROOT / "docs" / "search.md").read_text(encoding="utf-8").split())
     demo = json.loads((RESULTS / "index.json").read_text())["demo"]
     p = demo["audio_to_image"]
     m = re.search(r"precision@1 ([\d.]+) and precision@10 ([\d.]+), against a chance of ([\d.]+)", readme)
@@ -626,9 +632,9 @@ def test_demo_search_figures_are_the_results_file():
         assert got == want, (name, got, want)
 
 
-@runs("README.md: src/onepeace/")
+@runs("docs/architecture.md: src/onepeace/")
 def test_source_tree_exists():
-    b = block("README.md: src/onepeace/")
+    b = block("docs/architecture.md: src/onepeace/")
     for line in b.text.splitlines()[1:]:
         name = line.split()[0]
         assert (ROOT / "src" / "onepeace" / name).exists(), f"the README's source tree names {name}, which is gone"
@@ -638,7 +644,7 @@ def test_source_tree_exists():
 
 
 # ------------------------------------------------------------------------------- running things
-@runs("README.md: onepeace try --audio my_seven.wav    # prints e.g. \"my_seven.wav: 7 (seven), probabil")
+@runs("docs/demo.md: onepeace try --audio my_seven.wav    # prints e.g. \"my_seven.wav: 7 (seven), probabil")
 def test_try(here):
     b = block(test_try._runs[0])
     line_format = re.compile(r"^(\S+): (\d) \((\w+)\), probability (0\.\d\d|1\.00); next (\d) (0\.\d\d), (\d) (0\.\d\d)$")
@@ -672,7 +678,35 @@ def test_use_it_from_python(here):
     assert sorted(presets) == sorted(list_presets())
 
 
-@runs("README.md: onepeace --version")
+@runs("README.md: onepeace info one-peace-dir                      # a model directory, a Hub id or a preset name")
+def test_readme_command_line_quickstart(here):
+    """The README's command-line quickstart runs, line by line, and does what its comments say."""
+    pytest.importorskip("lancedb")
+    outs = [run_ok(args, here) for _line, args in _command_lines(block(test_readme_command_line_quickstart._runs[0]))]
+    assert len(outs) == 5 and "parameters" in outs[0]
+    with np.load(here / "emb.npz") as npz:
+        assert npz["text"].shape[0] == 2 and npz["image"].shape[0] == 1 and npz["audio"].shape[0] == 1
+    from onepeace.search.store import Index
+
+    assert Index.open(str(here / "photos.db")).modality_counts() == {"image": 5, "text": 1}  # 3 + 2 captioned
+    hits = [ln for ln in outs[4].splitlines()[2:] if ln.strip()]
+    assert 0 < len(hits) <= 3 and all(" image " in ln for ln in hits), outs[4]
+
+
+@runs("docs/python.md: import onepeace")
+def test_clip_style_api(here):
+    """docs/python.md's CLIP-style calls: unit float32 rows, the generic form equal to the named one."""
+    ns = run_python(block(test_clip_style_api._runs[0]), here)
+    for name, n in (("zt", 2), ("zi", 1), ("za", 1), ("z", 1)):
+        z = ns[name]
+        assert z.dtype == torch.float32 and z.shape[0] == n, name
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(n), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ns["z"], ns["zi"])
+    assert ns["tok"](["a dog"])["tokens"].shape[0] == 1
+    assert "pixels" in ns["proc"](["dog.jpg"])
+
+
+@runs("docs/cli.md: onepeace --version")
 def test_command_line_synopsis(here):
     """The synopsis is parsed line by line (test_every_command_line_parses); of its commands,
     the two that need no inputs run here, the others in their own sections."""
@@ -682,8 +716,8 @@ def test_command_line_synopsis(here):
     assert "parameters" in run_ok(["info", "one-peace-dir"], here)
 
 
-@runs("README.md: pip install 'onepeace[export]'          # onnx + onnxruntime",
-      "README.md: import onnxruntime as ort")
+@runs("docs/export.md: pip install 'onepeace[export]'          # onnx + onnxruntime",
+      "docs/export.md: import onnxruntime as ort")
 def test_onnx_export(here):
     pytest.importorskip("onnxruntime")
     import onepeace
@@ -706,7 +740,7 @@ def _query_weights(out: str) -> dict[str, float]:
     return {q["modality"]: q["weight"] for q in json.loads(out)["query"]}
 
 
-@runs("README.md: onepeace index build photos.db --model one-peace-dir ~/Pictures ~/Sounds captions.jso")
+@runs("docs/search.md: onepeace index build photos.db --model one-peace-dir ~/Pictures ~/Sounds captions.jso")
 def test_search_a_collection(here):
     pytest.importorskip("lancedb")
     b = block(test_search_a_collection._runs[0])
@@ -724,7 +758,7 @@ def test_search_a_collection(here):
     assert outs[3].splitlines()[0].startswith("query: 1 x image") and " + 0.5 x audio" in outs[3].splitlines()[0]
 
 
-@runs("README.md: onepeace search runs/demo/index --audio runs/demo/index-media/audio/seven-007.wav \\")
+@runs("docs/search.md: onepeace search runs/demo/index --audio runs/demo/index-media/audio/seven-007.wav \\")
 def test_demo_search_command(here):
     """The command the README shows is the one `make demo` prints, and it runs."""
     pytest.importorskip("lancedb")
@@ -740,20 +774,20 @@ def test_demo_search_command(here):
     assert len(out.splitlines()) == 2 + 4 and all(" image " in ln for ln in out.splitlines()[2:]), out  # 4 images
 
 
-@runs("README.md: from onepeace import OnePeace")
+@runs("docs/search.md: from onepeace import OnePeace")
 def test_search_from_python(here):
     pytest.importorskip("lancedb")
-    b = block("README.md: from onepeace import OnePeace")
+    b = block("docs/search.md: from onepeace import OnePeace")
     ns = run_python(b, here)
     claimed = re.search(r"hits\[0\]\s+#\s*(\{.*\})", b.text).group(1)
     assert set(ns["hits"][0]) == set(re.findall(r'"(\w+)"', claimed))
     assert all(h["modality"] == "image" for h in ns["hits"]) and 0 < len(ns["hits"]) <= 5
 
 
-@runs("README.md: from pathlib import Path")
+@runs("docs/search.md: from pathlib import Path")
 def test_lancedb_embedding_function(here):
     pytest.importorskip("lancedb")
-    b = block("README.md: from pathlib import Path")
+    b = block("docs/search.md: from pathlib import Path")
     code_ns = run_python(b, here)
     table = code_ns["table"]
     assert table.count_rows() == 2
@@ -761,17 +795,20 @@ def test_lancedb_embedding_function(here):
     assert {h["uri"] for h in hits} == {str(here / "data" / "cat.jpg"), str(here / "data" / "dog.png")}
 
 
-@runs("README.md: from openai import OpenAI",
-      "README.md: curl -s localhost:8000/search -F text=\"a handwritten seven\" -F audio=@seven.wav \\")
+@runs("docs/serve.md: from openai import OpenAI",
+      "docs/serve.md: curl -s localhost:8000/search -F text=\"a handwritten seven\" -F audio=@seven.wav \\",
+      'docs/serve.md: {"text": "a dog", "modality": "image", "k": 10,')
 def test_serve_examples(here):
     pytest.importorskip("fastapi")
     pytest.importorskip("openai")
     pytest.importorskip("lancedb")
+    httpx = pytest.importorskip("httpx")
     import onepeace
     from onepeace.search.store import Index
     from onepeace.serve.app import ServerThread, create_app
 
-    run_ok(["index", "build", "served.db", "--model", "one-peace-dir", "runs/demo/index-media", "notes.txt"], here)
+    run_ok(["index", "build", "served.db", "--model", "one-peace-dir", "runs/demo/index-media", "notes.txt", "dog.jpg"],
+           here)
     model = onepeace.OnePeace.from_pretrained("one-peace-dir")
     png = "data:image/png;base64," + base64.b64encode((here / "data" / "dog.png").read_bytes()).decode()
     with ServerThread(create_app(model, Index.open("served.db"))) as server:
@@ -781,10 +818,23 @@ def test_serve_examples(here):
         got = client.embeddings.create(model="onepeace", input=[png], extra_body={"modality": "image"})
         np.testing.assert_allclose(got.data[0].embedding, model.embed(image=[here / "data" / "dog.png"])["image"][0].numpy(),
                                    atol=1e-5)
-        readme = (ROOT / "README.md").read_text()
-        answer = re.search(r"It answers `(\{\"results\": \[\{.*?\}, \.\.\.\], .*?\})`", readme, flags=re.S).group(1)
+        page = (ROOT / "docs" / "serve.md").read_text()
+        answer = re.search(r"It answers `(\{\"schema_version\": 1, \"hits\": \[\{.*?\}, \.\.\.\], .*?\})`", page,
+                           flags=re.S).group(1)
         hit_keys = set(re.findall(r'"(\w+)"', answer.split("[", 1)[1].split("]", 1)[0]))
-        top_keys = set(re.findall(r'"(\w+)"', answer.split("]", 1)[1])) | {"results"}
+        top_keys = set(re.findall(r'"(\w+)"', answer.split("[", 1)[0] + answer.split("]", 1)[1])) | {"hits"}
+        if re.search(r"`results`, the same list under its old name, .*deprecated", page, flags=re.S):
+            top_keys.add("results")  # the documented deprecated alias
+        # the structured filter of the JSON example: accepted, and every hit satisfies it
+        req = json.loads(block(test_serve_examples._runs[2]).text)
+        res = httpx.post(f"{server.url}/search", json=req, timeout=60)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert set(body) == top_keys and body["schema_version"] == 1, body
+        assert body["hits"] and all(h["modality"] == "image" and h["name"].endswith(".jpg") and "cat" not in (h["text"] or "")
+                   for h in body["hits"]), body
+        # the raw SQL `where` of earlier versions is refused over the network
+        assert httpx.post(f"{server.url}/search", json={**req, "where": "1=1"}, timeout=60).status_code == 400
         if not shutil.which("curl"):
             pytest.skip("curl is not installed")
         for line in _logical_lines(block(test_serve_examples._runs[1]).text):
@@ -792,10 +842,10 @@ def test_serve_examples(here):
             res = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=60)
             body = json.loads(res.stdout)
             assert set(body) == top_keys, body
-            assert body["results"] and all(set(h) == hit_keys for h in body["results"]), body
+            assert body["hits"] and all(set(h) == hit_keys for h in body["hits"]), body
 
 
-@runs("README.md: onepeace convert weights/one-peace.pt one-peace-dir --dict weights/dict.txt")
+@runs("docs/checkpoints.md: onepeace convert weights/one-peace.pt one-peace-dir --dict weights/dict.txt")
 def test_convert_official(here):
     ((line, args),) = _command_lines(block(test_convert_official._runs[0]))
     (here / "one-peace-dir").unlink()  # the link to the workspace's model: convert writes a new one
@@ -815,9 +865,9 @@ def _recipe(args: list[str]) -> None:
         assert not cfg.task.name, args
 
 
-@runs("README.md: onepeace pretrain configs/stage1_vl.toml data.train=data/pairs.jsonl --output runs/s1  ",
-      "README.md: onepeace pretrain configs/align_new_modality.toml data.train=clips.jsonl --from runs/demo",
-      "README.md: onepeace finetune classify configs/finetune_vggsound.toml model.init=checkpoints/one-peac")
+@runs("docs/training.md: onepeace pretrain configs/stage1_vl.toml data.train=data/pairs.jsonl --output runs/s1  ",
+      "docs/training.md: onepeace pretrain configs/align_new_modality.toml data.train=clips.jsonl --from runs/demo",
+      "docs/training.md: onepeace finetune classify configs/finetune_vggsound.toml model.init=checkpoints/one-peac")
 def test_training_recipes_and_shards(here):
     """Training runs for hours (and torchrun runs several processes): the recipes and their
     overrides are loaded and checked as the commands do before training; the data commands run."""
@@ -833,7 +883,7 @@ def test_training_recipes_and_shards(here):
     assert list((here / "data" / "shards").glob("*.tar")), "data shards wrote no shard"
 
 
-@runs("README.md: [data.augment.audio]        # on the 16 kHz waveform, in this order")
+@runs("docs/training.md: [data.augment.audio]        # on the 16 kHz waveform, in this order")
 def test_augmentation_block():
     from onepeace.data.augment import parse_augment
 
