@@ -320,8 +320,8 @@ def one_check(name: str, extra: str | None, wheel: Path, work: Path, base_env: d
     except Exception as e:  # noqa: BLE001 - a check's own bug is reported as that check's failure
         res["error"] = f"{type(e).__name__}: {e}"
     res["total_s"] = round(time.monotonic() - t0, 1)
-    if res["ok"] and not keep:
-        shutil.rmtree(d, ignore_errors=True)
+    if res["ok"] and not keep:  # deleting a venv with torch takes a while: beside the next check
+        res["cleanup"] = subprocess.Popen(["rm", "-rf", "--", str(d)])
     return res
 
 
@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckFailed as e:
         print(f"check_extras: the wheel did not build: {e}", file=sys.stderr)
         return 1
+    wheel_s = round(time.monotonic() - t0, 1)
+    print(f"  wheel {wheel.name} built in {wheel_s} s", flush=True)
     results = []
     for name, extra in plan:
         what = f"onepeace[{extra}]" if extra else "onepeace (core)"
@@ -370,12 +372,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         else:
             print(f"  FAIL  {r['total_s']:6.1f} s: {r['error']}\n  (venv kept in {work / name})", flush=True)
+    for r in results:
+        if "cleanup" in r:
+            r.pop("cleanup").wait()
     total = round(time.monotonic() - t0, 1)
     failed = [r["check"] for r in results if not r["ok"]]
     print(f"check_extras: {len(results) - len(failed)}/{len(results)} passed in {total} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"total_s": total, "python": sys.version.split()[0], "results": results},
+        args.json.write_text(json.dumps({"total_s": total, "wheel_s": wheel_s, "python": sys.version.split()[0],
+                                         "results": results},
                                         indent=2) + "\n")
     if not failed and not args.workdir and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
