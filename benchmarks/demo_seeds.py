@@ -7,6 +7,7 @@ per retrieval pair. ``--table`` prints the README's markdown table from that fil
 
     python benchmarks/demo_seeds.py [--seeds 0 1 2 3 4] [--scratch runs/demo-seeds] [--reuse]
     python benchmarks/demo_seeds.py --table
+    python benchmarks/demo_seeds.py --plain     # the earlier recipe: benchmarks/results/demo-seeds-plain.json
     python benchmarks/demo_seeds.py --stage1-steps 2 --stage2-steps 2   # a pipeline check, not results
 
 ``--ablation`` trains the demo with and without the added voices and augmentation (arms
@@ -226,6 +227,9 @@ def main() -> None:
     ap.add_argument("--out", help="results file (default benchmarks/results/demo-seeds.json, "
                                   "demo-seeds-quick.json with step overrides)")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and exit")
+    ap.add_argument("--plain", action="store_true",
+                    help="run the demo's earlier recipe (onepeace demo --plain) for every seed, in "
+                         "runs/demo-seeds-plain unless --scratch: benchmarks/results/demo-seeds-plain.json")
     ap.add_argument("--ablation", action="store_true",
                     help="with and without the added voices and augmentation: benchmarks/results/demo-ablation.json")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["default", "plain", "full"], help="with --ablation")
@@ -242,7 +246,11 @@ def main() -> None:
         return
     steps = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
     quick = any(v is not None for v in steps.values())
-    out = Path(args.out) if args.out else RESULTS / ("demo-seeds-quick.json" if quick else "demo-seeds.json")
+    flags = ["--plain"] if args.plain else []
+    stem = "demo-seeds-plain" if args.plain else "demo-seeds"
+    out = Path(args.out) if args.out else RESULTS / (f"{stem}-quick.json" if quick else f"{stem}.json")
+    if args.plain and not args.scratch_given:
+        args.scratch = str(ROOT / "runs" / "demo-seeds-plain")
     if args.table:
         if not out.exists():
             raise SystemExit(f"{out} does not exist: run python benchmarks/demo_seeds.py first")
@@ -251,7 +259,7 @@ def main() -> None:
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds has repeats: {args.seeds}")
     t0 = time.perf_counter()
-    per_seed = {str(s): run_seed(s, Path(args.scratch) / f"seed-{s}", steps, args.reuse) for s in args.seeds}
+    per_seed = {str(s): run_seed(s, Path(args.scratch) / f"seed-{s}", steps, args.reuse, flags) for s in args.seeds}
     first = next(iter(per_seed.values()))
     envs = {json.dumps(m.get("environment"), sort_keys=True) for m in per_seed.values()}
     result = {
@@ -259,7 +267,7 @@ def main() -> None:
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
         "settings": {"seeds": args.seeds, "stage1_steps": first["train"]["stage1_steps"],
-                     "stage2_steps": first["train"]["stage2_steps"]},
+                     "stage2_steps": first["train"]["stage2_steps"], **({"plain": True} if args.plain else {})},
         "machine": {k: v for k, v in machine_facts().items() if k != "threads"},
         "threads": first.get("environment", {}).get("threads"),
         "same_environment_for_all_seeds": len(envs) == 1,

@@ -57,3 +57,21 @@ def test_every_results_file_is_written_by_a_script():
                      if p.name != "gen_tables.py")
     orphans = [f.name for f in sorted((ROOT / "benchmarks" / "results").glob("*.json")) if f.name not in code]
     assert not orphans, f"results files no script writes: {orphans}"
+
+
+def test_demo_video_results_are_written_from_a_runs_metrics(tmp_path):
+    """benchmarks/demo_video_bench.py writes demo-video.json from a run's metrics.json as it is, and
+    refuses metrics that are not a finished video demo's."""
+    spec = importlib.util.spec_from_file_location("demo_video_bench", ROOT / "benchmarks" / "demo_video_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shipped = (ROOT / "benchmarks" / "results" / "demo-video.json").read_text()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(shipped)
+    assert bench.main(["--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out.json")]) == 0
+    import json
+
+    assert json.loads((tmp_path / "out.json").read_text()) == json.loads(shipped)
+    (tmp_path / "run" / "metrics.json").write_text('{"retrieval": {}}')
+    with pytest.raises(SystemExit, match="baseline_frame_average"):
+        bench.main(["--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out2.json")])
