@@ -15,8 +15,10 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from ..errors import ConfigError
 from .distributed import DistInfo, barrier
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -58,10 +60,35 @@ def save(directory: str, step: int, module, optimizer, info: DistInfo, keep: int
     return final
 
 
+def _saved_optimizer_state(optim_sd: dict, path: str) -> dict:
+    """``optim_sd`` (a fresh optimizer's, every parameter's state initialised by ``get_state_dict``)
+    without the states the checkpoint lacks. An optimizer keeps no state for a parameter that never
+    had a gradient (an unused mask embedding, a branch the recipe does not train), so such a
+    checkpoint holds none for it; asking dcp for it fails the resume ("Missing key in checkpoint
+    state_dict"). Left out, the parameter resumes stateless, as it was when saved."""
+    saved = set(dcp.FileSystemReader(path).read_metadata().state_dict_metadata)
+    state = {}
+    for fqn, values in optim_sd.get("state", {}).items():
+        kept = {k: v for k, v in values.items() if f"optim.state.{fqn}.{k}" in saved}
+        if kept:
+            state[fqn] = kept
+    return {**optim_sd, "state": state}
+
+
 def load(path: str, module, optimizer) -> int:
     model_sd, optim_sd = get_state_dict(module, optimizer)
-    state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
-    with _single_process_ok():
-        dcp.load(state, checkpoint_id=path)
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    state = {"model": model_sd, "optim": _saved_optimizer_state(optim_sd, path), "step": torch.tensor(0)}
+    try:
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=path)
+    except CheckpointException as e:  # a BaseException: it would escape every handler as a traceback
+        causes = [getattr(f, "exc", f) for f in e.failures.values()] if hasattr(e, "failures") else [e]
+        first = str(causes[0]).strip().splitlines()[-1] if causes and str(causes[0]).strip() else type(e).__name__
+        raise ConfigError(f"cannot resume from the checkpoint {path}: {first}; start over with --force") from None
+    # strict=False: the parameters left stateless above (the model itself is loaded in full: checked below)
+    missing = set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                             options=StateDictOptions(strict=False))
+    if missing.missing_keys or missing.unexpected_keys:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(missing.missing_keys)[:5]}, "
+                           f"unexpected {sorted(missing.unexpected_keys)[:5]}")
     return int(state["step"])
