@@ -459,7 +459,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if m["kept"]:
         size = sum(m["kept"].values()) / 1e6
         print(f"kept (--keep-checkpoints): {', '.join(m['kept'])} ({size:.0f} MB)")
-    print("\nsay or write a digit yourself (see the README's 'Try it with your own voice'):")
+    print("\nsay or write a digit yourself (docs/demo.md, 'Try it with your own voice'):")
     print(f"  onepeace try --model {m['model']} --audio your_recording.wav --image your_digit.jpg")
     print("\nnext, embed your own inputs with it:")
     print(f"  onepeace embed --model {m['model']} --text 'someone saying seven' --text 'a handwritten digit seven' "
@@ -841,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train stage 2 on the added voices too (more espeak-ng variants, flite)")
     d.add_argument("--augment", action="store_true",
                    help="train with much heavier audio and image augmentation (onepeace.demo.HEAVY_AUGMENT; at "
-                        "the demo's step budget it costs accuracy, see the README)")
+                        "the demo's step budget it costs accuracy, see docs/research.md)")
     d.add_argument("--plain", action="store_true",
                    help="the earlier recipe: stage 2 for 150 steps without augmentation (about a minute "
                         "shorter, worse on unseen voices; for comparisons)")
@@ -893,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_pretrain)
 
     f = sub.add_parser("finetune", help="fine-tune on a task: classify, retrieval, grounding, vqa, aqa, nlvr2, segmentation")
-    f.add_argument("task", help="the task (see the README's fine-tuning table)")
+    f.add_argument("task", help="the task (see the fine-tuning table in docs/training.md)")
     f.add_argument("config", help="a TOML recipe (see configs/finetune_*.toml)")
     f.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
     f.add_argument("--output", help="run directory (same as train.output=...)")
@@ -932,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", choices=["auto", "instance", "class"], default="auto",
                    help="relevance over distinct items: instance (an item matches its own captions / the item "
                         "of the same label), class (same label); auto: class when a label spans several "
-                        "media files (see README)")
+                        "media files (see docs/cli.md)")
     r.add_argument("--out", help="write the metrics as JSON")
     r.add_argument("--force", action="store_true", help="overwrite an existing --out file (default: refuse it, before any work)")
     _add_max_pixels(r)
@@ -1079,7 +1079,7 @@ def _main(argv: list[str] | None) -> int:
     except ImportError as e:
         missing = f" ({e.name})" if getattr(e, "name", None) else ""
         print(f"onepeace {args.command}: error: a module this command needs is missing{missing}: {e}; "
-              "reinstall onepeace with the extra it needs (see the README's install section)", file=sys.stderr)
+              "reinstall onepeace with the extra it needs (see docs/install.md)", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, permission denied, ... on a file the command reads or writes
         where = f": {e.filename}" if e.filename else ""
