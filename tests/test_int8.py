@@ -127,6 +127,7 @@ def test_int8_quantises_the_encoder_linears_and_keeps_the_embeddings(tmp_path):
     assert not (tmp_path / "again").exists()
 
 
+@pytest.mark.slow
 def test_cli_dtype_int8_and_auto(tmp_path, capsys, monkeypatch):
     path = str(_saved_random_tiny(tmp_path / "m"))
     out = {}

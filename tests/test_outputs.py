@@ -322,6 +322,7 @@ progress = false
 """
 
 
+@pytest.mark.slow
 def test_finetune_refuses_a_finished_run_and_force_restarts_it(tmp_path, capsys):
     rows = []
     for i in range(4):

@@ -65,6 +65,7 @@ def check_alone(models, name, items):
     return together
 
 
+@pytest.mark.slow
 def test_text_rows_equal_each_caption_alone_and_keep_input_order(models):
     texts = captions(12)
     assert len({len(t.split()) for t in texts}) > 8  # really mixed lengths
@@ -73,6 +74,7 @@ def test_text_rows_equal_each_caption_alone_and_keep_input_order(models):
     assert (together - padded).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_audio_rows_equal_each_clip_alone_and_keep_input_order(models):
     check_alone(models, "audio", clips([0.05, 0.25, 0.12, 0.2, 0.07, 0.16, 0.25, 0.09]))
 
