@@ -305,3 +305,16 @@ def test_overrides_after_options_reach_the_recipe(capsys, monkeypatch):
     assert seen["overrides"] == ["a.b=1", "optim.lr=1e-4"]
     code, _, err = run(capsys, "pretrain", "r.toml", "--output", "d", "stray")
     assert code == 2 and "unrecognized arguments: stray" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_json_says_which_dtype_it_computed_in(tmp_path, capsys, model_dir):
+    pytest.importorskip("lancedb")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a red circle\na blue square\n")
+    assert main(["index", "build", str(tmp_path / "db"), "--model", model_dir, "--dtype", "fp32", str(texts)]) == 0
+    capsys.readouterr()
+    for dtype in ("fp32", "bf16"):
+        code, out, err = run(capsys, "-v", "search", str(tmp_path / "db"), "--text", "a red circle", "--json",
+                             "--dtype", dtype)
+        assert code == 0, err
+        assert json.loads(out)["dtype"] == dtype and f"computing in {dtype}" in err

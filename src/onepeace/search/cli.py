@@ -59,9 +59,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         model: Any = args.model  # each Ray actor loads its own copy
     else:
-        from ..model.onepeace import OnePeace
+        from ..cli import _load_model  # -v says what --dtype auto chose
 
-        model = OnePeace.from_pretrained(args.model, dtype=args.dtype, device=_runtime(args))
+        model = _load_model(args.model, args.dtype, _runtime(args))
     result = build(args.db, model, srcs, batch_size=args.batch_size, workers=args.workers, prune=args.prune,
                    report_path=args.report, progress=None, engine=args.engine, address=args.address,
                    ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options)
@@ -234,16 +234,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         _check_modality(args.modality, list(load_config(path).modalities))
     elif args.model is None and not looks_like_hub_id(path):
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
-    from ..model.onepeace import OnePeace
+    from ..cli import _load_model, _precision  # -v says what --dtype auto chose
 
-    model = OnePeace.from_pretrained(path, dtype=args.dtype, device=_runtime(args))
+    model = _load_model(path, args.dtype, _runtime(args))
     _check_modality(args.modality, model.modality_names)
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
         print(json.dumps({"schema_version": 1, "index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
-                          "hits": hits}, indent=1, ensure_ascii=False))
+                          "dtype": _precision(model), "hits": hits}, indent=1, ensure_ascii=False))
         return 0
     terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]
     print(f"query: {' + '.join(terms)}")
