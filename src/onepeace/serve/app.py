@@ -337,6 +337,8 @@ class SearchRequest(BaseModel):
     audio: str | None = None
     weights: dict[str, float] | list[float] | None = None
     modality: str | None = Field(None, description="the modality of the results (default: all)")
+    model: str | None = Field(None, description="the served model to embed the query with (GET /v1/models); only "
+                                                "the model that built the index can search it (default: that one)")
     k: int = 10
     filter: dict[str, Any] | None = Field(
         None, description="a structured filter: {\"column\": C, \"op\": OP, \"value\": V} with C one of id, modality, "
@@ -378,6 +380,7 @@ class SearchResponse(BaseModel):
     modality: str | None = None
     inputs: list[str]
     took_ms: float
+    model: str | None = Field(None, description="the served model that embedded the query")
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -453,6 +456,62 @@ def _redactor(paths: list[str]) -> Callable[[str], str]:
     return redact
 
 
+class _Served:
+    """One model a server serves: its names, modalities and micro-batcher (each model has its own
+    worker and queue), and its fingerprint (which index it may search)."""
+
+    def __init__(self, label: str | None, model: Any, several: bool, **batching: Any):
+        from ..modalities import get_modality
+
+        model.eval()
+        self.model = model
+        self.known = _served_name(model)
+        self.name = label or public_name(self.known)
+        self.aliases = {self.name, self.known, public_name(self.known), os.path.basename(self.known.rstrip("/"))}
+        if not several:
+            self.aliases.add("onepeace")
+        self.modalities = list(model.modality_names)
+        self.dim = int(model.config.dim)
+        #: modality -> the file name extensions its processor reads (the page's uploads, the form's fields)
+        self.file_types = {m: list(get_modality(m).file_extensions) for m in self.modalities
+                           if get_modality(m).file_extensions}
+        self.file_modalities = set(self.file_types)
+        #: modalities whose files have a still to show (images, the middle frame of a video)
+        self.thumbs = {m for m in self.file_types if hasattr(model.processor.get(m), "thumbnail")}
+        self._fingerprint: str | None = None
+
+        def embed_rows(modality: str, items: list[Any]) -> np.ndarray:
+            return model.embed(**{modality: items}, batch_size=max(1, len(items)))[modality].numpy()
+
+        self.batcher = MicroBatcher(embed_rows, **batching)
+        if self.precision == "int8":
+            log.warning("serving an int8 model: its activations are quantised per forward pass, so a served row "
+                        "depends on the other requests in its micro-batch; serve fp32 or bf16 for batch-invariant "
+                        "rows")
+
+    @property
+    def precision(self) -> str | None:
+        return getattr(self.model, "precision", None)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from ..search.fingerprint import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+
+def _merged_snapshot(batchers: list[MicroBatcher]) -> dict[str, Any]:
+    """The batching counters of one batcher, or their sums over several models' batchers."""
+    snaps = [b.snapshot() for b in batchers]
+    if len(snaps) == 1:
+        return snaps[0]
+    out: dict[str, Any] = {key: sum(snap[key] for snap in snaps) for key in snaps[0]}
+    out["largest_batch"] = max(snap["largest_batch"] for snap in snaps)
+    out["mean_batch"] = round(out["items"] / out["batches"], 2) if out["batches"] else 0.0
+    return out
+
+
 # ------------------------------------------------------------------------------------- the app
 def create_app(
     model: Any,
@@ -486,55 +545,90 @@ def create_app(
     served at once (None: unbounded); past either, 503 with ``Retry-After`` at once.
     ``model_load_s``: how long loading the model took, for ``/metrics``.
     """
-    model.eval()
-    known = model_name or _served_name(model)
-    name = public_name(known)
-    aliases = {name, known, os.path.basename(known.rstrip("/")), "onepeace"}
-    modalities = list(model.modality_names)
-    dim = int(model.config.dim)
-    from ..modalities import get_modality
-
-    #: modality -> the file name extensions its processor reads (the page's uploads, the form's fields)
-    file_types = {m: list(get_modality(m).file_extensions) for m in modalities if get_modality(m).file_extensions}
-    file_modalities = set(file_types)
-    #: modalities whose files have a still to show (images, the middle frame of a video)
-    thumbs = {m for m in file_types if hasattr(model.processor.get(m), "thumbnail")}
-
-    def embed_rows(modality: str, items: list[Any]) -> np.ndarray:
-        return model.embed(**{modality: items}, batch_size=max(1, len(items)))[modality].numpy()
-
     from .metrics import make_metrics
 
-    batcher_ref: list[MicroBatcher] = []
-    metrics = make_metrics(lambda: batcher_ref[0].depth if batcher_ref else 0,
-                           model_load_s if model_load_s is not None else getattr(model, "load_seconds", None))
-    batcher = MicroBatcher(embed_rows, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                           on_batch=metrics.observe_batch if metrics is not None else None)
-    batcher_ref.append(batcher)
-    if getattr(model, "precision", None) == "int8":
-        log.warning("serving an int8 model: its activations are quantised per forward pass, so a served row "
-                    "depends on the other requests in its micro-batch; serve fp32 or bf16 for batch-invariant rows")
+    given = list(model.items()) if isinstance(model, dict) else [(model_name, model)]
+    if not given:
+        raise InputError("create_app: no model to serve")
+    batchers: list[MicroBatcher] = []
+    first_load = next((getattr(m, "load_seconds", None) for _, m in given), None)
+    metrics = make_metrics(lambda: sum(b.depth for b in batchers),
+                           model_load_s if model_load_s is not None else first_load)
+    served = [_Served(label, m, len(given) > 1, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                      max_queue=max_queue, on_batch=metrics.observe_batch if metrics is not None else None)
+              for label, m in given]
+    batchers.extend(s.batcher for s in served)
+    by_alias: dict[str, _Served] = {}
+    for s in served:  # the names given first, then the other spellings where still free
+        by_alias.setdefault(s.name, s)
+    for s in served:
+        for alias in sorted(s.aliases):
+            by_alias.setdefault(alias, s)
+    by_alias.setdefault("onepeace", served[0])
+    default = served[0]
+    #: the served model that built the index (its fingerprint), which searches it by default
+    index_model: _Served | None = None
+    if index is not None:
+        index_model = next((s for s in served if s.fingerprint() == index.fingerprint), None)
+        if index_model is None:
+            from ..search.store import ModelMismatchError
+
+            raise ModelMismatchError(
+                f"no served model built the index {getattr(index, 'path', '')} (it was built with "
+                f"{getattr(index, 'model_name', '') or '?'}, fingerprint {index.fingerprint[:12]}); serve that model")
+    # the default model's state, as the handlers name it (a request for another model rebinds them)
+    model, name = default.model, default.name
+    modalities, dim, file_types = default.modalities, default.dim, default.file_types
+    file_modalities = set().union(*(s.file_modalities for s in served))
+    batcher = default.batcher
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        for s in served:
+            s.batcher.start()
         if warmup:
-            await run_in_threadpool(_warm_up, batcher, modalities)
+            for s in served:
+                await run_in_threadpool(_warm_up, s.batcher, s.modalities)
         yield
-        batcher.close()
+        for s in served:
+            s.batcher.close()
 
     app = FastAPI(title="onepeace", version=_version(), lifespan=lifespan,
                   description="ONE-PEACE embeddings (OpenAI-compatible) and search over an index of images, audio and text")
     app.state.model, app.state.index, app.state.batcher = model, index, batcher
-    app.state.metrics = metrics
-    app.state.redact = _redactor([known if os.path.exists(known) else "",
-                                  str(getattr(model, "source_dir", "") or ""),
+    app.state.metrics, app.state.models = metrics, {s.name: s.model for s in served}
+    app.state.redact = _redactor([*(s.known for s in served if os.path.exists(s.known)),
+                                  *(str(getattr(s.model, "source_dir", "") or "") for s in served),
                                   str(getattr(index, "path", "") or ""),
                                   str(getattr(index, "model_name", "") or "")
                                   if os.path.isabs(str(getattr(index, "model_name", "") or "")) else ""])
 
     def precision() -> str | None:
-        return getattr(model, "precision", None)
+        return default.precision
+
+    def pick(requested: str | None) -> _Served:
+        """The served model a request names (OpenAI's ``model`` field; None: the default)."""
+        if requested is None:
+            return default
+        if not isinstance(requested, str) or requested not in by_alias:
+            raise ServeError(404, f"model {requested!r} is not served here; this server serves "
+                                  f"{', '.join(repr(s.name) for s in served)} (GET /v1/models)",
+                             param="model", code="model_not_found")
+        return by_alias[requested]
+
+    def pick_for_search(requested: str | None) -> _Served:
+        """The model to search the index with: the one that built it (its fingerprint); another
+        named model is refused with 400, naming the index's."""
+        assert index_model is not None
+        if requested is None:
+            return index_model
+        s = pick(requested)
+        if s is not index_model:
+            raise ServeError(400, f"model: the index was built with the model {index_model.name!r}, not "
+                                  f"{s.name!r} (their fingerprints differ); search it with \"model\": "
+                                  f"\"{index_model.name}\" or leave model out", param="model",
+                             code="model_mismatch")
+        return s
     _install_error_handlers(app)
     app.add_middleware(_LimitsMiddleware, max_bytes=int(max_request_bytes), timeout_s=float(timeout_s),
                        max_in_flight=max_in_flight, metrics=metrics)
@@ -555,7 +649,7 @@ def create_app(
                              code="no_index")
         return index
 
-    def check_modality(modality: str, param: str) -> str:
+    def check_modality(modality: str, param: str, modalities: list[str] = modalities) -> str:
         if not isinstance(modality, str) or modality not in modalities:
             raise ServeError(400, f"{param}: unknown modality {modality!r}; this model has {', '.join(modalities)}",
                              param=param)
@@ -565,10 +659,9 @@ def create_app(
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
     @app.post("/embeddings", dependencies=[Depends(authorize)], include_in_schema=False)
     async def embeddings(req: EmbeddingRequest):
-        if req.model is not None and req.model not in aliases:
-            raise ServeError(404, f"model {req.model!r} is not served here; this server serves {name!r}",
-                             param="model", code="model_not_found")
-        modality = check_modality(req.modality, "modality")
+        s = pick(req.model)
+        model, name, modalities, dim, batcher = s.model, s.name, s.modalities, s.dim, s.batcher
+        modality = check_modality(req.modality, "modality", modalities)
         items = req.input
         if isinstance(items, str):
             items = [items]
@@ -621,11 +714,11 @@ def create_app(
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "onepeace",
-                                            "modalities": modalities, "dimensions": dim,
-                                            "precision": precision(), "batch_invariant": precision() != "int8",
-                                            "precision_note": getattr(model, "serve_note", "") or None,
-                                            "search": index is not None}]}
+        return {"object": "list", "data": [
+            {"id": s.name, "object": "model", "created": 0, "owned_by": "onepeace", "modalities": s.modalities,
+             "dimensions": s.dim, "precision": s.precision, "batch_invariant": s.precision != "int8",
+             "precision_note": getattr(s.model, "serve_note", "") or None, "search": s is index_model,
+             "default": s is default} for s in served]}
 
     # ----------------------------------------------------------------------------------- search
     async def parse_search(request: Request) -> tuple[SearchRequest, dict[str, bytes]]:
@@ -641,7 +734,7 @@ def create_app(
                                           f"{', '.join([*SearchRequest.model_fields, *sorted(file_modalities)])}",
                                      param=key)
                 if hasattr(value, "read"):  # an uploaded file
-                    if key not in ("image", "audio") and key not in modalities:
+                    if key not in ("image", "audio") and key not in file_modalities:
                         raise ServeError(400, f"{key}: a file was uploaded in a text field", param=key)
                     data = await value.read()
                     if not data:
@@ -690,10 +783,12 @@ def create_app(
 
         idx = need_index()
         req, files = await parse_search(request)
+        s = pick_for_search(req.model)
+        model, modalities, batcher, thumbs = s.model, s.modalities, s.batcher, s.thumbs
         if not 1 <= req.k <= max_k:
             raise ServeError(400, f"k: {req.k} is out of range; give 1 to {max_k}", param="k")
         if req.modality is not None:
-            check_modality(req.modality, "modality")
+            check_modality(req.modality, "modality", modalities)
         texts = [req.text] if isinstance(req.text, str) else list(req.text or [])
         if isinstance(req.text, list) and not texts:
             raise ServeError(400, "text: the list is empty; give one text or several", param="text")
@@ -705,7 +800,7 @@ def create_app(
         if texts:
             inputs["text"] = texts
         for key in files:
-            check_modality(key, key)
+            check_modality(key, key, modalities)
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -738,12 +833,14 @@ def create_app(
         took = round((loop.time() - t0) * 1000, 1)
         found = [_hit(h, thumbs) for h in hits]
         return JSONResponse({"schema_version": SEARCH_SCHEMA_VERSION, "hits": found, "results": found, "k": req.k,
-                             "modality": req.modality, "inputs": sorted(inputs), "took_ms": took})
+                             "modality": req.modality, "inputs": sorted(inputs), "took_ms": took,
+                             "model": s.name})
 
     # ------------------------------------------------------------------------------------ media
     @app.get("/media/{item_id}", dependencies=[Depends(authorize)])
     async def media(item_id: str, thumb: int | None = None):
         idx = need_index()
+        model, thumbs = index_model.model, index_model.thumbs
         if not _ID.fullmatch(item_id):
             raise ServeError(400, f"not an item id: {item_id[:80]!r} (ids are hex digests, as /search returns them)",
                              param="item_id")
@@ -780,12 +877,13 @@ def create_app(
         out: dict[str, Any] = {"status": "ok", "auth": api_key is not None}
         if not authorized:
             return out
-        out.update(model=name, precision=precision(), batch_invariant=precision() != "int8", dim=dim,
+        out.update(model=name, models=[s.name for s in served], precision=precision(),
+                   batch_invariant=all(s.precision != "int8" for s in served), dim=dim,
                    modalities=modalities, file_types=file_types,
                    index=None, search=index is not None,
                    batching={"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
                              "max_queue": batcher.max_queue, "max_in_flight": max_in_flight,
-                             **batcher.snapshot()})
+                             **_merged_snapshot([s.batcher for s in served])})
         if index is not None:
             out["index"] = await run_in_threadpool(_index_summary, index)
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 import sys
 from typing import Any
@@ -45,6 +46,22 @@ def _seconds(text: str) -> float:
     return x
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _model_spec(text: str) -> tuple[str | None, str]:
+    """``--model [NAME=]MODEL``: (the name requests use, or None; the directory or hub id)."""
+    name, sep, spec = text.partition("=")
+    if not sep or os.path.exists(text):
+        return None, text
+    if not _NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a model name (letters, digits, '.', '_', '-'); "
+                                         "give NAME=MODEL or MODEL")
+    if not spec:
+        raise argparse.ArgumentTypeError(f"{text!r}: no model after '='; give NAME=MODEL")
+    return name, spec
+
+
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``serve`` on the main CLI's subparsers."""
     from ..cli import _add_runtime_options
@@ -54,8 +71,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("db", metavar="DB", nargs="?", default=None,
                    help="an index directory built by `onepeace index build` (leave it out with --model to serve "
                         "embeddings only, without search)")
-    p.add_argument("--model", help="the model that built the index: a directory or a hub id "
-                                   "(default: the one recorded in the index); without DB, the model to serve")
+    p.add_argument("--model", action="append", type=_model_spec, metavar="[NAME=]MODEL",
+                   help="a model to serve: a directory or a hub id, optionally named (NAME=MODEL; requests pick it "
+                        "by OpenAI's \"model\" field). Repeat it to serve several models; the first is the default. "
+                        "With DB, one of them must be the model that built the index (default: the one recorded "
+                        "in the index); without DB, embeddings only")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
@@ -156,6 +176,31 @@ def load_served(db: str, model_spec: str | None, dtype: str | None = None, devic
     return model, index
 
 
+def load_several(db: str | None, specs: list[tuple[str | None, str]], dtype: str | None = None,
+                 device: str = "cpu") -> tuple[Any, Any]:
+    """The models of ``--model [NAME=]MODEL ...`` (one model, or ``{name: model}`` for several)
+    and the index at ``db`` (or None). With an index, one of the models must have built it (its
+    fingerprint), else the command is refused naming the index's model."""
+    from ..search.fingerprint import model_fingerprint
+    from ..search.store import Index, ModelMismatchError
+
+    if len(specs) == 1 and specs[0][0] is None:
+        if db is None:
+            return load_model(specs[0][1], dtype, device), None
+        return load_served(db, specs[0][1], dtype, device)
+    names = [name or os.path.basename(os.path.normpath(spec)) for name, spec in specs]
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise InputError(f"--model: two models are called {dup!r}; name them (--model NAME=MODEL)")
+    index = Index.open(db) if db is not None else None
+    models = {n: load_model(spec, dtype, device) for n, (_, spec) in zip(names, specs)}
+    if index is not None and not any(model_fingerprint(m) == index.fingerprint for m in models.values()):
+        raise ModelMismatchError(
+            f"the index {db} was built with the model {index.model_name or '?'} (fingerprint "
+            f"{index.fingerprint[:12]}), which none of the --model options is; add it (--model NAME={index.model_name})")
+    return models, index
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -177,14 +222,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     device = _runtime(args)
     sock = _bind(args.host, args.port)
     try:
-        if args.db is None:
-            model, index = load_model(args.model, args.dtype, device), None
+        if not args.model:
+            model, index = load_served(args.db, None, args.dtype, device)
         else:
-            model, index = load_served(args.db, args.model, args.dtype, device)
+            model, index = load_several(args.db, args.model, args.dtype, device)
         app = create_app(model, index, api_key=api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True,
                          max_queue=args.max_queue, max_in_flight=args.max_in_flight,
-                         model_load_s=getattr(model, "load_seconds", None))
+                         model_load_s=_load_seconds(model))
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         if index is None:
@@ -192,10 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             counts = ", ".join(f"{n} {m}" for m, n in sorted(_counts(index).items()))
             what = f"index {args.db} ({counts or 'empty'})"
-        precision = getattr(model, "serve_note", "") or getattr(model, "precision", None)
-        print(f"onepeace serve: http://{shown}:{port}/ — {what}, model "
-              f"{getattr(model, 'name_or_path', None) or args.model}{f' ({precision})' if precision else ''}; "
-              "Ctrl-C stops", file=sys.stderr)
+        print(f"onepeace serve: http://{shown}:{port}/ — {what}, {_banner_models(model)}; Ctrl-C stops",
+              file=sys.stderr)
         if not _is_loopback(args.host) and api_key is None:
             print(f"onepeace serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   f"this machine can use the service (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
@@ -209,6 +252,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
+
+
+def _load_seconds(model: Any) -> float | None:
+    models = list(model.values()) if isinstance(model, dict) else [model]
+    times = [getattr(m, "load_seconds", None) for m in models]
+    return None if None in times else float(sum(times))
+
+
+def _banner_models(model: Any) -> str:
+    def one(m: Any) -> str:
+        precision = getattr(m, "serve_note", "") or getattr(m, "precision", None)
+        return f"{getattr(m, 'name_or_path', None) or '?'}{f' ({precision})' if precision else ''}"
+
+    if not isinstance(model, dict):
+        return f"model {one(model)}"
+    return "models " + ", ".join(f"{name}={one(m)}" for name, m in model.items())
 
 
 def _counts(index: Any) -> dict[str, int]:
