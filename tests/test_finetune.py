@@ -184,6 +184,7 @@ def test_resumed_finetune_matches_uninterrupted(data, tmp_path, monkeypatch):
     assert b == pytest.approx(a, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_task_inputs_are_clear_errors(data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(data["dir"])
     bad = tmp_path / "bad.jsonl"

@@ -92,6 +92,7 @@ DEMO_MODEL = Path(os.environ.get("ONEPEACE_DEMO_MODEL", Path(__file__).parents[1
 
 @pytest.mark.skipif(not (DEMO_MODEL / "config.json").exists(), reason="needs a trained demo model (make demo, or "
                     "ONEPEACE_DEMO_MODEL=DIR)")
+@pytest.mark.slow
 def test_try_and_zeroshot_agree_on_the_demo_test_clips(test_clips):
     # the recording path of `onepeace try` (prepare_audio + classify_digit) against the model fed the
     # clip as it is, as `onepeace zeroshot` does: the same digit for every test clip

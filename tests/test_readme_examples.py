@@ -718,6 +718,7 @@ def test_command_line_synopsis(here):
 
 @runs("docs/export.md: pip install 'onepeace[export]'          # onnx + onnxruntime",
       "docs/export.md: import onnxruntime as ort")
+@pytest.mark.slow
 def test_onnx_export(here):
     pytest.importorskip("onnxruntime")
     import onepeace
