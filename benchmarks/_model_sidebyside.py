@@ -179,7 +179,7 @@ def part_sidebyside(args, results: dict, save) -> None:
         "machine": machine_facts(),
         "method": {
             "reference": "benchmarks/upstream_style.py: our own re-statement of the official way of "
-                         "computing (spec §2-3): (N, B, D) layers, separate q/k/v Linear, q*hd^-0.5, "
+                         "computing (the official transformer layers): (N, B, D) layers, separate q/k/v Linear, q*hd^-0.5, "
                          "torch.bmm QK^T, + [B*H, N, N] bias view, fp32 softmax, bmm with V, sub-LN, "
                          "out_proj; GeGLU FFN with sub-LN; LayerScale; rel bias table(rp_bucket) expanded "
                          "per batch and materialised as zeros[B, H, N, N] + bias once per forward (the "

@@ -1,8 +1,8 @@
 """An "upstream-style" ONE-PEACE forward, for a same-machine speed comparison (bench_model.py
 ``--only sidebyside``).
 
-This is **our own code**, written from the spec (``../shared/spec/upstream-spec.md`` §2-3, i.e.
-``shared/`` next to the repository), not a copy of the official one. It computes the same maths as ``onepeace.OnePeace`` but the way the
+This is **our own code**, written from the official model's description (the encoder layers and
+attention of github.com/OFA-Sys/ONE-PEACE, ``one_peace/models/transformer/``), not a copy of it. It computes the same maths as ``onepeace.OnePeace`` but the way the
 official fairseq code computes it, so that timing both on the same machine in the same run says
 how our implementation compares with the official *way of computing*:
 
