@@ -125,9 +125,9 @@ def _first_skipped(report: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------- index info
 def _last_report(db: str) -> tuple[str, dict[str, Any]] | None:
-    from .ingest import REPORTS
+    from .ingest import default_report_path
 
-    folder = os.path.join(db, REPORTS)
+    folder = os.path.dirname(default_report_path(db))
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith("build-") and n.endswith(".json"))
     except OSError:
@@ -157,7 +157,8 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     search = (f"{info['index']} ANN index ({ann['indexed_rows']:,} rows indexed, {ann['unindexed_rows']:,} not yet: "
               "those are searched exactly)" if ann else "exact (every row is compared; an ANN index is built from "
               "50,000 rows)")
-    print(f"index:   {info['path']} ({_human_bytes(info['size_bytes'])} on disk, version {info['version']})")
+    where = "object storage" if info["size_bytes"] is None else f"{_human_bytes(info['size_bytes'])} on disk"
+    print(f"index:   {info['path']} ({where}, version {info['version']})")
     print(f"model:   {info['model']} (fingerprint {info['fingerprint'][:12]}, {info['dim']} dimensions)")
     print(f"rows:    {info['rows']:,} ({_counts(info['modalities'])})")
     print(f"search:  {search}")
@@ -210,7 +211,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..cli import _runtime
     from .fingerprint import IN_MEMORY, model_fingerprint, model_name
     from .query import query_inputs, resolve_weights, search
-    from .store import Index
+    from .store import Index, is_remote
 
     idx = Index.open(args.db)
     text = args.text or None
@@ -242,7 +243,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
-        print(json.dumps({"schema_version": 1, "index": os.path.abspath(args.db), "model": idx.model_name, "query": query,
+        print(json.dumps({"schema_version": 1, "index": idx.path if is_remote(idx.path) else os.path.abspath(args.db), "model": idx.model_name, "query": query,
                           "dtype": _precision(model), "hits": hits}, indent=1, ensure_ascii=False))
         return 0
     terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]

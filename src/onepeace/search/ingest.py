@@ -29,7 +29,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OnePeaceError, SkipGuard, not_the_input, stop_in_worker
-from .store import Index, SearchIndexError, is_index, item_id
+from .store import Index, SearchIndexError, is_index, is_remote, item_id
 
 log = logging.getLogger(__name__)
 
@@ -510,14 +512,27 @@ class IndexWriter:
 @contextlib.contextmanager
 def build_lock(db: str):
     """An exclusive lock on the index directory for one build (released when the process ends,
-    even by SIGKILL); a second concurrent build is refused."""
+    even by SIGKILL); a second concurrent build is refused. A POSIX record lock (``lockf``), not
+    ``flock``: the DataLoader workers forked during the build do not inherit it, so a killed
+    build's orphaned workers cannot keep refusing the rerun. An object-storage index
+    (``s3://...``) has no lock: run one build at a time on it."""
+    if is_remote(db):
+        yield
+        return
     path = os.path.join(db, LOCK_NAME)
-    f = open(path, "a+")  # noqa: SIM115 - held for the whole build
+    key = os.path.realpath(path)
+    with _HELD_LOCK:  # record locks never conflict within one process: builds in threads check here
+        held = key in _HELD
+        _HELD.add(key)
+    f = None
     try:
+        f = open(path, "a+")  # noqa: SIM115 - held for the whole build
         try:
+            if held:
+                raise OSError("held by this process")
             import fcntl
 
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no lock
             pass
         except OSError:
@@ -531,7 +546,15 @@ def build_lock(db: str):
         f.flush()
         yield
     finally:
-        f.close()
+        if f is not None:
+            f.close()
+        if not held:
+            with _HELD_LOCK:
+                _HELD.discard(key)
+
+
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
 
 
 _STAT_KEYS = ("file_size", "file_mtime_ns")
@@ -559,6 +582,9 @@ def _stored_state(index: Index) -> dict[str, tuple[str, int, int, str]]:
 
 def default_report_path(db: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    if is_remote(db):  # the report stays on this machine: ./index-reports/<bucket>-<path>/
+        return os.path.join("index-reports", re.sub(r"[^\w.-]+", "-", db.split("://", 1)[1]).strip("-"),
+                            f"build-{stamp}.json")
     return os.path.join(db, REPORTS, f"build-{stamp}.json")
 
 
@@ -724,7 +750,7 @@ class BuildRun:
         from ..checkpoints.format import write_text_atomic
 
         report = {
-            "index": os.path.abspath(self.index.path), "model": self.model_name, "engine": self.engine,
+            "index": self.index.path if is_remote(self.index.path) else os.path.abspath(self.index.path), "model": self.model_name, "engine": self.engine,
             "sources": self.sources,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "elapsed_s": round(time.time() - self.started, 3),
@@ -837,6 +863,9 @@ def build(db: str | os.PathLike, model: Any, sources: Sequence[str | os.PathLike
 
 def prepare_db_dir(db: str) -> None:
     """Check that ``db`` can be an index (absent, empty or an index) before any work."""
+    if is_remote(db):
+        is_index(db)  # the storage answers (else StorageUnavailableError), before any work
+        return
     if os.path.exists(db) and not os.path.isdir(db):
         raise SearchIndexError(f"{db} is a file, not an index directory")
     if os.path.isdir(db) and not is_index(db):

@@ -14,6 +14,7 @@ open ``Index`` picks up other processes' commits at its next read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -56,12 +57,61 @@ class SearchIndexError(OnePeaceError):
     """An index could not be opened, created or used."""
 
 
+class StorageUnavailableError(SearchIndexError):
+    """The object storage of a remote index (``s3://...``) cannot be reached now (the server
+    answers 503; retrying later may work)."""
+
+
 class IndexNotFoundError(SearchIndexError):
     """The path holds no onepeace index."""
 
 
 class ModelMismatchError(SearchIndexError):
     """The index was built with another model than the one given."""
+
+
+_REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+#: the standard environment variables (as boto and LanceDB read them) -> LanceDB storage options
+_AWS_ENV = (("AWS_ENDPOINT_URL", "aws_endpoint"), ("AWS_ENDPOINT_URL_S3", "aws_endpoint"),
+            ("AWS_ACCESS_KEY_ID", "aws_access_key_id"), ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+            ("AWS_SESSION_TOKEN", "aws_session_token"), ("AWS_DEFAULT_REGION", "aws_region"),
+            ("AWS_REGION", "aws_region"), ("AWS_ALLOW_HTTP", "allow_http"))
+#: seconds a request to the object storage may retry before the storage is reported unavailable
+STORAGE_TIMEOUT_ENV = "ONEPEACE_STORAGE_TIMEOUT"
+_STORAGE_DOWN = re.compile(r"error sending request|connect(ion)? ?(error|refused|reset)|tcp connect|timed? ?out|"
+                           r"dns error|RetryError|HTTP error|broken pipe|Service ?Unavailable|SlowDown", re.I)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an object-storage URI (``s3://bucket/path``, ``gs://``, ``az://``)."""
+    return isinstance(path, str) and bool(_REMOTE.match(path))
+
+
+def storage_options() -> dict[str, str]:
+    """LanceDB's storage options for a remote index, from the standard environment variables
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+    ``AWS_REGION``, ``AWS_ALLOW_HTTP``), with bounded retries: a request gives up after
+    ``ONEPEACE_STORAGE_TIMEOUT`` seconds (default 10) instead of minutes."""
+    opts = {key: os.environ[env] for env, key in _AWS_ENV if os.environ.get(env)}
+    raw = os.environ.get(STORAGE_TIMEOUT_ENV, "10")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < 86400:
+        raise InputError(f"{STORAGE_TIMEOUT_ENV}={raw!r}: give the seconds a storage request may retry, e.g. 10")
+    opts.update(connect_timeout=f"{max(1, int(timeout))}s", client_retry_timeout=str(max(1, int(timeout))),
+                client_max_retries="3")
+    return opts
+
+
+def _storage_failure(path: str, e: BaseException) -> StorageUnavailableError | None:
+    """A StorageUnavailableError naming the storage of a remote index, when ``e`` says it cannot
+    be reached (else None: another failure)."""
+    if not is_remote(path) or not _STORAGE_DOWN.search(str(e)):
+        return None
+    return StorageUnavailableError(f"the index storage {path} cannot be reached ({_first_line(e)[:160]}); "
+                                   "check the object store and AWS_ENDPOINT_URL, then retry")
 
 
 def item_id(modality: str, uri: str = "", text: str = "") -> str:
@@ -204,8 +254,20 @@ def _dir_size(path: str) -> int:
 
 
 def is_index(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a directory holding an onepeace index (cheap: no database opened)."""
-    return os.path.isdir(os.path.join(os.fspath(path), f"{TABLE}.lance", "_versions"))
+    """Whether ``path`` is a directory holding an onepeace index (cheap: no database opened), or
+    an object-storage URI (``s3://...``) holding one (one listing request)."""
+    path = os.fspath(path)
+    if is_remote(path):
+        try:
+            db = Index._connect(path)
+            names = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
+            names = getattr(names, "tables", names)
+        except SearchIndexError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lance reports storage errors in many types
+            raise _storage_failure(path, e) or SearchIndexError(f"cannot read {path}: {_first_line(e)}") from None
+        return TABLE in list(names)
+    return os.path.isdir(os.path.join(path, f"{TABLE}.lance", "_versions"))
 
 
 class Index:
@@ -243,6 +305,8 @@ class Index:
         kwargs: dict[str, Any] = {}
         if hasattr(lancedb, "Session"):
             kwargs["session"] = lancedb.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+        if is_remote(path):  # object storage: credentials and endpoint from the environment
+            kwargs["storage_options"] = storage_options()
         return lancedb.connect(path, read_consistency_interval=timedelta(0), **kwargs)
 
     @classmethod
@@ -251,6 +315,8 @@ class Index:
         path = os.fspath(path)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InputError(f"index dimension must be a positive integer, got {dim!r}")
+        if is_remote(path):
+            return cls._create_remote(path, _schema(dim, fingerprint, model_name))
         if os.path.exists(path) and not os.path.isdir(path):
             raise SearchIndexError(f"{path} is a file, not an index directory; give a new or empty directory")
         if is_index(path):
@@ -277,9 +343,41 @@ class Index:
         return cls(path, db, table)
 
     @classmethod
+    def _create_remote(cls, path: str, schema: Any) -> Index:
+        if is_index(path):
+            raise SearchIndexError(f"{path} already holds an index; open it (Index.open) instead of creating it")
+        try:
+            db = cls._connect(path)
+            table = db.create_table(TABLE, schema=schema, mode="create")
+        except SearchIndexError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if is_index(path):
+                return cls.open(path)
+            raise _storage_failure(path, e) or SearchIndexError(
+                f"cannot create the index in {path}: {_first_line(e)}") from None
+        return cls(path, db, table)
+
+    @classmethod
+    def _open_remote(cls, path: str) -> Index:
+        if not is_index(path):
+            raise IndexNotFoundError(f"{path} holds no onepeace index; build one with `onepeace index build {path} "
+                                     "--model MODEL SOURCE...`")
+        try:
+            return cls(path, (db := cls._connect(path)), db.open_table(TABLE))
+        except SearchIndexError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _storage_failure(path, e) or IndexNotFoundError(
+                f"{path}: cannot open the index table: {_first_line(e)}") from None
+
+    @classmethod
     def open(cls, path: str | os.PathLike) -> Index:
-        """The index in ``path``; :class:`IndexNotFoundError` when there is none."""
+        """The index in ``path`` (a directory or an ``s3://`` URI); :class:`IndexNotFoundError`
+        when there is none, :class:`StorageUnavailableError` when its object storage is down."""
         path = os.fspath(path)
+        if is_remote(path):
+            return cls._open_remote(path)
         if not os.path.exists(path):
             raise IndexNotFoundError(f"index not found: {path} (build one with `onepeace index build {path} "
                                      "--model MODEL SOURCE...`)")
@@ -394,8 +492,22 @@ class Index:
         return n
 
     # ------------------------------------------------------------------ reading
+    @contextlib.contextmanager
+    def _storage(self):
+        """Reads of a remote index: an unreachable object store raises StorageUnavailableError."""
+        try:
+            yield
+        except OnePeaceError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lance reports storage errors in many types
+            down = _storage_failure(self.path, e)
+            if down is None:
+                raise
+            raise down from None
+
     def _count_where(self, where: str | None) -> int:
-        return int(self._table.count_rows(where) if where else self._table.count_rows())
+        with self._storage():
+            return int(self._table.count_rows(where) if where else self._table.count_rows())
 
     def count(self, modality: str | None = None) -> int:
         """Rows in the index (of one modality)."""
@@ -403,8 +515,9 @@ class Index:
 
     def _scan(self, columns: list[str], where: str | None = None):
         """An Arrow table of these columns of the latest version (optionally filtered)."""
-        self._table.checkout_latest()
-        return self._table.to_lance().to_table(columns=columns, filter=where)
+        with self._storage():
+            self._table.checkout_latest()
+            return self._table.to_lance().to_table(columns=columns, filter=where)
 
     def get(self, id: str) -> dict[str, Any] | None:
         """The row ``id`` (without its vector; ``metadata`` parsed), or None."""
@@ -440,7 +553,7 @@ class Index:
         """Counts per modality, the model, the search type and the size on disk."""
         ann = self.vector_index()
         return {
-            "path": os.path.abspath(self.path),
+            "path": self.path if is_remote(self.path) else os.path.abspath(self.path),
             "rows": self.count(),
             "modalities": self.modality_counts(),
             "model": self.model_name,
@@ -449,7 +562,7 @@ class Index:
             "index": ann["type"] if ann else "exact",
             "ann": ann,
             "version": int(self._table.version),
-            "size_bytes": _dir_size(self.path),
+            "size_bytes": None if is_remote(self.path) else _dir_size(self.path),
         }
 
     # ------------------------------------------------------------------ search
@@ -477,8 +590,9 @@ class Index:
             filters.append(compile_filter(filter))
         if where:
             filters.append(f"({where})")
-        query = (self._table.search((q / norm).astype(np.float32), vector_column_name="vector")
-                 .distance_type("cosine").limit(int(k)).select([*COLUMNS, "_distance"]))
+        with self._storage():  # (builds the query from the table's schema: a remote read)
+            query = (self._table.search((q / norm).astype(np.float32), vector_column_name="vector")
+                     .distance_type("cosine").limit(int(k)).select([*COLUMNS, "_distance"]))
         if filters:
             query = query.where(" AND ".join(filters), prefilter=True)
         if exact:
@@ -488,6 +602,9 @@ class Index:
         try:
             hits = query.to_list()
         except Exception as e:  # noqa: BLE001 - DataFusion / lance report bad SQL in many types
+            down = _storage_failure(self.path, e)
+            if down is not None:
+                raise down from None
             if where:
                 raise InputError(f"the filter (--where) {where!r} is not a valid filter on the columns {', '.join(COLUMNS)}: "
                                  f"{_first_line(e)}") from None
@@ -576,4 +693,7 @@ def remove_index(path: str) -> None:
     """Delete an index directory (only one that is an index)."""
     if not is_index(path):
         raise SearchIndexError(f"{path} is not an onepeace index; not removed")
+    if is_remote(path):
+        Index._connect(path).drop_table(TABLE)
+        return
     shutil.rmtree(path)

@@ -122,6 +122,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         message, param = _validation_message(exc)
         return error_response(400, message, param=param)
 
+    from ..search.store import StorageUnavailableError
+
+    @app.exception_handler(StorageUnavailableError)
+    async def _storage_down(request: Request, exc: StorageUnavailableError):
+        log.warning("%s", exc)
+        return error_response(503, str(exc), code="storage_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(OnePeaceError)
     async def _onepeace_error(request: Request, exc: OnePeaceError):
         redact = getattr(request.app.state, "redact", None) or (lambda m: m)
@@ -885,7 +892,12 @@ def create_app(
                              "max_queue": batcher.max_queue, "max_in_flight": max_in_flight,
                              **_merged_snapshot([s.batcher for s in served])})
         if index is not None:
-            out["index"] = await run_in_threadpool(_index_summary, index)
+            from ..search.store import StorageUnavailableError
+
+            try:
+                out["index"] = await run_in_threadpool(_index_summary, index)
+            except StorageUnavailableError as e:  # the server is up; its index's storage is not
+                out.update(status="degraded", index={"name": _index_name(index), "error": str(e)})
         return out
 
     # ---------------------------------------------------------------------------------- metrics
@@ -1020,11 +1032,15 @@ def _public_metadata(meta: dict) -> dict:
     return out
 
 
+def _index_name(index: Any) -> str | None:
+    path = str(getattr(index, "path", "") or "")
+    return os.path.basename(os.path.normpath(path.split("://", 1)[-1])) if path else None
+
+
 def _index_summary(index: Any) -> dict:
     """Rows per modality, the index's name and its model (cheap: no walk of the files on disk)."""
     counts = index.modality_counts() if hasattr(index, "modality_counts") else index.info().get("modalities", {})
-    path = getattr(index, "path", "") or ""
-    return {"name": os.path.basename(os.path.normpath(str(path))) if path else None,
+    return {"name": _index_name(index),
             "rows": int(sum(counts.values())), "modalities": counts,
             "model": public_name(getattr(index, "model_name", "") or ""), "dim": getattr(index, "dim", None)}
 

@@ -214,7 +214,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.db is None and not args.model:
         raise InputError("nothing to serve: give an index (onepeace serve DB) or a model to serve embeddings only "
                          "(onepeace serve --model MODEL)")
-    if args.db is not None and not os.path.isdir(args.db):
+    from ..search.store import is_remote
+
+    if args.db is not None and not is_remote(args.db) and not os.path.isdir(args.db):
         raise InputError(f"no index at {args.db}: build one with `onepeace index build {args.db} --model MODEL SOURCE...`")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key == "":
