@@ -91,6 +91,8 @@ NOT_RUN = {
         "starts a Ray cluster (tests/test_search_ray.py runs the engine on a local one)",
     "docs/scale.md: ray start --head --port 6379                      # on the head node":
         "a multi-node Ray cluster",
+    "docs/scale.md: export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_REGION=us-east-1":
+        "an S3 bucket and a Ray cluster (tests/test_issue22_storage.py runs build, search and serve on moto's S3 server)",
     "docs/architecture.md: cli.py (and search/, serve/, export/, data/ command modules)":
         "a drawing of the layers, not code",
     'docs/serve.md: filter := {"column": C, "op": OP, "value": V}':
