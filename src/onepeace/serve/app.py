@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -783,7 +784,9 @@ def create_app(
                 files[key] = decode_base64_input(value, key, key)
         return req, files
 
-    @app.post("/search", dependencies=[Depends(authorize)], responses={200: {"model": SearchResponse}})
+    @app.post("/search", dependencies=[Depends(authorize)], responses={200: {"model": SearchResponse}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": _search_body_schema(file_modalities)}}}})
     async def search(request: Request):
         from ..search import query as query_mod
         from ..search.store import compile_filter
@@ -845,7 +848,9 @@ def create_app(
 
     # ------------------------------------------------------------------------------------ media
     @app.get("/media/{item_id}", dependencies=[Depends(authorize)])
-    async def media(item_id: str, thumb: int | None = None):
+    async def media(item_id: str = FastAPIPath(..., description="an item id, as /search returns it",
+                                               examples=["0123456789abcdef0123456789abcdef01234567"]),
+                    thumb: int | None = None):
         idx = need_index()
         model, thumbs = index_model.model, index_model.thumbs
         if not _ID.fullmatch(item_id):
@@ -928,6 +933,17 @@ def _warm_up(batcher: MicroBatcher, modalities: list[str]) -> None:
     for modality in modalities:
         if modality in samples:
             batcher.embed_sync(modality, samples[modality])
+
+
+def _search_body_schema(file_modalities: set[str]) -> dict:
+    """The JSON body of /search as the OpenAPI schema documents it: SearchRequest's fields and a
+    base64 field per file modality of the served models, nothing else (other keys are refused)."""
+    schema = SearchRequest.model_json_schema()
+    for m in sorted(file_modalities - set(schema["properties"])):
+        schema["properties"][m] = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                                   "description": f"a {m} file as base64 or a data: URI"}
+    schema["additionalProperties"] = False
+    return schema
 
 
 def _validate_search(fields: dict) -> SearchRequest:
