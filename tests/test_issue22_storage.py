@@ -251,3 +251,20 @@ def test_the_storage_stopped_mid_query_is_a_503_naming_it_and_serving_resumes(s3
         r = client.post("/search", json={"text": "a red circle"})
         assert r.status_code == 200 and r.json()["hits"]
         assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_ray_data_build_writes_to_the_bucket(s3):
+    """``--engine ray`` on a local Ray cluster: the driver's writer commits into the bucket (about
+    30 s on 2 cores, most of it Ray's start)."""
+    pytest.importorskip("ray")
+    from onepeace.search import search
+    from onepeace.search.ingest import build
+    from onepeace.search.store import Index
+
+    uri = f"s3://{BUCKET}/ray"
+    result = build(uri, str(s3["model_dir"]), [s3["media"]], engine="ray", workers=0, batch_size=4, progress=False,
+                   ray_options={"actors": 1})
+    idx = Index.open(uri)
+    assert result["rows"] == idx.count() > 0 and any(k.endswith(".manifest") for k in _objects("ray/"))
+    assert search(idx, s3["model"], text="a red circle", k=2)
