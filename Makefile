@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables
+.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -118,6 +118,33 @@ demo-ablation: install
 # the navigation or an unreadable docstring fails it); tests/test_docs_site.py runs the same build
 docs: install
 	$(BIN)/mkdocs build --strict
+
+# score a model with MTEB (docs/harnesses.md), offline from the Hugging Face cache, into MTEB's
+# standard results folder: make mteb MTEB_MODEL=runs/demo/model MTEB_BENCHMARK="MAEB(v1)"
+# (or MTEB_TASKS=A,B; MTEB_ESC10=../shared/data/esc10 adds the local ESC-10 zero-shot task)
+MTEB_MODEL ?= runs/demo/model
+MTEB_BENCHMARK ?=
+MTEB_TASKS ?=
+MTEB_ESC10 ?=
+MTEB_OUTPUT ?= results
+mteb: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m onepeace.integrations.mteb --model $(MTEB_MODEL) \
+		$(if $(MTEB_BENCHMARK),--benchmark "$(MTEB_BENCHMARK)") $(if $(MTEB_TASKS),--tasks "$(MTEB_TASKS)") \
+		$(if $(MTEB_ESC10),--esc10 "$(MTEB_ESC10)") --output $(MTEB_OUTPUT)
+
+# the HEAR submission validator on onepeace.hear (it pulls TensorFlow: a venv of its own under
+# build/, the project's installed into it with --constraint): make hear-validate HEAR_MODEL=runs/demo/model
+HEAR_MODEL ?= runs/demo/model
+HEAR_VENV := build/hear-venv
+hear-validate:
+	test -x $(HEAR_VENV)/bin/python || $(PYTHON) -m venv $(HEAR_VENV)
+	$(HEAR_VENV)/bin/pip install --constraint constraints.txt torch==2.13.0 $(TORCH_FROM)
+	$(HEAR_VENV)/bin/pip install --constraint constraints.txt -e . hearvalidator
+	$(HEAR_VENV)/bin/hear-validator onepeace.hear --model $(HEAR_MODEL)
+
+# the harnesses on the demo model (needs `make demo` and ../shared/data/esc10): benchmarks/results/harness.json
+bench-harness: install
+	$(BIN)/python benchmarks/bench_harness.py
 
 # the tables of figures in README.md and docs/*.md, rewritten from benchmarks/results/*.json
 # (tests/test_tables.py fails when a table and its JSON disagree)

@@ -118,9 +118,28 @@ def downstream() -> str:
     return mod.table(_load("downstream.json")) + "\n"
 
 
+# --------------------------------------------------------------------------------- harnesses
+def harness() -> str:
+    """MTEB and onepeace's own evaluation on the local tasks, HEAR's shapes and times:
+    benchmarks/results/harness.json (benchmarks/bench_harness.py)."""
+    res = _load("harness.json")
+    lines = ["| task (data) | MTEB | onepeace | chance | MTEB time | onepeace time |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in res["mteb"].items():
+        lines.append(f"| {name} ({m['data']}) | {m['mteb_accuracy']:.2f} | {m['onepeace_accuracy']:.2f} | "
+                     f"{m['chance']:.2f} | {m['mteb_seconds']:.1f} s | {m['onepeace_seconds']:.1f} s |")
+    h = res["hear"]
+    lines += ["", "| HEAR | value |", "|---|---|",
+              f"| clips | {h['clips']} x {h['clip_seconds']} s at {h['sample_rate']} Hz |",
+              f"| scene embeddings | {' x '.join(map(str, h['scene_shape']))}, {h['scene_seconds_per_clip']} s per clip |",
+              f"| timestamp embeddings | {' x '.join(map(str, h['timestamp_shape']))}, "
+              f"{h['timestamp_seconds_per_clip']} s per clip |",
+              f"| frames | every {h['hop_ms']:g} ms, the first at {h['first_ms']:g} ms |"]
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo": demo, "demo-video": demo_video, "seeds": seeds, "precision": precision, "speed": speed,
-    "downstream": downstream,
+    "downstream": downstream, "harness": harness,
 }
 
 

@@ -226,3 +226,32 @@ def test_loads_a_directory_and_registers_for_get_model(tri, tmp_path):
     assert mteb.get_model_meta(name).modalities == ["text", "image", "audio"]
     z = got.model.embed(text=["a dog"])["text"]
     torch.testing.assert_close(z, tri.embed(text=["a dog"])["text"], rtol=0, atol=1e-6)
+
+
+def test_mteb_command_writes_the_standard_results_folder(tri, tmp_path, capsys):
+    """`make mteb` runs `python -m onepeace.integrations.mteb`: a local ESC-10-shaped folder (two
+    classes, generated clips) scored into MTEB's results folder; a task name MTEB does not know is
+    one line and exit 2."""
+    import json
+
+    import soundfile as sf
+
+    from onepeace.integrations.mteb import main
+
+    tri.save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    for cls in ("001 - Dog bark", "002 - Rain"):
+        (tmp_path / "esc" / cls).mkdir(parents=True)
+        for k in range(2):
+            sf.write(tmp_path / "esc" / cls / f"1-{k}-A.ogg", rng.uniform(-0.3, 0.3, 22050).astype(np.float32),
+                     22050, format="OGG")
+    rc = main(["--model", str(tmp_path / "m"), "--esc10", str(tmp_path / "esc"), "--output", str(tmp_path / "res")])
+    assert rc == 0, capsys.readouterr()
+    files = list((tmp_path / "res").rglob("ESC10ZeroShotLocal.json"))
+    assert len(files) == 1 and "onepeace__m" in str(files[0])
+    assert 0.0 <= json.loads(files[0].read_text())["scores"]["test"][0]["accuracy"] <= 1.0
+    assert main(["--model", str(tmp_path / "m"), "--tasks", "NoSuchTask"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onepeace mteb: error: --tasks NoSuchTask") and "\n" not in err
+    assert main(["--model", str(tmp_path / "m")]) == 2
+    assert "no task to run" in capsys.readouterr().err

@@ -81,6 +81,18 @@ BLOCKS = _blocks()
 
 #: blocks that cannot run here, and why (their commands are still parsed, their Python compiled)
 NOT_RUN = {
+    "docs/harnesses.md: pip install 'onepeace[integrations]'":
+        "an install from the package index (the test extra installs the same packages)",
+    "docs/harnesses.md: import mteb":
+        "MTEB's ESC50_Zeroshot downloads its data; tests/test_issue23_mteb.py runs the encoder and register()",
+    'docs/harnesses.md: make mteb MTEB_MODEL=runs/demo/model MTEB_BENCHMARK="MAEB(v1)"':
+        "a whole MTEB benchmark's data; tests/test_issue23_mteb.py runs the command on local tasks",
+    "docs/harnesses.md: import torch":
+        "the demo model (make demo); tests/test_issue23_hear.py runs the same calls on a tiny model",
+    "docs/harnesses.md: make hear-validate HEAR_MODEL=runs/demo/model":
+        "installs TensorFlow into a venv of its own (network, minutes)",
+    "docs/harnesses.md: from onepeace.integrations.sentence_transformers import load,":
+        "the demo model (make demo), and it writes into it; tests/test_issue23_sentence_transformers.py runs the same calls",
     "README.md: onepeace serve runs/demo/index --model runs/demo/model":
         "a server that runs until stopped (its API is run below, the CLI by tests/test_serve.py)",
     "docs/serve.md: onepeace serve runs/demo/index --model runs/demo/model        # then open http://127.0.0":

@@ -261,3 +261,61 @@ def check_tasks(encoder: OnePeaceEncoder, tasks: Sequence[Any]) -> None:
     before MTEB starts."""
     for task in tasks:
         encoder.check_modalities(task.metadata.modalities, f"MTEB task {task.metadata.name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m onepeace.integrations.mteb --model DIR (--benchmark NAME | --tasks A,B | --esc10 DIR)
+    [--output results]``: score a model with MTEB, writing MTEB's standard results folder
+    (``OUTPUT/results/<model>/<revision>/<task>.json``, a :class:`mteb.ResultCache`). A task's data
+    comes from the Hugging Face cache (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1`` keep it
+    offline: a task not in the cache is then one line naming it); ``--esc10`` adds the local ESC-10
+    zero-shot task. Errors are one line, exit 2."""
+    import argparse
+    import sys
+
+    from ..errors import OnePeaceError
+
+    ap = argparse.ArgumentParser(prog="python -m onepeace.integrations.mteb", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="a onepeace model directory or hub id")
+    ap.add_argument("--benchmark", help="an MTEB benchmark name (mteb.get_benchmark)")
+    ap.add_argument("--tasks", help="MTEB task names, comma-separated (mteb.get_tasks)")
+    ap.add_argument("--esc10", help="a local ESC-10 folder: adds its zero-shot task")
+    ap.add_argument("--output", default="results", help="the results folder (MTEB's ResultCache; default results)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args(argv)
+    try:
+        import mteb
+
+        tasks: list[Any] = []
+        if args.benchmark:
+            try:
+                tasks += list(mteb.get_benchmark(args.benchmark).tasks)
+            except (KeyError, ValueError) as e:
+                raise InputError(f"--benchmark {args.benchmark}: {str(e).splitlines()[0]}") from None
+        if args.tasks:
+            try:
+                tasks += list(mteb.get_tasks(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()]))
+            except (KeyError, ValueError) as e:
+                raise InputError(f"--tasks {args.tasks}: {str(e).splitlines()[0]}") from None
+        if args.esc10:
+            from .mteb_tasks import esc10_zeroshot
+
+            tasks.append(esc10_zeroshot(args.esc10))
+        if not tasks:
+            raise InputError("no task to run: give --benchmark NAME, --tasks A,B or --esc10 DIR")
+        encoder = OnePeaceEncoder(args.model, batch_size=args.batch_size)
+        check_tasks(encoder, tasks)
+        res = mteb.evaluate(encoder, tasks, cache=mteb.ResultCache(args.output), show_progress_bar=False)
+    except OnePeaceError as e:
+        print(f"onepeace mteb: error: {e}", file=sys.stderr)
+        return 2
+    for r in res.task_results:
+        print(f"{r.task_name}: {r.get_score():.4f}")
+    for e in res.exceptions or []:
+        print(f"onepeace mteb: error: {e.task_name}: {e.exception.strip().splitlines()[-1]}", file=sys.stderr)
+    print(f"results in {os.path.abspath(args.output)}")
+    return 2 if res.exceptions else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
