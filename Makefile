@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
+.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench-search: install
 # onepeace serve under 16 concurrent clients, micro-batched vs one at a time: benchmarks/results/serve.json
 bench-serve: install
 	$(BIN)/python benchmarks/bench_serve.py
+
+# Locust, headless, on 127.0.0.1: mixed text/image/search traffic at 16 and 64 users (30 s or 20,000
+# requests each): req/s, p50/p95/p99, error rate, RSS after a burst: benchmarks/results/serve-load.json.
+# SOAK=600 adds a 10-minute soak reporting RSS at its start and end.
+bench-serve-load: install
+	$(BIN)/python benchmarks/bench_serve_load.py $(if $(SOAK),--soak $(SOAK))
 
 # variable-length batches (audio 1-15 s, text 3-70 tokens): one padded batch the official way vs
 # model.embed's bucketing/packing, base width, fp32 and bf16 (a few minutes): benchmarks/results/padding.json
