@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
 SAMPLES = ROOT / "src" / "onepeace" / "assets" / "samples"
-CHECKS = ("search", "serve", "video", "export", "scale", "train")
+CHECKS = ("search", "serve", "video", "export", "scale", "integrations", "train")
 TRAIN_EXTRAS = ("train", "training")  # the training extra's name, if pyproject.toml declares one
 
 # a seeded tiny tri-modal model (2 layers, 32 px images): made by each venv's own onepeace
@@ -296,7 +296,27 @@ def check_train(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
             + ("; its search step said LanceDB is missing" if "search: skipped" in (out or "") else ""))
 
 
-RUNNERS = {"search": check_search, "serve": check_serve, "video": check_video, "export": check_export,
+INTEGRATIONS = """
+import numpy as np, torch, onepeace
+from torch.utils.data import DataLoader
+from onepeace.integrations.mteb import OnePeaceEncoder
+from onepeace.integrations.sentence_transformers import load
+enc = OnePeaceEncoder("model", dtype="fp32")
+texts = ["a red circle", "a blue square"]
+rows = enc.encode(DataLoader([{"text": t} for t in texts], batch_size=2), task_metadata=None,
+                  hf_split="test", hf_subset="default")
+st = load("model", device="cpu").encode(texts)
+ref = onepeace.OnePeace.from_pretrained("model", dtype="fp32").embed(text=texts)["text"].numpy()
+assert np.allclose(np.asarray(rows), ref, atol=1e-5) and np.allclose(np.asarray(st), ref, atol=1e-5)
+print(f"mteb and sentence-transformers rows equal model.embed: {tuple(ref.shape)}")
+"""
+
+
+def check_integrations(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
+    return run([str(bin_ / "python"), "-c", INTEGRATIONS], cwd, env).strip().splitlines()[-1]
+
+
+RUNNERS = {"integrations": check_integrations, "search": check_search, "serve": check_serve, "video": check_video, "export": check_export,
            "scale": check_scale, "train": check_train}
 
 
