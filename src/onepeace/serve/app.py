@@ -157,7 +157,9 @@ class _LimitsMiddleware:
     """Bounds every HTTP request: a body over ``max_bytes`` is refused with 413 (from its
     Content-Length before reading, or as soon as the streamed bytes pass it), and a request that
     has not started its response within ``timeout_s`` (reading the body included) gets 408 and its
-    work is cancelled (its queued embedding jobs with it). Sending a started response (a media
+    work is cancelled (its queued embedding jobs with it). A response sent before the request's
+    body has fully arrived (a 408 on a slow upload, an early error) closes the connection, so a
+    client dribbling its body (slow loris) cannot hold it past the deadline. Sending a started response (a media
     file) has no deadline. At most ``max_in_flight`` requests are served at once: the next gets
     503 with ``Retry-After`` at once (``/health`` and ``/metrics`` are never refused). Every
     request is counted in ``metrics`` (route, status, latency) when given."""
@@ -196,7 +198,8 @@ class _LimitsMiddleware:
                 self.metrics.rejected.labels("too_many_requests").inc()
             await self._reply(counted_send, 503, f"the server is busy ({self.in_flight} requests in progress, at "
                                                  f"most {self.max_in_flight}: --max-in-flight); retry in a moment",
-                              code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
+                              code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S),
+                                                          **({"Connection": "close"} if _has_body(scope) else {})})
             return
         self.in_flight += shed
         if self.metrics is not None:
@@ -216,20 +219,25 @@ class _LimitsMiddleware:
             try:
                 declared = int(length)
             except ValueError:
-                await self._reply(send, 400, "the Content-Length header is not a number")
+                await self._reply(send, 400, "the Content-Length header is not a number", headers={"Connection": "close"})
                 return
             if declared > self.max_bytes:
-                await self._reply(send, 413, too_large)
+                await self._reply(send, 413, too_large, headers={"Connection": "close"})
                 return
         received = 0
+        body_pending = [_has_body(scope)]  # until the body's last message arrives
 
         async def limited_receive() -> dict:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_pending[0] = False
                 if received > self.max_bytes:
                     raise ServeError(413, too_large)
+            elif message["type"] == "http.disconnect":
+                body_pending[0] = False
             return message
 
         started = asyncio.Event()
@@ -237,6 +245,8 @@ class _LimitsMiddleware:
         async def tracked_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 started.set()
+                if body_pending[0]:
+                    message = {**message, "headers": _closing(message.get("headers") or [])}
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, limited_receive, tracked_send))
@@ -249,13 +259,28 @@ class _LimitsMiddleware:
                     await task
                 if not started.is_set():
                     await self._reply(send, 408, f"the request took longer than the server's limit of "
-                                                 f"{self.timeout_s:g} s (--timeout); send fewer or smaller inputs")
+                                                 f"{self.timeout_s:g} s (--timeout), its upload included; "
+                                                 "send fewer or smaller inputs",
+                                      headers={"Connection": "close"} if body_pending[0] else None)
                 return
             await task
         finally:
             waiter.cancel()
             if not task.done():
                 task.cancel()
+
+
+def _has_body(scope: dict) -> bool:
+    """Whether a request announces a body (a Content-Length above 0 or a Transfer-Encoding)."""
+    headers = dict(scope.get("headers") or [])
+    return headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+def _closing(headers: list) -> list:
+    """Response headers that make uvicorn close the connection once the response is sent: the
+    rest of a request body that has not arrived is never read, and a client dribbling it byte
+    by byte would otherwise hold the connection open (each byte restarts the keep-alive timer)."""
+    return [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
 
 
 _ROUTES = ("/", "/health", "/metrics", "/search", "/v1/embeddings", "/embeddings", "/v1/models")
