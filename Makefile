@@ -127,16 +127,18 @@ docs: install
 
 # score a model with MTEB (docs/harnesses.md), offline from the Hugging Face cache, into MTEB's
 # standard results folder: make mteb MTEB_MODEL=runs/demo/model MTEB_BENCHMARK="MAEB(v1)"
-# (or MTEB_TASKS=A,B; MTEB_ESC10=../shared/data/esc10 adds the local ESC-10 zero-shot task)
+# (or MTEB_TASKS=A,B; MTEB_ESC10=../shared/data/esc10 adds the local ESC-10 zero-shot task,
+# MTEB_COCO=../shared/data/coco-mini the local COCO image-text retrieval tasks)
 MTEB_MODEL ?= runs/demo/model
 MTEB_BENCHMARK ?=
 MTEB_TASKS ?=
 MTEB_ESC10 ?=
+MTEB_COCO ?=
 MTEB_OUTPUT ?= results
 mteb: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m onepeace.integrations.mteb --model $(MTEB_MODEL) \
 		$(if $(MTEB_BENCHMARK),--benchmark "$(MTEB_BENCHMARK)") $(if $(MTEB_TASKS),--tasks "$(MTEB_TASKS)") \
-		$(if $(MTEB_ESC10),--esc10 "$(MTEB_ESC10)") --output $(MTEB_OUTPUT)
+		$(if $(MTEB_ESC10),--esc10 "$(MTEB_ESC10)") $(if $(MTEB_COCO),--coco "$(MTEB_COCO)") --output $(MTEB_OUTPUT)
 
 # the HEAR submission validator on onepeace.hear (it pulls TensorFlow: a venv of its own under
 # build/, the project's installed into it with --constraint): make hear-validate HEAR_MODEL=runs/demo/model

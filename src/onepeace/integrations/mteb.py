@@ -264,12 +264,12 @@ def check_tasks(encoder: OnePeaceEncoder, tasks: Sequence[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m onepeace.integrations.mteb --model DIR (--benchmark NAME | --tasks A,B | --esc10 DIR)
+    """``python -m onepeace.integrations.mteb --model DIR (--benchmark NAME | --tasks A,B | --esc10 DIR | --coco DIR)
     [--output results]``: score a model with MTEB, writing MTEB's standard results folder
     (``OUTPUT/results/<model>/<revision>/<task>.json``, a :class:`mteb.ResultCache`). A task's data
     comes from the Hugging Face cache (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1`` keep it
     offline: a task not in the cache is then one line naming it); ``--esc10`` adds the local ESC-10
-    zero-shot task. Errors are one line, exit 2."""
+    zero-shot task, ``--coco`` the local COCO retrieval tasks. Errors are one line, exit 2."""
     import argparse
     import sys
 
@@ -280,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--benchmark", help="an MTEB benchmark name (mteb.get_benchmark)")
     ap.add_argument("--tasks", help="MTEB task names, comma-separated (mteb.get_tasks)")
     ap.add_argument("--esc10", help="a local ESC-10 folder: adds its zero-shot task")
+    ap.add_argument("--coco", help="a local COCO 2017-style folder: adds its val image-text retrieval tasks "
+                                   "(image -> text and text -> image)")
     ap.add_argument("--output", default="results", help="the results folder (MTEB's ResultCache; default results)")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
@@ -301,8 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .mteb_tasks import esc10_zeroshot
 
             tasks.append(esc10_zeroshot(args.esc10))
+        if args.coco:
+            from .mteb_tasks import coco_retrieval
+
+            tasks += [coco_retrieval(args.coco, d) for d in ("i2t", "t2i")]
         if not tasks:
-            raise InputError("no task to run: give --benchmark NAME, --tasks A,B or --esc10 DIR")
+            raise InputError("no task to run: give --benchmark NAME, --tasks A,B, --esc10 DIR or --coco DIR")
         encoder = OnePeaceEncoder(args.model, batch_size=args.batch_size)
         check_tasks(encoder, tasks)
         res = mteb.evaluate(encoder, tasks, cache=mteb.ResultCache(args.output), show_progress_bar=False)
