@@ -217,6 +217,44 @@ def test_a_search_past_its_deadline_cancels_its_queued_work(world):
         assert c.post("/search", json={"text": "after"}).status_code == 200
 
 
+@pytest.mark.parametrize("path,payload", [("/v1/embeddings", {"input": "needle"}),
+                                          ("/search", {"text": "needle", "k": 3})])
+def test_a_client_that_disconnects_while_queued_frees_its_slot_and_its_work(world, path, payload):
+    """A client that sent its whole request and hung up while its input waits for a forward pass:
+    its queued job leaves the queue at once (never embedded) and its --max-in-flight slot is free
+    for the next request, without waiting for the deadline."""
+    import socket
+
+    app = create_app(world["model"], world["index"], max_wait_ms=0, max_in_flight=1, timeout_s=60)
+    batcher = app.state.batcher
+    gate = Gate(batcher._embed)
+    with ServerThread(app) as server:
+        batcher._embed = gate
+        blocker = batcher.submit("text", ["blocker"])  # the worker is busy with this one
+        body = json.dumps(payload).encode()
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 10
+        while batcher.depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.depth == 1  # queued behind the blocker
+        s.close()
+        deadline = time.monotonic() + 3
+        while batcher.depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.depth == 0, "the disconnected client's job is still queued"
+        with ThreadPoolExecutor(1) as pool:  # its slot is free: the next request is admitted, not shed
+            nxt = pool.submit(httpx.post, server.url + "/v1/embeddings", json={"input": "next"}, timeout=30)
+            time.sleep(0.3)
+            assert not nxt.done(), nxt.result().text
+            gate.event.set()
+            blocker.result(10)
+            assert nxt.result(30).status_code == 200
+        assert "needle" not in gate.seen, gate.seen
+
+
 # -------------------------------------------------------------------------------------- filters
 def test_raw_sql_is_refused_over_the_network(client):
     r = client.post("/search", json={"text": "seven", "modality": "image", "where": "1=1) OR (1=1"})

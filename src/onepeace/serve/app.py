@@ -226,6 +226,7 @@ class _LimitsMiddleware:
                 return
         received = 0
         body_pending = [_has_body(scope)]  # until the body's last message arrives
+        body_read = asyncio.Event()
 
         async def limited_receive() -> dict:
             nonlocal received
@@ -234,6 +235,7 @@ class _LimitsMiddleware:
                 received += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     body_pending[0] = False
+                    body_read.set()
                 if received > self.max_bytes:
                     raise ServeError(413, too_large)
             elif message["type"] == "http.disconnect":
@@ -249,10 +251,27 @@ class _LimitsMiddleware:
                     message = {**message, "headers": _closing(message.get("headers") or [])}
             await send(message)
 
+        async def hung_up() -> None:
+            """Returns when the client disconnects after sending its whole body (uvicorn does not
+            cancel the app then: without this, a queued request would keep its slot and its
+            queued work until its deadline). Only for requests with a body: the app has read it
+            (so this is the only reader left), and requests without one queue no work."""
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         task = asyncio.ensure_future(self.app(scope, limited_receive, tracked_send))
         waiter = asyncio.ensure_future(started.wait())
+        watcher = asyncio.ensure_future(hung_up() if body_pending[0] else asyncio.Event().wait())
         try:
-            done, _ = await asyncio.wait({task, waiter}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, waiter, watcher}, timeout=self.timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and not task.done() and not started.is_set():
+                log.debug("client hung up before its answer: %s %s cancelled", scope.get("method"), scope.get("path"))
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                return
             if not done:
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -266,6 +285,7 @@ class _LimitsMiddleware:
             await task
         finally:
             waiter.cancel()
+            watcher.cancel()
             if not task.done():
                 task.cancel()
 
