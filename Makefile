@@ -84,7 +84,8 @@ bench-serve: install
 
 # Locust, headless, on 127.0.0.1: mixed text/image/search traffic at 16 and 64 users (30 s or 20,000
 # requests each): req/s, p50/p95/p99, error rate, RSS after a burst: benchmarks/results/serve-load.json.
-# SOAK=600 adds a 10-minute soak reporting RSS at its start and end.
+# SOAK=600 adds a 10-minute soak reporting RSS at its start and end. Then a 5-s burst of 64 users against
+# --max-queue 8 --max-in-flight 32: the share of 503s and the time to recover (--burst-only: just that).
 bench-serve-load: install
 	$(BIN)/python benchmarks/bench_serve_load.py $(if $(SOAK),--soak $(SOAK))
 

@@ -13,6 +13,13 @@ the error rate (any non-2xx), and among the errors the 503s of load shedding (``
 ``--max-in-flight``); and the server's RSS before the load, right after it and after
 ``--settle`` seconds idle (does memory return to its baseline after a burst?).
 
+A burst (``--burst-seconds``, default 5; 0: none) against a second server with small bounds
+(``--max-queue 8 --max-in-flight 32``): ``--burst-users`` clients (default 64) send embeddings of
+4 texts back to back; it reports the share of 503s, that every answer was a 200 or a 503, and the
+time to recover: from the moment the burst's clients stop to the first 200 of a probe sending a
+normal one-text request every 10 ms. ``--burst-only`` runs just the burst and merges it into an
+existing ``--out`` file (its own date and load average recorded), the other figures untouched.
+
 ``--soak SECONDS`` (e.g. 600) runs one more level of ``--soak-users`` for that long and reports
 the RSS at its start and end (sampled every 10 s) and the throughput of its first and last minute.
 
@@ -125,6 +132,92 @@ def run_level(url: str, user: type, users: int, seconds: float, max_requests: in
     return out
 
 
+class BurstServer(Server):
+    """``onepeace serve`` with small bounds, so that a burst is shed."""
+
+    def __init__(self, index: Path, max_queue: int, max_in_flight: int, threads: int | None):
+        import subprocess
+        import threading
+
+        exe = Path(sys.executable).with_name("onepeace")
+        cmd = [str(exe), "serve", str(index), "--port", "0", "--max-batch", "16", "--timeout", "300",
+               "--max-queue", str(max_queue), "--max-in-flight", str(max_in_flight)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        if "http://" not in line:
+            raise RuntimeError(f"the server did not start: {line}{self.proc.stderr.read()}")
+        self.url = line.split()[2].rstrip("/")
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain the log
+
+
+def run_burst(url: str, users: int, seconds: float) -> dict:
+    """``users`` clients send 4-text embeddings back to back for ``seconds``; then they stop and a
+    probe sends a one-text request every 10 ms until one is answered 200 (time to recover)."""
+    import gevent.pool
+    import urllib3
+
+    pool = urllib3.PoolManager(maxsize=users + 2, timeout=urllib3.Timeout(total=300), retries=False)
+    statuses: list[int] = []
+    stop = [False]
+
+    def client(k: int) -> None:
+        i = 0
+        while not stop[0]:
+            body = json.dumps({"input": [f"burst {k} {i} {j}" for j in range(4)]}).encode()
+            r = pool.request("POST", url + "/v1/embeddings", body=body, headers={"Content-Type": "application/json"})
+            statuses.append(r.status)
+            i += 1
+
+    group = gevent.pool.Group()
+    t0 = time.monotonic()
+    for k in range(users):
+        group.spawn(client, k)
+    gevent.sleep(seconds)
+    stop[0] = True
+    t_stop = time.monotonic()
+    probes, recovered = 0, None
+    while recovered is None and time.monotonic() - t_stop < 120:
+        r = pool.request("POST", url + "/v1/embeddings", body=b'{"input": "probe"}',
+                         headers={"Content-Type": "application/json"})
+        probes += 1
+        if r.status == 200:
+            recovered = time.monotonic() - t_stop
+        else:
+            gevent.sleep(0.01)
+    group.join(timeout=300)
+    drained = time.monotonic() - t_stop
+    counts = {str(c): statuses.count(c) for c in sorted(set(statuses))}
+    return {
+        "users": users, "seconds": round(t_stop - t0, 1), "requests": len(statuses), "inputs_per_request": 4,
+        "statuses": counts, "only_200_and_503": set(statuses) <= {200, 503},
+        "shed_503_share": round(statuses.count(503) / len(statuses), 4) if statuses else None,
+        "recover_s": round(recovered, 3) if recovered is not None else None, "recover_probes": probes,
+        "burst_drained_s": round(drained, 3),
+    }
+
+
+def burst(index: Path, args: argparse.Namespace) -> dict:
+    server = BurstServer(index, args.burst_queue, args.burst_in_flight, args.threads)
+    try:
+        host = urlparse(server.url).hostname or ""
+        if not ipaddress.ip_address(host).is_loopback:
+            raise SystemExit(f"refusing to load {server.url}: not a loopback address")
+        server.startup(base64.b64encode(make_images(1, 96, seed=2)[0]).decode())
+        out = run_burst(server.url, args.burst_users, args.burst_seconds)
+        out["server"] = (f"onepeace serve DB --max-batch 16 --max-queue {args.burst_queue} "
+                         f"--max-in-flight {args.burst_in_flight}")
+        out["health_after"] = server.stats()
+    finally:
+        server.stop()
+    print(f"burst: {out['requests']} requests from {out['users']} users in {out['seconds']} s, {out['statuses']}, "
+          f"503 share {out['shed_503_share']:.1%}, recovered {out['recover_s']} s after the burst stopped",
+          file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
@@ -136,8 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=float, default=0.0, help="seconds of a soak level (0: none; e.g. 600)")
     p.add_argument("--soak-users", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--burst-seconds", type=float, default=5.0, help="seconds of the burst (0: none)")
+    p.add_argument("--burst-users", type=int, default=64)
+    p.add_argument("--burst-queue", type=int, default=8, help="--max-queue of the burst's server")
+    p.add_argument("--burst-in-flight", type=int, default=32, help="--max-in-flight of the burst's server")
+    p.add_argument("--burst-only", action="store_true",
+                   help="run only the burst and merge it into the existing --out file")
     p.add_argument("--out", default=str(RESULTS / "serve-load.json"))
     args = p.parse_args(argv)
+    if args.burst_users > 256 or args.burst_seconds > 120:
+        p.error("bounded: at most 256 burst users and a 120 s burst")
+    if args.burst_only:
+        work = Path(tempfile.mkdtemp(prefix="onepeace-burst-"))
+        index = prepare(work, args.preset, args.image_size)
+        load_avg = os.getloadavg()[0]
+        result = json.loads(Path(args.out).read_text()) if os.path.exists(args.out) else {}
+        result["burst"] = {"date": _dt.date.today().isoformat(), "load_average_at_start": load_avg,
+                           **burst(index, args)}
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote the burst into {args.out}", file=sys.stderr)
+        return 0
     if max(args.users + [args.soak_users]) > 256 or args.seconds > 600 or args.soak > 3600:
         p.error("bounded: at most 256 users, 600 s per level and a 3600 s soak")
 
@@ -176,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         health = server.stats()
     finally:
         peak = server.stop()
+    shed = burst(index, args) if args.burst_seconds else None
     result = {
         "benchmark": "bench_serve_load", "date": _dt.date.today().isoformat(), "cpu": cpu_name(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "locust": locust.__version__,
@@ -184,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"--max-in-flight 256), preset {args.preset}, image {args.image_size} px",
         "traffic": {"weights": WEIGHTS, "users_wait_s": 0, "bounds": {"seconds": args.seconds,
                                                                        "max_requests": args.max_requests}},
-        "startup": startup, "levels": levels, "soak": soak, "server_batching": health, "server_peak_rss_mb": peak,
+        "startup": startup, "levels": levels, "soak": soak, "burst": shed, "server_batching": health, "server_peak_rss_mb": peak,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

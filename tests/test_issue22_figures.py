@@ -1,0 +1,36 @@
+"""Issue 22: the figures docs/serve.md and docs/scale.md state in prose are those of the results
+files they cite (benchmarks/results/serve-load.json's burst, storage.json)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _prose(name: str) -> str:
+    return " ".join((ROOT / "docs" / name).read_text(encoding="utf-8").split())
+
+
+def _num(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_the_burst_figures_of_docs_serve_are_the_results_file():
+    doc = _prose("serve.md")
+    b = json.loads((RESULTS / "serve-load.json").read_text())["burst"]
+    m = re.search(r"`--max-queue (\d+) --max-in-flight (\d+)`\) and (\d+) clients sending (\d+)-text embeddings "
+                  r"back to back for ([\d.]+) s: ([\d,]+) requests, every answer a 200 or a 503, ([\d.]+) % of them "
+                  r"shed with 503 \(([\d,]+); ([\d,]+) answered\)\. .* succeeds again after ([\d.]+) s .*Load average "
+                  r"([\d.]+) at its start", doc)
+    assert m, "docs/serve.md no longer states the burst's figures in the expected words"
+    got = [_num(x) for x in m.groups()]
+    server = re.search(r"--max-queue (\d+) --max-in-flight (\d+)", b["server"])
+    want = [int(server.group(1)), int(server.group(2)), b["users"], b["inputs_per_request"], round(b["seconds"]),
+            b["requests"], round(100 * b["shed_503_share"], 1), b["statuses"]["503"], b["statuses"]["200"],
+            b["recover_s"], round(b["load_average_at_start"], 1)]
+    assert got == want, (got, want)
+    assert b["only_200_and_503"]
