@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
+.PHONY: install demo demo-video demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-storage bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ bench-serve: install
 # --max-queue 8 --max-in-flight 32: the share of 503s and the time to recover (--burst-only: just that).
 bench-serve-load: install
 	$(BIN)/python benchmarks/bench_serve_load.py $(if $(SOAK),--soak $(SOAK))
+
+# an index on object storage (moto's S3 server on 127.0.0.1) against a local directory: write rate,
+# open, first and p50/p95 exact query latency (10,000 rows of 512): benchmarks/results/storage.json
+bench-storage: install
+	$(BIN)/python benchmarks/bench_storage.py
 
 # variable-length batches (audio 1-15 s, text 3-70 tokens): one padded batch the official way vs
 # model.embed's bucketing/packing, base width, fp32 and bf16 (a few minutes): benchmarks/results/padding.json

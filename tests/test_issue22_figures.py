@@ -34,3 +34,25 @@ def test_the_burst_figures_of_docs_serve_are_the_results_file():
             b["recover_s"], round(b["load_average_at_start"], 1)]
     assert got == want, (got, want)
     assert b["only_200_and_503"]
+
+
+def test_the_storage_figures_of_docs_scale_are_the_results_file():
+    doc = _prose("scale.md")
+    r = json.loads((RESULTS / "storage.json").read_text())
+    m = re.search(r"([\d,]+) synthetic rows of width (\d+) written in commits of ([\d,]+) rows, then (\d+) exact "
+                  r"top-10 queries", doc)
+    assert m, "docs/scale.md no longer states the storage benchmark's setup"
+    setup = r["setup"]
+    assert [_num(x) for x in m.groups()] == [setup["rows"], setup["dim"], setup["rows_per_commit"], setup["queries"]]
+    for name, key in (("Local", "local"), ("S3", "s3")):
+        m = re.search(name + r": ([\d,]+) rows/s(?: written)? \(a commit ([\d.]+) ms\), opened in ([\d.]+) ms, a query "
+                      r"([\d.]+) ms at p50 and ([\d.]+) ms at p95", doc)
+        assert m, name
+        x = r[key]
+        assert [_num(v) for v in m.groups()] == [x["rows_per_s"], x["commit_ms_p50"], x["open_ms"],
+                                                  x["query"]["p50_ms"], x["query"]["p95_ms"]], name
+    m = re.search(r"\(the first one ([\d.]+) ms\)", doc)
+    assert m and _num(m.group(1)) == r["s3"]["first_query_ms"]
+    assert ("Both return the same top 10" in doc) == r["same_top10"]
+    m = re.search(r"Load average ([\d.]+) at the start, this shared", doc)
+    assert m and _num(m.group(1)) == round(r["load_average_at_start"], 1)
