@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,59 @@ def test_a_ray_data_build_writes_to_the_bucket(s3):
     idx = Index.open(uri)
     assert result["rows"] == idx.count() > 0 and any(k.endswith(".manifest") for k in _objects("ray/"))
     assert search(idx, s3["model"], text="a red circle", k=2)
+
+
+@pytest.mark.slow
+def test_two_onepeace_serve_processes_answer_from_one_bucket(s3):
+    """Two real ``onepeace serve s3://...`` processes on free ports of 127.0.0.1, reading one
+    bucket at once: both start, report the index healthy and answer the same search the same way
+    as the index read in-process; then both stop on SIGINT."""
+    import httpx
+
+    from onepeace.search import search
+    from onepeace.search.ingest import build
+    from onepeace.search.store import Index
+
+    uri = f"s3://{BUCKET}/two-servers"
+    build(uri, s3["model"], [s3["media"], s3["root"] / "captions.txt"], batch_size=4, workers=0, progress=False)
+    want = [h["id"] for h in search(Index.open(uri), s3["model"], text="a red circle", k=5)]
+    exe = Path(sys.executable).with_name("onepeace")
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(2):  # started together: their model loads and index opens overlap
+            procs.append(subprocess.Popen([str(exe), "serve", uri, "--model", str(s3["model_dir"]), "--port", "0"],
+                                          stderr=subprocess.PIPE, text=True, env=dict(os.environ)))
+        urls = []
+        for p in procs:
+            line = p.stderr.readline()  # the banner: "onepeace serve: http://127.0.0.1:PORT/ — index ..."
+            assert "http://127.0.0.1:" in line and uri in line, line + p.stderr.read() if p.poll() is not None else line
+            urls.append(line.split()[2].rstrip("/"))
+            threading.Thread(target=p.stderr.read, daemon=True).start()  # drain the log
+        assert len(set(urls)) == 2
+        for url in urls:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    health = httpx.get(url + "/health", timeout=30)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, f"{url} never answered"
+                    time.sleep(0.1)
+            assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+            assert health.json()["index"]["name"] == "two-servers"
+        with ThreadPoolExecutor(2) as pool:  # both at once
+            answers = list(pool.map(lambda u: httpx.post(u + "/search", json={"text": "a red circle", "k": 5},
+                                                         timeout=60), urls))
+        for r in answers:
+            assert r.status_code == 200, r.text
+            assert [h["id"] for h in r.json()["hits"]] == want
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+    assert [p.returncode for p in procs] == [0, 0]
