@@ -231,6 +231,10 @@ def test_a_client_that_disconnects_while_queued_frees_its_slot_and_its_work(worl
     with ServerThread(app) as server:
         batcher._embed = gate
         blocker = batcher.submit("text", ["blocker"])  # the worker is busy with this one
+        deadline = time.monotonic() + 10
+        while batcher.depth and time.monotonic() < deadline:  # taken by the worker (blocked in the gate)
+            time.sleep(0.01)
+        assert batcher.depth == 0
         body = json.dumps(payload).encode()
         host, port = server.url.removeprefix("http://").rsplit(":", 1)
         s = socket.create_connection((host, int(port)), timeout=10)

@@ -85,3 +85,43 @@ def test_a_slow_upload_is_cut_off_and_its_connection_closed(model, method, path,
         finally:
             stop.set()
             sock.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ",  # a request head dribbled byte by byte
+    b"",                                             # a connection that never sends a byte
+])
+def test_a_slow_or_missing_request_head_is_cut_off(model, head):
+    """uvicorn has no deadline for a request's head: a client sending one header byte at a time (or
+    nothing) held its connection for as long as it liked. The server closes it after --timeout."""
+    app = create_app(model, None, timeout_s=DEADLINE_S)
+    with ServerThread(app) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=DRIBBLE_S + 10)
+        stop = threading.Event()
+        try:
+            sock.sendall(head)
+            t0 = time.monotonic()
+            if head:
+                threading.Thread(target=_dribble, args=(sock, stop), daemon=True).start()
+            assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+            received, closed_after = b"", None
+            sock.settimeout(1.0)
+            while time.monotonic() - t0 < DRIBBLE_S:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    closed_after = time.monotonic() - t0
+                    break
+                received += chunk
+            assert closed_after is not None, f"the connection was still open after {DRIBBLE_S} s"
+            assert closed_after < DEADLINE_S + 5, closed_after
+            assert received == b"" or received.startswith(b"HTTP/1.1 408"), received[:200]
+            assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+        finally:
+            stop.set()
+            sock.close()

@@ -649,6 +649,7 @@ def create_app(
     app = FastAPI(title="onepeace", version=_version(), lifespan=lifespan,
                   description="ONE-PEACE embeddings (OpenAI-compatible) and search over an index of images, audio and text")
     app.state.model, app.state.index, app.state.batcher = model, index, batcher
+    app.state.timeout_s = float(timeout_s)  # the request heads' deadline too (head_deadline_protocol)
     app.state.metrics, app.state.models = metrics, {s.name: s.model for s in served}
     app.state.redact = _redactor([*(s.known for s in served if os.path.exists(s.known)),
                                   *(str(getattr(s.model, "source_dir", "") or "") for s in served),
@@ -1116,6 +1117,60 @@ def _thumbnail(processor: Any, path: str, size: int) -> tuple[bytes, str] | None
         return None
 
 
+def head_deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's head: a connection whose request
+    line and headers have not all arrived ``seconds`` after it opened (or after its previous
+    response) gets 408 and is closed. uvicorn has none: a client sending nothing, or one header
+    byte at a time (slow loris), held its connection for as long as it liked, since every byte
+    restarts its keep-alive timer. The body has its own deadline (the limits middleware)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineH11Protocol(H11Protocol):
+        head_timeout_s = float(seconds)
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            """Running while the client owes a request head (h11: their state IDLE), else not."""
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+            else:
+                self._cancel_head_timer()
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+                return
+            if self.conn.our_state is h11.IDLE:  # nothing of ours under way: say why it is closed
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+            self.transport.close()
+
+    return HeadDeadlineH11Protocol
+
+
 class ServerThread:
     """Run an app with uvicorn in a background thread (tests, benchmarks, notebooks)::
 
@@ -1136,8 +1191,10 @@ class ServerThread:
         self._sock.listen(512)
         bound_host, bound_port = self._sock.getsockname()[:2]
         self.url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+        head_s = getattr(getattr(app, "state", None), "timeout_s", 30.0)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
-                                                    timeout_graceful_shutdown=2))
+                                                    timeout_graceful_shutdown=2,
+                                                    http=head_deadline_protocol(head_s)))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name="onepeace-server", daemon=True)
 

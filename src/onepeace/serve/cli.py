@@ -244,8 +244,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not _is_loopback(args.host) and api_key is None:
             print(f"onepeace serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   f"this machine can use the service (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
+        from .app import head_deadline_protocol
+
         config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.verbose,
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, http=head_deadline_protocol(args.timeout))
         try:
             uvicorn.Server(config).run(sockets=[sock])
         except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised it
