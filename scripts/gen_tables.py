@@ -120,13 +120,25 @@ def downstream() -> str:
 
 # --------------------------------------------------------------------------------- harnesses
 def harness() -> str:
-    """MTEB and onepeace's own evaluation on the local tasks, HEAR's shapes and times:
+    """MTEB and onepeace's own evaluation on the local tasks (per model), HEAR's shapes and times:
     benchmarks/results/harness.json (benchmarks/bench_harness.py)."""
     res = _load("harness.json")
-    lines = ["| task (data) | MTEB | onepeace | chance | MTEB time | onepeace time |", "|---|---:|---:|---:|---:|---:|"]
-    for name, m in res["mteb"].items():
-        lines.append(f"| {name} ({m['data']}) | {m['mteb_accuracy']:.2f} | {m['onepeace_accuracy']:.2f} | "
-                     f"{m['chance']:.2f} | {m['mteb_seconds']:.1f} s | {m['onepeace_seconds']:.1f} s |")
+    lines = ["| task (data) | model | metric | MTEB | onepeace | chance (accuracy, R@1) | MTEB time | onepeace time |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, task in res["mteb"].items():
+        for model, m in task["scores"].items():
+            if "mteb_accuracy" in m:
+                rows = [("accuracy", m["mteb_accuracy"], m["onepeace_accuracy"])]
+            else:
+                rows = [(f"R@{k} (MTEB hit_rate@{k})", m[f"mteb_hit_rate_at_{k}"], m[f"onepeace_R@{k}"]) for k in (1, 10)]
+                rows += [(f"MTEB recall@{k}", m[f"mteb_recall_at_{k}"], None) for k in (1, 10)]
+                rows += [("MTEB nDCG@10", m["mteb_ndcg_at_10"], None)]
+            for i, (metric, a, b) in enumerate(rows):
+                head = [f"{name} ({task['data']})", model] if i == 0 else ["", ""]
+                times = [f"{task['chance']:.2f}", f"{m['mteb_seconds']:.1f} s", f"{m['onepeace_seconds']:.1f} s"] \
+                    if i == 0 else ["", "", ""]
+                ours = "" if b is None else f"{b:.2f}"
+                lines.append("| " + " | ".join([*head, metric, f"{a:.2f}", ours, *times]) + " |")
     h = res["hear"]
     lines += ["", "| HEAR | value |", "|---|---|",
               f"| clips | {h['clips']} x {h['clip_seconds']} s at {h['sample_rate']} Hz |",
