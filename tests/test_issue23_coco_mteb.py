@@ -76,3 +76,46 @@ def test_coco_retrieval_mteb_agrees_with_onepeace_eval(tmp_path):
     assert all(t2i[f"recall_at_{k}"] == t2i[f"hit_rate_at_{k}"] for k in (1, 5, 10))  # one relevant image
     i2t = mt["COCOI2TRetrievalLocal"]
     assert i2t["recall_at_1"] == pytest.approx(i2t["hit_rate_at_1"] / 5, abs=1e-5)  # one of five captions at most
+
+
+def _coco_folder(root, n=3):
+    """A COCO 2017-shaped folder of ``n`` generated images, two captions each."""
+    from PIL import Image
+
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    images, anns = [], []
+    for i in range(n):
+        Image.new("RGB", (32, 24), (80 * i, 40, 200 - 60 * i)).save(root / "val2017" / f"{i:012d}.jpg")
+        images.append({"id": 10 + i, "file_name": f"{i:012d}.jpg", "width": 32, "height": 24})
+        anns += [{"id": 100 + 2 * i + k, "image_id": 10 + i, "caption": f" colour {i} view {k} "} for k in range(2)]
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    return root
+
+
+def test_coco_files_reads_a_coco_folder(tmp_path):
+    from onepeace.integrations.mteb_tasks import coco_files
+
+    paths, captions = coco_files(_coco_folder(tmp_path / "coco"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == [f"{i:012d}.jpg" for i in range(3)]
+    assert captions[1] == ["colour 1 view 0", "colour 1 view 1"]  # stripped, in annotation id order
+    for p in paths:
+        (tmp_path / "coco" / "val2017" / p.rsplit("/", 1)[1]).unlink()
+    with pytest.raises(InputError, match="no image of split 'val' with captions is on disk"):
+        coco_files(tmp_path / "coco")
+
+
+def test_mteb_command_runs_the_local_coco_tasks(tmp_path, capsys):
+    """`make mteb MTEB_COCO=DIR`: both directions scored into MTEB's results folder."""
+    from onepeace.integrations.mteb import main
+
+    torch.manual_seed(0)
+    onepeace.create_model("tiny", layers=1).save_pretrained(tmp_path / "m")
+    rc = main(["--model", str(tmp_path / "m"), "--coco", str(_coco_folder(tmp_path / "coco")),
+               "--output", str(tmp_path / "res")])
+    assert rc == 0, capsys.readouterr()
+    for name in ("COCOI2TRetrievalLocal", "COCOT2IRetrievalLocal"):
+        files = list((tmp_path / "res").rglob(f"{name}.json"))
+        assert len(files) == 1, name
+        scores = json.loads(files[0].read_text())["scores"]["test"][0]
+        assert 0.0 <= scores["recall_at_1"] <= scores["hit_rate_at_1"] <= 1.0
