@@ -89,7 +89,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=_positive, default=16 * 1024 * 1024,
                    help="largest request body; larger ones get 413 (default 16 MiB)")
     p.add_argument("--timeout", type=_seconds, default=30.0,
-                   help="seconds a request may take before it gets 408 (default 30)")
+                   help="seconds a request may take before it gets 408, the upload of its body included (a slower "
+                        "upload is cut off and its connection closed); also the most seconds a connection may take "
+                        "to send a request's line and headers (default 30)")
     p.add_argument("--max-queue", type=_positive, default=1024,
                    help="most inputs waiting for a forward pass; past it requests get 503 with Retry-After "
                         "(default 1024)")
