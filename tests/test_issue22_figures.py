@@ -56,3 +56,17 @@ def test_the_storage_figures_of_docs_scale_are_the_results_file():
     assert ("Both return the same top 10" in doc) == r["same_top10"]
     m = re.search(r"Load average ([\d.]+) at the start, this shared", doc)
     assert m and _num(m.group(1)) == round(r["load_average_at_start"], 1)
+
+
+def test_the_soak_figures_of_docs_serve_are_the_results_file():
+    doc = _prose("serve.md")
+    s = json.loads((RESULTS / "serve-load.json").read_text())["soak"]
+    m = re.search(r"measured once \(the soak of `serve-load.json`\), ([\d,]+) requests at ([\d.]+) req/s \(p95 (\d+) ms, "
+                  r"no errors\) took the RSS from ([\d.]+) MB after its first 10 s to ([\d.]+) MB at its end", doc)
+    assert m, "docs/serve.md no longer states the soak's figures in the expected words"
+    assert [_num(x) for x in m.groups()] == [s["requests"], s["requests_per_s"], s["p95_ms"], s["rss_start_mb"],
+                                             s["rss_end_mb"]]
+    assert s["error_rate"] == 0 and s["seconds"] >= 600
+    samples = s["rss_samples"]
+    last = [mb for t, mb, _ in samples if t >= samples[-1][0] - 150]
+    assert max(last) - min(last) < 1.0  # the plateau the prose claims
