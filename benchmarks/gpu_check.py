@@ -198,21 +198,14 @@ def find_fixtures() -> tuple[Path, Path] | None:
 
 def fixture_dict(rows_json: Path, path: Path) -> Path:
     """A fairseq dict.txt that agrees with the official one on every token the fixtures use, from
-    the trimmed fixtures' ``dict_rows.json`` (the same construction as ``fixture_dict`` in
-    tests/conftest.py, which documents it): the official row of each fixture token, the other GPT-2
-    ids in ascending order on the remaining lines, the three ``madeupword`` lines last."""
-    import json
-
-    from onepeace.processing.tokenizer import GPT2_VOCAB, VOCAB_SIZE
-
-    rows = {int(g): r for g, r in json.loads(rows_json.read_text()).items()}
-    lines: list[str | None] = [None] * (VOCAB_SIZE - 4)
-    lines[-3:] = [f"madeupword000{i}" for i in range(3)]
-    for g, r in rows.items():
-        lines[r - 4] = str(g)
-    rest = iter(g for g in range(GPT2_VOCAB) if g not in rows)
-    path.write_text("".join(f"{s if s is not None else next(rest)} 0\n" for s in lines), encoding="utf-8")
-    return path
+    the trimmed fixtures' ``dict_rows.json``: ``fixture_dict`` of tests/conftest.py, which documents it."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    sys.path.insert(0, tests)
+    try:
+        from conftest import fixture_dict as build
+    finally:
+        sys.path.remove(tests)
+    return build(path, rows_json)
 
 
 def _variants(path: Path, device: str) -> dict[str, Any]:

@@ -24,11 +24,11 @@ ASSETS = SHARED / "data" / "onepeace-assets"
 torch.set_num_threads(2)
 
 
-def fixture_dict(path: Path) -> Path:
+def fixture_dict(path: Path, rows_json: Path | None = None) -> Path:
     """Write a fairseq ``dict.txt`` that agrees with the official one (50,260 lines; the converter
     reads it to order the token-embedding rows) on every token the fixtures use, and return ``path``.
 
-    ``tiny/dict_rows.json`` holds the official row of each GPT-2 token of the reference inputs; the
+    ``tiny/dict_rows.json`` (or ``rows_json``) holds the official row of each GPT-2 token of the reference inputs; the
     other GPT-2 ids fill the remaining lines in ascending order and the three ``madeupword`` lines
     end the file, as in the official one. The rows of those other tokens are zero in the trimmed
     fixture checkpoints and no reference output reads them, so the converted models compute every
@@ -36,7 +36,8 @@ def fixture_dict(path: Path) -> Path:
     against the official ``dict.txt`` where the real data is present)."""
     from onepeace.processing.tokenizer import GPT2_VOCAB, VOCAB_SIZE
 
-    rows = {int(g): r for g, r in json.loads((TINY / "dict_rows.json").read_text()).items()}
+    rows_json = TINY / "dict_rows.json" if rows_json is None else rows_json
+    rows = {int(g): r for g, r in json.loads(rows_json.read_text()).items()}
     lines: list[str | None] = [None] * (VOCAB_SIZE - 4)
     lines[-3:] = [f"madeupword000{i}" for i in range(3)]
     for g, r in rows.items():
