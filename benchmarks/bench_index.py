@@ -14,7 +14,7 @@
   build's commits and including it, and of its decoding workers (Linux only: it reads
   ``/proc/self``).
 * **demo quality**: with the demo's model (``runs/demo/model``, from ``make demo``), the held-out
-  digits are indexed (``onepeace.search.demo``) and every spoken held-out digit (voices never heard
+  digits are indexed (``onepeace_train.demo.search``) and every spoken held-out digit (voices never heard
   in training) is a query against the indexed digit images: precision@1/@10 against chance. Audio
   and images never met in training: this is the emergent alignment, through the index.
 
@@ -153,7 +153,7 @@ def _vm(key: str) -> float:
 def memory(tmp: Path, sizes: list[int], workers: int) -> dict[str, Any]:
     from PIL import Image
 
-    from onepeace.data.demo import load_digits
+    from onepeace_train.demo.data import load_digits
 
     imgs, _ = load_digits(None)
     rows = []
@@ -179,7 +179,7 @@ def memory(tmp: Path, sizes: list[int], workers: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------
 def demo_quality(demo_dir: Path) -> dict[str, Any]:
-    from onepeace.search.demo import audio_to_image_precision, demo_index
+    from onepeace_train.demo.search import audio_to_image_precision, demo_index
     from onepeace.search.store import Index
 
     model = demo_dir / "model"

@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 def make_collection(root: Path, n_images: int, n_texts: int) -> tuple[list[str], list[str], list[str]]:
     from PIL import Image
 
-    from onepeace.data.demo import eval_caption, load_digits
+    from onepeace_train.demo.data import eval_caption, load_digits
 
     images, labels = load_digits("test")
     folder = root / "images"

@@ -185,10 +185,10 @@ def worker_main(spec_path: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(spec["threads"])
-    import onepeace.train.checkpoint as ckpt
-    from onepeace.train.config import load_config
-    from onepeace.train.distributed import shutdown
-    from onepeace.train.trainer import Trainer
+    import onepeace_train.checkpoint as ckpt
+    from onepeace_train.recipe import load_config
+    from onepeace_train.distributed import shutdown
+    from onepeace_train.trainer import Trainer
 
     # the benchmark keeps no checkpoint: the end-of-run DCP save and the full-state-dict export
     # (which gathers the whole model on rank 0 under FSDP) would otherwise dominate time and VmHWM
@@ -428,7 +428,7 @@ def pretrain_params(size: str) -> tuple[int, int]:
     import torch
 
     import onepeace
-    from onepeace.pretrain.model import PretrainModel
+    from onepeace_train.pretrain.model import PretrainModel
 
     model = onepeace.create_model(size, device="meta", init=False,
                                   modalities={"text": {}, "image": {"image_size": IMAGE_SIZE[size]}})

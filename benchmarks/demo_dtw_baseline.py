@@ -85,7 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "results" / "demo-dtw.json"))
     args = ap.parse_args()
-    from onepeace.data.demo import load_speech
+    from onepeace_train.demo.data import load_speech
 
     t0 = time.perf_counter()
     feats = {}

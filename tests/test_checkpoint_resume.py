@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from onepeace.errors import ConfigError
-from onepeace.train import checkpoint as ckpt
-from onepeace.train.distributed import DistInfo
+from onepeace_train import checkpoint as ckpt
+from onepeace_train.distributed import DistInfo
 
 
 class Net(torch.nn.Module):

@@ -20,7 +20,7 @@ from PIL import Image
 from onepeace import create_model
 from onepeace.cli import build_parser, main
 from onepeace.config import HeadConfig
-from onepeace.finetune.job import attach_head
+from onepeace_train.finetune.job import attach_head
 from onepeace.model.onepeace import OnePeace
 
 SAMPLES = resources.files("onepeace").joinpath("assets", "samples")

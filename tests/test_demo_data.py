@@ -1,4 +1,4 @@
-"""The bundled demo set (src/onepeace/assets/demo): present, well-formed, split as documented."""
+"""The bundled demo set (src/onepeace_train/demo/assets): present, well-formed, split as documented."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onepeace.data import demo
+from onepeace_train.demo import data as demo
 
-DEMO = resources.files("onepeace").joinpath("assets", "demo")
+DEMO = demo.demo_data_dir()
 
 
 def test_files_present_and_small():

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from onepeace.cli import main
-from onepeace.demo import STATE, run_demo, stage_config
+from onepeace_train.demo.run import STATE, run_demo, stage_config
 from onepeace.errors import OutputError
 from onepeace.factory import create_model
-from onepeace.train.trainer import Trainer
+from onepeace_train.trainer import Trainer
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def _small_data(root, n_train_image=64, n_train_audio=32, n_test=20):
     """The demo's six shard sets, cut to a few samples (captions as ``build_data`` makes them)."""
     import random
 
-    from onepeace.data.demo import (
+    from onepeace_train.demo.data import (
         audio_captions,
         eval_caption,
         image_captions,
@@ -128,7 +128,7 @@ def test_stage2_training_is_identical_bit_for_bit_with_the_same_seed(tmp_path, s
 @pytest.mark.slow
 def test_demo_resumes_refuses_a_finished_run_and_reruns_identically_with_force(tmp_path, small, monkeypatch,
                                                                               two_threads):
-    import onepeace.demo as demo
+    import onepeace_train.demo.run as demo
 
     monkeypatch.setattr(demo, "build_data", lambda root, seed=0, **kw: _small_data(root))
     out = str(tmp_path / "demo")

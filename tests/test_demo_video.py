@@ -18,7 +18,7 @@ STEM = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2],
 
 
 def test_moving_digit_moves_the_digit_across_the_frame():
-    from onepeace.demo_video import CANVAS, FRAMES, moving_digit
+    from onepeace_train.demo.video import CANVAS, FRAMES, moving_digit
 
     digit = np.zeros((28, 28), dtype=np.uint8)
     digit[10:18, 12:16] = 255
@@ -32,7 +32,7 @@ def test_moving_digit_moves_the_digit_across_the_frame():
 @pytest.mark.slow
 def test_demo_video_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from onepeace.cli import main
-    from onepeace.demo_video import PAIRS
+    from onepeace_train.demo.video import PAIRS
 
     model = onepeace.create_model("tiny", layers=1, modalities={"text": {}, "image": {"image_size": 32},
                                                                 "audio": {"stem": STEM}})
@@ -56,6 +56,6 @@ def test_demo_video_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert main(args) == 2
     assert "holds a finished video demo" in capsys.readouterr().err
     with pytest.raises(OutputError, match="not a video demo directory"):
-        from onepeace.demo_video import run_demo_video
+        from onepeace_train.demo.video import run_demo_video
 
         run_demo_video(str(tmp_path), str(tmp_path / "demo"))

@@ -17,10 +17,10 @@ from onepeace import create_model
 from onepeace.cli import main
 from onepeace.config import HeadConfig
 from onepeace.errors import ConfigError
-from onepeace.finetune.job import attach_head
+from onepeace_train.finetune.job import attach_head
 from onepeace.model.heads import DenseHead, LinearHead
 from onepeace.model.onepeace import OnePeace
-from onepeace.tasks.objectives import confusion_matrix, mean_iou, miou_from_confusion
+from onepeace_train.finetune.objectives import confusion_matrix, mean_iou, miou_from_confusion
 
 STEM = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]
 RECIPE = f"""
@@ -249,8 +249,8 @@ def test_attach_head_keeps_weights_and_guards_mismatch():
 
 
 def test_drop_path_ramp_and_layer_decay_groups():
-    from onepeace.finetune.job import TaskModel
-    from onepeace.train.optim import param_groups
+    from onepeace_train.finetune.job import TaskModel
+    from onepeace_train.optim import param_groups
 
     m = attach_head(_tiny(), HeadConfig(num_classes=2, feature_source="image"))
     m.set_drop_path(0.3)
@@ -318,16 +318,16 @@ def test_official_finetuned_checkpoint_continues_training(converted, tmp_path, d
 def test_official_recipes_parse_and_name_known_tasks():
     from importlib import resources
 
-    from onepeace.finetune.tasks import TASKS
-    from onepeace.train.config import load_config
+    from onepeace_train.finetune.tasks import TASKS
+    from onepeace_train.recipe import load_config
 
-    recipes = sorted(p for p in resources.files("onepeace").joinpath("configs").iterdir() if p.name.startswith("finetune_"))
+    recipes = sorted(p for p in resources.files("onepeace_train").joinpath("configs").iterdir() if p.name.startswith("finetune_"))
     assert len(recipes) >= 10
     for p in recipes:
         cfg = load_config(str(p))
         assert cfg.task.name in TASKS, p.name
         assert cfg.model.init and 0 < cfg.model.drop_path_rate < 1 and cfg.optim.layer_decay < 1, p.name
-    small = [p for p in resources.files("onepeace").joinpath("configs").iterdir() if p.name.startswith(("esc10", "coco_mini"))]
+    small = [p for p in resources.files("onepeace_train").joinpath("configs").iterdir() if p.name.startswith(("esc10", "coco_mini"))]
     assert len(small) == 4
     for p in small:
         assert load_config(str(p)).task.name in TASKS, p.name

@@ -213,7 +213,7 @@ def test_try_computes_in_the_dtype_given(tmp_path, capsys, monkeypatch, model_di
     monkeypatch.setattr(cli, "_load_model", lambda path, dtype, device="cpu": seen.append(dtype) or real(path, dtype))
     import soundfile as sf
 
-    from onepeace.data.demo import load_speech
+    from onepeace_train.demo.data import load_speech
 
     wav = tmp_path / "seven.wav"
     sf.write(wav, load_speech("test")[0][0], 16000)  # a spoken digit

@@ -22,8 +22,8 @@ N_IMAGES, N_CLIPS = 20, 10
 def demo(tmp_path_factory, monkeypatch_module):
     """The demo's own search manifest (src/onepeace/search/demo.py write_media) on a few held-out
     digits, a tiny untrained model, and the same lines split into one manifest per kind."""
-    import onepeace.data.demo as demo_data
-    from onepeace.search.demo import write_media
+    import onepeace_train.demo.data as demo_data
+    from onepeace_train.demo.search import write_media
 
     digits, speech = demo_data.load_digits, demo_data.load_speech
     monkeypatch_module.setattr(demo_data, "load_digits", lambda split=None: tuple(a[:N_IMAGES] for a in digits(split)))

@@ -41,7 +41,7 @@ def _wavs(root, n: int) -> list[str]:
 
 
 def _images(root, n: int) -> list[str]:
-    from onepeace.data.demo import load_digits
+    from onepeace_train.demo.data import load_digits
 
     imgs, _ = load_digits("test")
     for i in range(n):
@@ -185,7 +185,7 @@ class _Task:
 
 
 def test_finetune_skips_bad_samples_but_stops_on_a_bug_or_mostly_bad_data():
-    from onepeace.finetune.data import TaskDataset
+    from onepeace_train.finetune.data import TaskDataset
 
     recs = [{"id": i} for i in range(3 * MIN_SKIP_SEEN)]
     ds = TaskDataset(recs, _Task({1: DecodeError("cannot decode image 1.png")}), train=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from onepeace.data.demo import SAMPLE_RATE as SR
-from onepeace.data.demo import load_speech
-from onepeace.demo_try import prepare_audio, trim_silence
+from onepeace_train.demo.data import SAMPLE_RATE as SR
+from onepeace_train.demo.data import load_speech
+from onepeace_train.demo.try_it import prepare_audio, trim_silence
 from onepeace.errors import InputError
 
 HOP = SR // 100  # trim_silence works in 10 ms frames
@@ -98,7 +98,7 @@ def test_try_and_zeroshot_agree_on_the_demo_test_clips(test_clips):
     # clip as it is, as `onepeace zeroshot` does: the same digit for every test clip
     import torch
 
-    from onepeace.demo_try import _prototypes, classify_digit
+    from onepeace_train.demo.try_it import _prototypes, classify_digit
     from onepeace.model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(str(DEMO_MODEL)).eval()

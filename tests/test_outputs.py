@@ -200,7 +200,7 @@ def test_eval_out_folder_checked_before_any_work(tmp_path, capsys):
 
 
 def test_segment_out_dir_refuses_existing_pngs(tmp_path, capsys):
-    from onepeace.finetune.job import attach_head
+    from onepeace_train.finetune.job import attach_head
 
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(img)
@@ -349,7 +349,7 @@ def test_finetune_refuses_a_finished_run_and_force_restarts_it(tmp_path, capsys)
 
 
 def test_demo_never_writes_into_a_foreign_directory(tmp_path):
-    from onepeace.demo import run_demo
+    from onepeace_train.demo.run import run_demo
 
     (tmp_path / "thesis.tex").write_text("x")
     with pytest.raises(OutputError, match="not a demo run directory"):

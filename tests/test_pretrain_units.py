@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import onepeace
-from onepeace.pretrain.losses import contrastive_loss, denoising_loss
-from onepeace.pretrain.masking import keep_to_positions, random_keep
-from onepeace.pretrain.model import PretrainModel
-from onepeace.pretrain.objective import ObjectiveConfig, compute_losses
+from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
+from onepeace.model.masking import keep_to_positions, random_keep
+from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train.pretrain.objective import ObjectiveConfig, compute_losses
 from onepeace.processing.audio import AudioProcessor, stem_frames
 from onepeace.processing.tokenizer import EOS_ID, PAD_ID, default_bpe
 

@@ -441,8 +441,8 @@ def workspace(tmp_path_factory) -> Path:
     import soundfile as sf
     from PIL import Image
 
-    from onepeace.data.demo import DIGIT_WORDS, load_digits, load_speech
-    from onepeace.search.demo import query_clip_name
+    from onepeace_train.demo.data import DIGIT_WORDS, load_digits, load_speech
+    from onepeace_train.demo.search import query_clip_name
 
     ws = tmp_path_factory.mktemp("readme")
     samples = ROOT / "src" / "onepeace" / "assets" / "samples"
@@ -777,7 +777,7 @@ def test_search_a_collection(here):
 def test_demo_search_command(here):
     """The command the README shows is the one `make demo` prints, and it runs."""
     pytest.importorskip("lancedb")
-    from onepeace.search.demo import INDEX, MEDIA, query_clip_name, search_command
+    from onepeace_train.demo.search import INDEX, MEDIA, query_clip_name, search_command
 
     b = block(test_demo_search_command._runs[0])
     ((line, args),) = _command_lines(b)
@@ -959,8 +959,8 @@ def test_docs_align_recipes(here, monkeypatch):
 def test_demo_video_hint_names_the_clips_own_digit(tmp_path):
     """The command `onepeace demo-video` suggests pairs a held-out clip with its own digit's caption."""
     pytest.importorskip("av")
-    from onepeace.data.demo import DIGIT_WORDS
-    from onepeace.demo_video import EVAL_TEMPLATE, build_clips, example_clip
+    from onepeace_train.demo.data import DIGIT_WORDS
+    from onepeace_train.demo.video import EVAL_TEMPLATE, build_clips, example_clip
 
     manifest = build_clips(str(tmp_path), "test", 3)
     ex = example_clip(manifest)

@@ -17,8 +17,8 @@ from onepeace.data.dataset import make_loader
 from onepeace.data.manifest import write_manifest
 from onepeace.data.shards import write_shards_from_samples
 from onepeace.tasks.retrieval import Rows, pair_metrics, retrieval_metrics
-from onepeace.train.config import TrainConfig
-from onepeace.train.trainer import PretrainJob
+from onepeace_train.recipe import TrainConfig
+from onepeace_train.trainer import PretrainJob
 
 STEM = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2
 KS = (1, 5, 10)

@@ -44,7 +44,7 @@ def model(model_dir):
 def _images(folder: Path, n: int, start: int = 0) -> list[Path]:
     from PIL import Image
 
-    from onepeace.data.demo import load_digits
+    from onepeace_train.demo.data import load_digits
 
     imgs, labels = load_digits("test")
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def _images(folder: Path, n: int, start: int = 0) -> list[Path]:
 def _clips(folder: Path, n: int) -> list[Path]:
     import soundfile as sf
 
-    from onepeace.data.demo import load_speech
+    from onepeace_train.demo.data import load_speech
 
     waves, labels = load_speech("test")[:2]
     folder.mkdir(parents=True, exist_ok=True)
@@ -404,9 +404,9 @@ def test_demo_search_step(tmp_path, monkeypatch, capsys):
     a few digits and an untrained model: the plumbing, not the quality)."""
     import torch
 
-    import onepeace.data.demo as demo_data
+    import onepeace_train.demo.data as demo_data
     from onepeace.config import get_preset
-    from onepeace.search.demo import demo_search_step
+    from onepeace_train.demo.search import demo_search_step
 
     digits, speech = demo_data.load_digits, demo_data.load_speech
     monkeypatch.setattr(demo_data, "load_digits", lambda split=None: tuple(a[:20] for a in digits(split)))
@@ -424,7 +424,7 @@ def test_demo_search_step(tmp_path, monkeypatch, capsys):
     assert len(s["hits"]) == 5 and all(h["modality"] == "image" for h in s["hits"])
     assert Index.open(run / "index").modality_counts() == {"audio": 10, "image": 20, "text": 30}
     assert (run / "index-media" / "images").is_dir() and s["query"]["audio"].endswith(".wav")
-    from onepeace.search.demo import demo_index
+    from onepeace_train.demo.search import demo_index
 
     again = demo_index(str(run), str(run / "model"))  # same model, same files: nothing to do
     assert again["build"]["added"] == 0 and again["build"]["unchanged"] == 60

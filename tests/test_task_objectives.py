@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from onepeace.tasks.objectives import (
+from onepeace_train.finetune.objectives import (
     aqa_hinge_loss,
     box_iou_and_giou,
     classification_loss,

@@ -41,7 +41,7 @@ def test_two_process_gradients_equal_single_process(tmp_path, kind):
 
 
 def _write_data(root) -> str:
-    from onepeace.data.demo import image_captions, load_digits
+    from onepeace_train.demo.data import image_captions, load_digits
     from onepeace.data.shards import write_shards_from_samples
 
     imgs, labels = load_digits("train")
@@ -84,7 +84,7 @@ def _losses(run_dir) -> list[float]:
 
 KILLABLE = textwrap.dedent("""
     import sys, time
-    import onepeace.train.trainer as T
+    import onepeace_train.trainer as T
     save = T.ckpt.save
     def slow(*a, **k):
         r = save(*a, **k)
@@ -92,7 +92,7 @@ KILLABLE = textwrap.dedent("""
         time.sleep(120)
         return r
     T.ckpt.save = slow
-    from onepeace.train.config import load_config
+    from onepeace_train.recipe import load_config
     T.run(load_config(sys.argv[1]))
 """)
 
@@ -100,8 +100,8 @@ KILLABLE = textwrap.dedent("""
 @pytest.mark.slow
 def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path):
     data = _write_data(tmp_path)
-    from onepeace.train.config import load_config
-    from onepeace.train.trainer import run
+    from onepeace_train.recipe import load_config
+    from onepeace_train.trainer import run
 
     run(load_config(_config(tmp_path, data, str(tmp_path / "full"))))
     script = tmp_path / "killable.py"
@@ -133,8 +133,8 @@ def test_resume_after_sigkill_reproduces_uninterrupted_losses(tmp_path):
 @pytest.mark.slow
 def test_short_training_on_demo_digits_lowers_the_loss(tmp_path):
     data = _write_data(tmp_path)
-    from onepeace.train.config import load_config
-    from onepeace.train.trainer import run
+    from onepeace_train.recipe import load_config
+    from onepeace_train.trainer import run
 
     run(load_config(_config(tmp_path, data, str(tmp_path / "short"), steps=24, save_every=0)))
     losses = _losses(tmp_path / "short")
@@ -149,8 +149,8 @@ def test_align_a_new_modality_trains_only_its_branch(tmp_path):
 
     import onepeace
     from onepeace.data.shards import write_shards_from_samples
-    from onepeace.train.config import load_config
-    from onepeace.train.trainer import Trainer
+    from onepeace_train.recipe import load_config
+    from onepeace_train.trainer import Trainer
 
     base = onepeace.create_model("tiny", layers=2, modalities={"text": {}, "image": {"image_size": 32}})
     base.save_pretrained(tmp_path / "base")

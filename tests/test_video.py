@@ -202,7 +202,7 @@ _SMALL = {}
 
 def small_model(**video):
     """A tiny tri-modal model (64 px images, a small audio stem) grown by a video branch."""
-    from onepeace.train.trainer import add_modalities
+    from onepeace_train.trainer import add_modalities
 
     key = json.dumps(video, sort_keys=True)
     if key not in _SMALL:

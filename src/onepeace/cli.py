@@ -388,7 +388,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_video(args: argparse.Namespace) -> int:
-    from .demo_video import PAIRS, run_demo_video
+    from onepeace_train.demo.video import PAIRS, run_demo_video
 
     print("onepeace demo-video: aligning a new video branch to the demo model with the align-a-new-modality "
           "recipe,\ntrained on clips against their captions only (never against audio or images).\n")
@@ -434,7 +434,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _demo_options(args)
     if args.samples:
         return _demo_samples(args)
-    from .demo import PAIRS, run_demo
+    from onepeace_train.demo.run import PAIRS, run_demo
 
     args.out = args.out or "runs/demo"
     print("onepeace demo: pretraining a tiny ONE-PEACE on handwritten digits (stage 1, image-text) and")
@@ -464,15 +464,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nnext, embed your own inputs with it:")
     print(f"  onepeace embed --model {m['model']} --text 'someone saying seven' --text 'a handwritten digit seven' "
           "--audio your_recording.wav --image your_digit.png")
-    from .search.demo import demo_search_step  # last: index the held-out digits, one composed query
+    from onepeace_train.demo.search import demo_search_step  # last: index the held-out digits, one composed query
 
     demo_search_step(args.out, m["model"])
     return 0
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    from .data.demo import DIGIT_WORDS
-    from .demo_try import classify_digit, prepare_audio, prepare_image
+    from onepeace_train.demo.data import DIGIT_WORDS
+    from onepeace_train.demo.try_it import classify_digit, prepare_audio, prepare_image
 
     if not args.audio and not args.image:
         raise InputError("give a recording with --audio REC.wav or a photo of a digit with --image PHOTO.jpg")
@@ -517,7 +517,7 @@ def _demo_samples(args: argparse.Namespace) -> int:
 
 def _train_config(args: argparse.Namespace):
     """The recipe of ``pretrain`` / ``finetune`` with its overrides (``--output`` included)."""
-    from .train.config import load_config
+    from onepeace_train.recipe import load_config
 
     overrides = list(args.overrides)
     if args.output:
@@ -551,7 +551,7 @@ def _report_run_skips(command: str, result: dict, eval_key: str) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .train.trainer import run
+    from onepeace_train.trainer import run
 
     cfg = _train_config(args)
     if cfg.task.name:
@@ -568,7 +568,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .train.trainer import run
+    from onepeace_train.trainer import run
 
     cfg = _train_config(args)
     if cfg.task.name and cfg.task.name != args.task:
@@ -587,7 +587,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_eval_task(args: argparse.Namespace) -> int:
     from .checkpoints.format import write_text_atomic
-    from .finetune.job import evaluate_task
+    from onepeace_train.finetune.job import evaluate_task
 
     out = _check_out(args.out, args.force)
     for source in args.data:
@@ -840,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--extra-voices", action="store_true",
                    help="train stage 2 on the added voices too (more espeak-ng variants, flite)")
     d.add_argument("--augment", action="store_true",
-                   help="train with much heavier audio and image augmentation (onepeace.demo.HEAVY_AUGMENT; at "
+                   help="train with much heavier audio and image augmentation (onepeace_train.demo.run.HEAVY_AUGMENT; at "
                         "the demo's step budget it costs accuracy, see docs/research.md)")
     d.add_argument("--plain", action="store_true",
                    help="the earlier recipe: stage 2 for 150 steps without augmentation (about a minute "

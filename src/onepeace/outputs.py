@@ -298,7 +298,7 @@ def check_run_dir(path: str | os.PathLike, max_steps: int, existing: str = "refu
     * a directory with other files and no run: refused, unless ``existing == "restart"``
       (train there; the other files are left alone).
     """
-    from .train.checkpoint import latest
+    from onepeace_train.checkpoint import latest
 
     if existing not in ("refuse", "resume", "restart"):
         raise ValueError(f"existing must be 'refuse', 'resume' or 'restart', got {existing!r}")

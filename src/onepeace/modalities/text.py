@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..model.relpos import token_buckets, token_num_buckets
-from ..pretrain.masking import random_keep, word_keep
+from onepeace.model.masking import random_keep, word_keep
 from ..processing.text import TextProcessor
 from ..processing.tokenizer import PAD_ID, VOCAB_SIZE, default_bpe
 from .base import Modality, embedding, register_modality, trunc_normal_

@@ -148,7 +148,7 @@ class VideoModality(Modality):
 
     def sample_keep(self, inputs, ratio, gen, complement=None):
         """Tube masking: the same ``ratio`` of patch positions hidden in every frame."""
-        from ..pretrain.masking import random_keep
+        from onepeace.model.masking import random_keep
 
         (frames,) = inputs[:1]
         b, t = frames.shape[:2]

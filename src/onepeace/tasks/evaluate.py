@@ -2,7 +2,7 @@
 modalities (emergent pairs), with the distinct-item protocol of :mod:`onepeace.tasks.retrieval`.
 
 :func:`embed_sources` is shared by ``onepeace eval retrieval`` (:func:`evaluate_retrieval`) and the
-pretraining / demo evaluation (:class:`onepeace.train.trainer.PretrainJob`).
+pretraining / demo evaluation (:class:`onepeace_train.trainer.PretrainJob`).
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..modalities.base import AdapterOutput, trunc_normal_
-from ..model.encoder import Encoder
-from ..model.onepeace import OnePeace
+from onepeace.config import ModelConfig
+from onepeace.modalities.base import AdapterOutput, trunc_normal_
+from onepeace.model.encoder import Encoder
+from onepeace.model.onepeace import OnePeace
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _forward(self: PretrainModel, kind: str, *args, **kwargs):
     """Everything runs through ``forward`` so DDP/FSDP wrappers see (and unshard for) each call:
     ``pm("loss", batch, objective_cfg, generator)`` or ``pm("embed", name, processed_batch)``."""
     if kind == "loss":
-        from .objective import compute_losses
+        from onepeace_train.pretrain.objective import compute_losses
 
         with contextlib.ExitStack() as stack:
             for a in self.model.adapters.values():

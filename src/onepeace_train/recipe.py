@@ -10,9 +10,9 @@ from typing import Any
 
 import tomllib
 
-from ..errors import ConfigError
-from ..finetune.tasks import TaskSection
-from ..pretrain.objective import ObjectiveConfig
+from onepeace.errors import ConfigError
+from onepeace_train.finetune.tasks import TaskSection
+from onepeace_train.pretrain.objective import ObjectiveConfig
 
 
 @dataclass
@@ -151,7 +151,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
                 raise ConfigError(f"override {item!r}: {p} is not a section")
         node[leaf] = _parse_value(value)
     cfg = TrainConfig.from_dict(data)
-    from ..data.augment import parse_augment
+    from onepeace.data.augment import parse_augment
 
     parse_augment(cfg.data.augment)  # a bad option fails here, naming its key, not when training starts
     return cfg

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints.format import write_png_atomic, write_text_atomic
-from .errors import ConfigError, OutputError
+from onepeace.checkpoints.format import write_png_atomic, write_text_atomic
+from onepeace.errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ INTERMEDIATE = ("data", "stage1/checkpoints", "stage1/model", "stage2/checkpoint
 
 
 def recipe(name: str) -> str:
-    return str(resources.files("onepeace").joinpath("configs", name))
+    return str(resources.files("onepeace_train").joinpath("configs", name))
 
 
 def _speech(splits: tuple[str, ...]):
-    from .data.demo import load_speech
+    from onepeace_train.demo.data import load_speech
 
     waves, labels = [], []
     for sp in splits:
@@ -63,9 +63,9 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
 
     Each set is written whole or not at all, and its captions depend only on (seed, set), so a
     set rebuilt after an interruption is the one an uninterrupted run writes."""
-    from .data.demo import audio_captions, eval_caption, image_captions, load_digits, load_font_digits
-    from .data.shards import write_shards_from_samples
-    from .outputs import staged_dir
+    from onepeace_train.demo.data import audio_captions, eval_caption, image_captions, load_digits, load_font_digits
+    from onepeace.data.shards import write_shards_from_samples
+    from onepeace.outputs import staged_dir
 
     loads = {
         ("image", "train"): lambda: load_digits("train"),
@@ -122,7 +122,7 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
     The recipes' own settings by default (stage 2: 250 steps, mild audio augmentation); ``plain``:
     stage 2 as the earlier recipe (:data:`PLAIN_STAGE2_STEPS`, no augmentation); ``augment``:
     :data:`HEAVY_AUGMENT` in place of the recipes' augmentation (with ``plain``: at its step count)."""
-    from .train.config import load_config
+    from onepeace_train.recipe import load_config
 
     if stage not in (1, 2):
         raise ValueError(f"the demo has stages 1 and 2, not {stage!r}")
@@ -158,7 +158,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
     stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the much heavier
     :data:`HEAVY_AUGMENT`; ``plain``: the earlier recipe (stage 2 shorter, no augmentation). All
     are off by default (benchmarks/results/demo-ablation.json measures each; see ``stage_config``)."""
-    from .train.trainer import Trainer
+    from onepeace_train.trainer import Trainer
 
     # the settings are checked against the directory before any work
     recipe_cfgs = [stage_config(k, out, _NO_DATA, steps=n, augment=augment, plain=plain)
@@ -197,7 +197,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                          "augmentation": {f"stage{k + 1}": c.data.augment for k, c in enumerate(recipe_cfgs)}},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
-    from .checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
+    from onepeace.checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
 
     voices = ("espeak-ng and flite voices" if settings["extra_voices"] else "espeak-ng voices")
     write_model_card(model_dir, model_dir, {
@@ -207,7 +207,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
         "retrieval with a held-out image source (font digits) (%)": _rounded(state["heldout"]["heldout_source"],
                                                                             HELDOUT["heldout_source"][1]),
     }, trained_on=[
-        "the bundled demo set (onepeace/assets/demo): stage 1 handwritten MNIST digits with template captions "
+        "the bundled demo set (onepeace_train/demo/assets): stage 1 handwritten MNIST digits with template captions "
         f"(image-text, {settings['stage1_steps']} steps), stage 2 spoken digit words from synthetic {voices} with "
         f"template captions (audio-text, {settings['stage2_steps']} steps), seed {settings['seed']}"
         + _augmentation_words(recipe_cfgs),
@@ -246,8 +246,8 @@ def _rounded(res: dict[str, dict], pairs: list[str]) -> dict[str, dict]:
 def heldout_retrieval(model_dir: str, data: dict[str, str], batch_size: int = 128) -> dict[str, dict]:
     """Zero-shot retrieval of the demo model in ``model_dir`` on the held-out engine and image
     source (:data:`HELDOUT`), as the training's evaluation computes it on the test sets."""
-    from .model.onepeace import OnePeace
-    from .tasks.evaluate import all_pairs, embed_sources
+    from onepeace.model.onepeace import OnePeace
+    from onepeace.tasks.evaluate import all_pairs, embed_sources
 
     model = OnePeace.from_pretrained(model_dir).eval()
     out = {}
@@ -304,7 +304,7 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
     anything else already there (a finished demo, an unfinished one with other settings, an
     older layout) is refused unless ``force``, which starts over: the intermediate files are
     removed, the previous model, metrics and plot stay until the new ones replace them."""
-    from .outputs import check_creatable, is_staging_name
+    from onepeace.outputs import check_creatable, is_staging_name
 
     _check_demo_dir(out)
     check_creatable(out)
@@ -351,8 +351,8 @@ def _save_state(out: str, state: dict[str, Any], name: str = STATE) -> None:
 
 def _check_demo_dir(out: str) -> None:
     """The demo resumes or reruns in its own directory, but never writes into another one."""
-    from .checkpoints.format import model_files
-    from .outputs import check_output_dir, is_staging_name
+    from onepeace.checkpoints.format import model_files
+    from onepeace.outputs import check_output_dir, is_staging_name
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"--out {out} is a file, not a directory; give the demo a directory")
@@ -367,8 +367,8 @@ def _check_demo_dir(out: str) -> None:
 
 def _replace_dir(src: str, dst: str) -> None:
     """Copy the model directory ``src`` over ``dst``, atomically (the old or the new one, whole)."""
-    from .checkpoints.format import model_files
-    from .outputs import staged_dir
+    from onepeace.checkpoints.format import model_files
+    from onepeace.outputs import staged_dir
 
     with staged_dir(dst, force=True, owned=model_files(dst), what="model") as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
@@ -423,8 +423,8 @@ def _font(size: int):
 
 def _class_similarity(model_dir: str, data: dict[str, str]) -> np.ndarray:
     """[10, 10] mean cosine similarity of test audio of digit a (rows) to test images of digit b."""
-    from .data.dataset import make_loader
-    from .model.onepeace import OnePeace
+    from onepeace.data.dataset import make_loader
+    from onepeace.model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(model_dir)
     emb = {}

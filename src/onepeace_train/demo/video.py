@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import demo
-from .checkpoints.format import write_text_atomic
-from .errors import ConfigError, InputError, OutputError
+from onepeace_train.demo import run as demo
+from onepeace.checkpoints.format import write_text_atomic
+from onepeace.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def moving_digit(digit: np.ndarray, way: str, rng: random.Random) -> np.ndarray:
 
 
 def _word(label: int) -> str:
-    from .data.demo import DIGIT_WORDS
+    from onepeace_train.demo.data import DIGIT_WORDS
 
     return DIGIT_WORDS[int(label)]
 
@@ -81,10 +81,10 @@ def build_clips(root: str, split: str, n: int, seed: int = 0) -> str:
     at all; depends only on (seed, split, n). Returns the manifest path."""
     import soundfile as sf
 
-    from .data.demo import SAMPLE_RATE, load_digits, load_speech
-    from .data.manifest import write_manifest
-    from .outputs import staged_dir
-    from .processing.video import write_video
+    from onepeace_train.demo.data import SAMPLE_RATE, load_digits, load_speech
+    from onepeace.data.manifest import write_manifest
+    from onepeace.outputs import staged_dir
+    from onepeace.processing.video import write_video
 
     path = os.path.join(root, f"video-{split}")
     manifest = os.path.join(path, "clips.jsonl")
@@ -121,9 +121,9 @@ def build_clips(root: str, split: str, n: int, seed: int = 0) -> str:
 def build_images(root: str, n: int = 500) -> str:
     """The image gallery of the emergent video->image evaluation: ``n`` test digits no test clip
     shows (every other one), as shards in ``root/image-test``."""
-    from .data.demo import eval_caption, load_digits
-    from .data.shards import write_shards_from_samples
-    from .outputs import staged_dir
+    from onepeace_train.demo.data import eval_caption, load_digits
+    from onepeace.data.shards import write_shards_from_samples
+    from onepeace.outputs import staged_dir
 
     path = os.path.join(root, "image-test")
     if not os.path.isdir(path):
@@ -141,8 +141,8 @@ def train_config(out: str, demo_model: str, data: dict[str, str], *, seed: int =
     """configs/align_new_modality.toml with the demo's settings: the video branch added to
     ``demo_model`` and trained on the clips against their captions only (``data.fields``
     leaves the soundtrack out), evaluated on held-out clips, their sounds and held-out images."""
-    from .demo import recipe
-    from .train.config import load_config
+    from onepeace_train.demo.run import recipe
+    from onepeace_train.recipe import load_config
 
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"--steps must be a positive number of steps, got {steps!r}")
@@ -164,8 +164,8 @@ def frame_average_baseline(model, data: dict[str, str], batch_size: int = 64) ->
     (the same frames the video branch sees), the usual way to use an image model on video."""
     import torch.nn.functional as F
 
-    from .tasks.evaluate import all_pairs, embed_sources
-    from .tasks.retrieval import Rows
+    from onepeace.tasks.evaluate import all_pairs, embed_sources
+    from onepeace.tasks.retrieval import Rows
 
     emb = embed_sources([data["video-test"], data["image-test"]], model.config, model.embed_batch, batch_size)
     video = emb.media["video"]
@@ -200,9 +200,9 @@ def run_demo_video(out: str = "runs/demo-video", demo_model: str = "runs/demo/mo
                    progress: bool = True, force: bool = False, keep_checkpoints: bool = False) -> dict[str, Any]:
     """Run (or resume) the video demo in ``out`` on top of ``demo_model``; returns what
     ``metrics.json`` holds."""
-    from .demo import environment
-    from .model.onepeace import OnePeace
-    from .train.trainer import Trainer
+    from onepeace_train.demo.run import environment
+    from onepeace.model.onepeace import OnePeace
+    from onepeace_train.trainer import Trainer
 
     if not os.path.isfile(os.path.join(demo_model, "config.json")):
         raise InputError(f"no trained demo model in {demo_model}: run `make demo` (or `onepeace demo`) first, "
@@ -223,7 +223,7 @@ def run_demo_video(out: str = "runs/demo-video", demo_model: str = "runs/demo/mo
             "image-test": build_images(root, min(500, 5 * settings["test_clips"]))}
     model_dir = os.path.join(out, "model")
     if "retrieval" not in state:
-        from .demo import _replace_dir
+        from onepeace_train.demo.run import _replace_dir
 
         cfg = train_config(out, demo_model, data, seed=seed, steps=steps, progress=progress)
         result = Trainer(cfg, existing="resume").fit()
@@ -253,7 +253,7 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
     """An unfinished run with the same settings is resumed; a finished one, or one with other
     settings, is refused unless ``force`` (which starts over, the old model staying until the new
     one replaces it); a directory holding anything else is refused."""
-    from .outputs import check_creatable, is_staging_name
+    from onepeace.outputs import check_creatable, is_staging_name
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"--out {out} is a file, not a directory; give the video demo a directory")

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
-from ..factory import create_model
-from ..model.onepeace import OnePeace
-from ..pretrain.model import PretrainModel
-from . import checkpoint as ckpt
-from .config import TrainConfig
-from .distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
-from .optim import lr_at, param_groups, set_lr
+from onepeace.errors import ConfigError
+from onepeace.factory import create_model
+from onepeace.model.onepeace import OnePeace
+from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train import checkpoint as ckpt
+from onepeace_train.recipe import TrainConfig
+from onepeace_train.distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
+from onepeace_train.optim import lr_at, param_groups, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class PretrainJob:
         return [wrapped.model.encoder, wrapped.decoder]
 
     def train_loader(self, model_config, info: DistInfo):
-        from ..data.dataset import make_loader
+        from onepeace.data.dataset import make_loader
 
         cfg = self.cfg
         d = cfg.data
@@ -136,7 +136,7 @@ class PretrainJob:
         ``skipped`` in each result counts eval samples that could not be loaded."""
         if not self.cfg.data.eval:
             return {}
-        from ..tasks.evaluate import all_pairs, embed_sources
+        from onepeace.tasks.evaluate import all_pairs, embed_sources
 
         pm = trainer.pm
         was = pm.training
@@ -163,7 +163,7 @@ class PretrainJob:
 
 def make_job(cfg: TrainConfig):
     if cfg.task.name:
-        from ..finetune.job import FinetuneJob
+        from onepeace_train.finetune.job import FinetuneJob
 
         return FinetuneJob(cfg)
     return PretrainJob(cfg)
@@ -172,7 +172,7 @@ def make_job(cfg: TrainConfig):
 class Trainer:
     """The training loop shared by pretraining and fine-tuning; what differs (the wrapped
     module, the data, the loss call, the evaluation) is the job's (:class:`PretrainJob`,
-    :class:`onepeace.finetune.job.FinetuneJob`).
+    :class:`onepeace_train.finetune.job.FinetuneJob`).
 
     ``existing`` decides what happens to an output directory that is not new
     (:func:`onepeace.outputs.check_run_dir`): an unfinished run is always resumed; a finished run
@@ -189,7 +189,7 @@ class Trainer:
             raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
         if not cfg.data.train:
             raise ConfigError("data.train is empty: point it at a JSONL manifest or a shard directory")
-        from ..outputs import check_run_dir, discard_run
+        from onepeace.outputs import check_run_dir, discard_run
 
         action = check_run_dir(cfg.train.output, cfg.optim.max_steps, existing)  # before any work
         torch.manual_seed(cfg.train.seed)
@@ -207,11 +207,11 @@ class Trainer:
             with torch.no_grad():
                 model.logit_scale.fill_(math.log(1 / 0.07))
         if cfg.model.per_layer_rel_tables:
-            from ..model.resize import with_per_layer_tables
+            from onepeace.model.resize import with_per_layer_tables
 
             model = with_per_layer_tables(model)
         if cfg.model.image_size:
-            from ..model.resize import with_image_size
+            from onepeace.model.resize import with_image_size
 
             model = with_image_size(model, cfg.model.image_size, round_to=cfg.model.resize_round_to or None)
         elif cfg.model.resize_round_to:
@@ -391,7 +391,7 @@ class Trainer:
 
 
 def run(cfg: TrainConfig, *, existing: str = "refuse") -> dict[str, Any]:
-    from .distributed import shutdown
+    from onepeace_train.distributed import shutdown
 
     trainer = Trainer(cfg, existing=existing)
     try:

@@ -30,8 +30,8 @@ def write_media(run_dir: str) -> str:
     import soundfile as sf
     from PIL import Image
 
-    from ..checkpoints.format import write_bytes_atomic, write_text_atomic
-    from ..data.demo import DIGIT_WORDS, EVAL_TEMPLATES, load_digits, load_speech
+    from onepeace.checkpoints.format import write_bytes_atomic, write_text_atomic
+    from onepeace_train.demo.data import DIGIT_WORDS, EVAL_TEMPLATES, load_digits, load_speech
 
     root = os.path.join(run_dir, MEDIA)
     for sub in ("images", "audio"):
@@ -92,7 +92,7 @@ def audio_to_image_precision(index: Any, k: int = 10) -> dict[str, float]:
 def query_clip_name() -> str:
     """The file name (under ``index-media/audio``) of the composed query's spoken digit: the first
     held-out clip of ``QUERY_DIGIT``, named as :func:`write_media` names it."""
-    from ..data.demo import DIGIT_WORDS, load_speech
+    from onepeace_train.demo.data import DIGIT_WORDS, load_speech
 
     _, labels, _ = load_speech("test")
     i = next(i for i, lab in enumerate(labels) if int(lab) == QUERY_DIGIT)
@@ -108,11 +108,11 @@ def search_command(db: str, clip: str, k: int = 5) -> str:
 def demo_index(run_dir: str, model_dir: str, *, progress: bool | None = None, k: int = 5) -> dict[str, Any]:
     """Write the held-out media, index them into ``run_dir/index`` (an index of an earlier demo
     model is replaced: it is the demo's own), run the composed query. Returns what to print."""
-    from ..model.onepeace import OnePeace
-    from .fingerprint import model_fingerprint
-    from .ingest import build
-    from .query import search
-    from .store import Index, is_index, remove_index
+    from onepeace.model.onepeace import OnePeace
+    from onepeace.search.fingerprint import model_fingerprint
+    from onepeace.search.ingest import build
+    from onepeace.search.query import search
+    from onepeace.search.store import Index, is_index, remove_index
 
     db = os.path.join(run_dir, INDEX)
     if is_index(db) and Index.open(db).fingerprint != model_fingerprint(model_dir):

@@ -1,7 +1,9 @@
 """The bundled tri-modal demo set: handwritten MNIST digits and synthetic spoken digit words.
 
-The arrays live in ``onepeace/assets/demo`` (see its README.md; rebuilt by
-``scripts/build_demo_data.py``) and need nothing beyond numpy to read::
+The arrays (11 MB) live in the source tree, ``src/onepeace_train/demo/assets`` (see its README.md;
+rebuilt by ``scripts/build_demo_data.py``), not in the wheel: ``make demo`` runs from a clone and needs
+no network. Elsewhere, point ``ONEPEACE_DEMO_DATA`` at a copy of that folder. They need nothing
+beyond numpy to read::
 
     images, labels = load_digits("train")        # uint8 [4000, 28, 28], uint8 [4000]
     waves, labels, voices = load_speech("test")  # list of float32 16 kHz clips, labels, voice names
@@ -14,11 +16,14 @@ prompt per digit for zero-shot evaluation.
 
 from __future__ import annotations
 
+import os
 import random
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
+
+from onepeace.errors import InputError
 
 __all__ = [
     "AUDIO_TEMPLATES",
@@ -65,8 +70,25 @@ _SPLITS = {"train": 0, "test": 1}
 _SPEECH_SPLITS = {"train": 0, "test": 1, "extra": 2, "heldout": 3}
 
 
-def _asset(name: str):
-    return resources.files("onepeace").joinpath("assets", "demo", name)
+#: where the demo set lives: ONEPEACE_DEMO_DATA, else beside this module in a clone
+DEMO_DATA_ENV = "ONEPEACE_DEMO_DATA"
+
+
+def demo_data_dir() -> Path:
+    """The folder of the demo arrays: ``$ONEPEACE_DEMO_DATA`` if set, else the source tree's
+    ``src/onepeace_train/demo/assets``. Missing: one line saying where to get it."""
+    env = os.environ.get(DEMO_DATA_ENV)
+    folder = Path(env) if env else Path(__file__).resolve().parent / "assets"
+    if not (folder / "digits.npz").is_file():
+        where = f"{DEMO_DATA_ENV}={env}" if env else str(folder)
+        raise InputError(f"the demo data set is not at {where}: it ships with the source tree, not the wheel; "
+                         f"run the demo from a clone of the repository (make demo) or set {DEMO_DATA_ENV} "
+                         "to a copy of its src/onepeace_train/demo/assets folder")
+    return folder
+
+
+def _asset(name: str) -> Path:
+    return demo_data_dir() / name
 
 
 @lru_cache(maxsize=None)

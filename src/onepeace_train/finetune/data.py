@@ -1,7 +1,7 @@
 """Task manifests and loaders for fine-tuning.
 
 A task manifest is JSONL, one sample per line; which fields a line needs depends on the task
-(see :mod:`onepeace.finetune.tasks` and the README). Media fields (``image``, ``image2``,
+(see :mod:`onepeace_train.finetune.tasks` and the README). Media fields (``image``, ``image2``,
 ``audio``, ``mask``) hold paths, resolved against the manifest's own directory.
 
 Loading is map-style: a sampler yields ``(epoch, index)`` pairs (a seeded permutation per epoch,
@@ -22,9 +22,9 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.dataset import SkipCount
-from ..data.manifest import iter_jsonl, resolve_media
-from ..errors import MAX_SKIP_SHARE, InputError, SkipGuard, stop_in_worker
+from onepeace.data.dataset import SkipCount
+from onepeace.data.manifest import iter_jsonl, resolve_media
+from onepeace.errors import MAX_SKIP_SHARE, InputError, SkipGuard, stop_in_worker
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from ..errors import ConfigError
-from .distributed import DistInfo, barrier
+from onepeace.errors import ConfigError
+from onepeace_train.distributed import DistInfo, barrier
 
 _NAME = re.compile(r"^step-(\d{8})$")
 

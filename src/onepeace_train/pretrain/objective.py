@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InputError
-from .losses import contrastive_loss, denoising_loss
-from .masking import keep_to_positions
-from .model import PretrainModel
+from onepeace.errors import InputError
+from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
+from onepeace.model.masking import keep_to_positions
+from onepeace_train.pretrain.model import PretrainModel
 
 
 @dataclass

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import HeadConfig, ModelConfig
-from ..data.dataset import media_identity
-from ..errors import ConfigError, DecodeError, InputError, not_the_input
-from ..pretrain.losses import contrastive_loss
-from ..processing import Processor
-from ..processing.image import load_image
-from ..tasks.objectives import (
+from onepeace.config import HeadConfig, ModelConfig
+from onepeace.data.dataset import media_identity
+from onepeace.errors import ConfigError, DecodeError, InputError, not_the_input
+from onepeace_train.pretrain.losses import contrastive_loss
+from onepeace.processing import Processor
+from onepeace.processing.image import load_image
+from onepeace_train.finetune.objectives import (
     aqa_hinge_loss,
     box_iou_and_giou,
     classification_loss,
@@ -42,7 +42,7 @@ from ..tasks.objectives import (
     vqa_loss,
     vqa_score,
 )
-from ..tasks.retrieval import Rows, pair_metrics
+from onepeace.tasks.retrieval import Rows, pair_metrics
 
 CLASSIFY_HEADS = ("classify", "linear")  # the head types of the classify task
 
@@ -129,7 +129,7 @@ class Task:
     # ---- data helpers
     def image(self, src: str, train: bool, rng: random.Random) -> torch.Tensor:
         if train and self.tc.scale[0] < 1.0:
-            from ..data.augment import random_resized_crop, to_normalized_tensor
+            from onepeace.data.augment import random_resized_crop, to_normalized_tensor
 
             img = random_resized_crop(load_image(src), self.proc.get("image").image_size,
                                       tuple(self.tc.scale), (3 / 4, 4 / 3), rng)
@@ -603,7 +603,7 @@ class SegmentationTask(Task):
             raise InputError(f"mask {rec['mask']} is {mask.size}, its image is {img.size}")
         s = self.proc.get("image").image_size
         if train:
-            from ..data.augment import crop_params
+            from onepeace.data.augment import crop_params
 
             top, left, h, w = crop_params(img.width, img.height, tuple(self.tc.scale), (3 / 4, 4 / 3), rng)
             box = (left, top, left + w, top + h)
@@ -612,7 +612,7 @@ class SegmentationTask(Task):
                 img, mask = img.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
         img = img.resize((s, s), Image.BICUBIC)
         mask = mask.resize((s, s), Image.NEAREST)
-        from ..data.augment import to_normalized_tensor
+        from onepeace.data.augment import to_normalized_tensor
 
         target = torch.from_numpy(np.asarray(mask, dtype=np.int64).copy())
         n = self.config.head.num_classes

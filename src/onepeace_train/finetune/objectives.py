@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from onepeace.errors import InputError
 
 
 # ------------------------------------------------------------------ classification

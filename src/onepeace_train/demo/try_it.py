@@ -3,7 +3,7 @@
 A recording (any rate, channel count and format soundfile reads) is mixed to mono at 16 kHz and
 trimmed of its leading and trailing silence, so what the model hears is the spoken word as the
 training clips were (silence-trimmed words); a photo of a handwritten digit is framed the way the
-MNIST training digits are (:func:`onepeace.data.demo.mnist_style`: paper and ink found, white ink
+MNIST training digits are (:func:`onepeace_train.demo.data.mnist_style`: paper and ink found, white ink
 on black, the digit scaled into 20 x 20 and centred by mass in 28 x 28). Each is then classified
 zero-shot against the ten digits' captions (every caption template of its modality, averaged),
 with the model's own temperature giving the probabilities.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from onepeace.errors import InputError
 
 __all__ = ["MAX_SECONDS", "classify_digit", "prepare_audio", "prepare_image", "trim_silence"]
 
@@ -96,7 +96,7 @@ def trim_silence(wave: np.ndarray, sr: int = SAMPLE_RATE, *, floor_db: float = 3
 
 def prepare_audio(item: Any) -> np.ndarray:
     """A recording (path, bytes, file object, or ``(array, rate)``) -> the trimmed 16 kHz mono word."""
-    from .processing.audio import load_audio
+    from onepeace.processing.audio import load_audio
 
     wave = load_audio(item, SAMPLE_RATE)
     if len(wave) > MAX_SECONDS * SAMPLE_RATE:
@@ -113,8 +113,8 @@ def prepare_audio(item: Any) -> np.ndarray:
 def prepare_image(item: Any) -> np.ndarray:
     """A picture of one handwritten digit (path, bytes, file object, PIL image or array) -> uint8
     [28, 28], white ink on black, framed as MNIST."""
-    from .data.demo import mnist_style
-    from .processing.image import load_image
+    from onepeace_train.demo.data import mnist_style
+    from onepeace.processing.image import load_image
 
     try:
         return mnist_style(load_image(item))
@@ -125,7 +125,7 @@ def prepare_image(item: Any) -> np.ndarray:
 @torch.no_grad()
 def _prototypes(model, modality: str) -> torch.Tensor:
     """[10, D] the digits' caption embeddings, averaged over the caption templates of ``modality``."""
-    from .data.demo import AUDIO_TEMPLATES, DIGIT_WORDS, EVAL_TEMPLATES, IMAGE_TEMPLATES
+    from onepeace_train.demo.data import AUDIO_TEMPLATES, DIGIT_WORDS, EVAL_TEMPLATES, IMAGE_TEMPLATES
 
     templates = list(dict.fromkeys([EVAL_TEMPLATES[modality], *(AUDIO_TEMPLATES if modality == "audio" else IMAGE_TEMPLATES)]))
     texts = [t.format(word=w) for w in DIGIT_WORDS for t in templates]

@@ -1,4 +1,4 @@
-"""Fine-tuning as a job of the shared trainer (:mod:`onepeace.train.trainer`): the model gets the
+"""Fine-tuning as a job of the shared trainer (:mod:`onepeace_train.trainer`): the model gets the
 task's head, the trainer calls ``module("loss", batch)`` and evaluates with ``module("predict",
 batch)`` over the eval manifests."""
 
@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import HeadConfig, ModelConfig
-from ..errors import ConfigError, InputError
-from ..model.onepeace import OnePeace
-from .data import batches, read_task_manifest, task_loader
-from .tasks import CLASSIFY_HEADS, Task, get_task
+from onepeace.config import HeadConfig, ModelConfig
+from onepeace.errors import ConfigError, InputError
+from onepeace.model.onepeace import OnePeace
+from onepeace_train.finetune.data import batches, read_task_manifest, task_loader
+from onepeace_train.finetune.tasks import CLASSIFY_HEADS, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def score_source(task: Task, predict: Callable[[dict[str, Any]], dict[str, torch
     in the manifest)``; a manifest none of whose samples loads is an
     :class:`InputError`, not an empty result. ``progress``: a bar of batches on stderr (``None``:
     only when stderr is a terminal)."""
-    from ..progress import progress_bar
+    from onepeace.progress import progress_bar
 
     loader = task_loader(task, source, batch_size, train=False)
     parts = []
@@ -201,7 +201,7 @@ def evaluate_task(model: OnePeace, task: str, sources, batch_size: int = 16, *, 
     """A (fine-tuned) model's metrics on task manifests: ``{source: {metric: value}}``
     (``progress`` and ``on_skip``, told of samples that could not be loaded, as in
     :func:`score_source`)."""
-    from .tasks import TaskSection
+    from onepeace_train.finetune.tasks import TaskSection
 
     if isinstance(sources, str):
         sources = [sources]
