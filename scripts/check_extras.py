@@ -47,6 +47,34 @@ CONSTRAINTS = ROOT / "constraints.txt"
 SAMPLES = ROOT / "src" / "onepeace" / "assets" / "samples"
 CHECKS = ("search", "serve", "video", "export", "scale", "integrations", "train")
 TRAIN_EXTRAS = ("train", "training")  # the training extra's name, if pyproject.toml declares one
+DEMO_DATA = ROOT / "src" / "onepeace_train" / "demo" / "assets"  # in the source tree, not in the wheel
+MAX_WHEEL_BYTES = 2_000_000  # issue 21: the core wheel carries no demo data set and stays under 2 MB
+
+
+def check_wheel_contents(wheel: Path) -> str:
+    """The wheel is small, carries both packages, the recipes, the page and the samples, the training
+    commands' entry point, and no demo data set (that stays in the source tree)."""
+    import zipfile
+
+    size = wheel.stat().st_size
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        entry_points = next((z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")), "")
+    problems = []
+    if size >= MAX_WHEEL_BYTES:
+        problems.append(f"{size / 1e6:.2f} MB, over {MAX_WHEEL_BYTES / 1e6:.0f} MB")
+    demo = [n for n in names if "/demo/assets/" in n or n.endswith(".npz")]
+    if demo:
+        problems.append(f"carries demo data {demo[:3]}")
+    for needed in ("onepeace/__init__.py", "onepeace_train/__init__.py", "onepeace_train/configs/demo_stage1.toml",
+                   "onepeace/serve/static/", "onepeace/assets/samples/"):
+        if not any(n.startswith(needed) for n in names):
+            problems.append(f"lacks {needed}")
+    if "[onepeace.commands]" not in entry_points:
+        problems.append("declares no onepeace.commands entry point (the training commands)")
+    if problems:
+        raise CheckFailed(f"wheel {wheel.name}: " + "; ".join(problems))
+    return f"{size / 1e6:.2f} MB, {len(names)} files, no demo data"
 
 # a seeded tiny tri-modal model (2 layers, 32 px images): made by each venv's own onepeace
 MAKE_MODEL = """
@@ -286,9 +314,15 @@ def check_train(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
     if len(losses) != 2 or not all(x == x and abs(x) != float("inf") for x in losses):
         raise CheckFailed(f"onepeace pretrain logged losses {losses}, expected 2 finite ones")
     # the README's main job on the core install: `pip install .` then `onepeace demo` (a few steps of
-    # each stage; stage 2's audio augmentation needs scipy, which only the test extra had)
-    out = run([str(bin_ / "onepeace"), "demo", "--out", "demo", "--stage1-steps", "3", "--stage2-steps", "3"],
-              cwd, env)
+    # each stage; stage 2's audio augmentation needs scipy, which only the test extra had). The wheel
+    # has no demo data set: without ONEPEACE_DEMO_DATA one line says where to get it (exit 2) ...
+    demo = [str(bin_ / "onepeace"), "demo", "--out", "demo", "--stage1-steps", "3", "--stage2-steps", "3"]
+    bare = {k: v for k, v in env.items() if k != "ONEPEACE_DEMO_DATA"}
+    p = subprocess.run(demo, cwd=cwd, env=bare, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    if p.returncode != 2 or "ONEPEACE_DEMO_DATA" not in p.stdout or "Traceback" in p.stdout:
+        raise CheckFailed(f"onepeace demo without the demo data: exit {p.returncode}, said {p.stdout.strip()[-300:]!r}")
+    # ... and with it pointing at the source tree's copy, the demo runs
+    out = run(demo, cwd, {**env, "ONEPEACE_DEMO_DATA": str(DEMO_DATA)})
     metrics = json.loads((cwd / "demo" / "metrics.json").read_text())
     if "audio->image" not in metrics.get("retrieval", {}):
         raise CheckFailed("onepeace demo wrote no audio->image retrieval to metrics.json")
@@ -388,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_extras: the wheel did not build: {e}", file=sys.stderr)
         return 1
     wheel_s = round(time.monotonic() - t0, 1)
-    print(f"  wheel {wheel.name} built in {wheel_s} s", flush=True)
+    try:
+        contents = check_wheel_contents(wheel)
+    except CheckFailed as e:
+        print(f"check_extras: {e}", file=sys.stderr)
+        return 1
+    print(f"  wheel {wheel.name} built in {wheel_s} s: {contents}", flush=True)
     results = []
     for name, extra in plan:
         what = f"onepeace[{extra}]" if extra else "onepeace (core)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +129,22 @@ def test_captions():
         demo.eval_caption(10)
     with pytest.raises(ValueError):
         demo.load_digits("val")
+
+
+def test_the_demo_data_set_is_found_through_the_env_var_or_named_in_one_line(tmp_path, monkeypatch, capsys):
+    """The wheel carries no demo data: ``onepeace demo`` without it says where to get it (exit 2)
+    before creating anything; ONEPEACE_DEMO_DATA pointing at a copy is used."""
+    from onepeace.cli import main
+
+    monkeypatch.setenv(demo.DEMO_DATA_ENV, str(tmp_path / "nowhere"))
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out), "--stage1-steps", "1", "--stage2-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and demo.DEMO_DATA_ENV in err and "Traceback" not in err, err
+    assert not out.exists()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("digits.npz", "fonts.npz", "speech.npz"):
+        (copy / name).symlink_to(Path(str(DEMO.joinpath(name))))
+    monkeypatch.setenv(demo.DEMO_DATA_ENV, str(copy))
+    assert demo.demo_data_dir() == copy

@@ -158,8 +158,10 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
     stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the much heavier
     :data:`HEAVY_AUGMENT`; ``plain``: the earlier recipe (stage 2 shorter, no augmentation). All
     are off by default (benchmarks/results/demo-ablation.json measures each; see ``stage_config``)."""
+    from onepeace_train.demo.data import demo_data_dir
     from onepeace_train.trainer import Trainer
 
+    demo_data_dir()  # the demo data set is in the source tree, not the wheel: say so before any work
     # the settings are checked against the directory before any work
     recipe_cfgs = [stage_config(k, out, _NO_DATA, steps=n, augment=augment, plain=plain)
                    for k, n in ((1, stage1_steps), (2, stage2_steps))]
