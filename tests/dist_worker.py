@@ -25,7 +25,7 @@ def build(seed: int = 0) -> PretrainModel:
 def batch(n: int = 8, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven"]
-    proc = onepeace.processing.Processor(onepeace.get_preset("tiny", modalities=SMALL))
+    proc = onepeace.modalities.Processor(onepeace.get_preset("tiny", modalities=SMALL))
     return {"text": proc.get("text")([f"a handwritten digit {words[i % 8]}" for i in range(n)]),
             "image": {"pixels": torch.randn(n, 3, 32, 32, generator=g)}}
 

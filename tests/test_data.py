@@ -33,7 +33,7 @@ from onepeace.data.augment import crop_params, to_normalized_tensor
 from onepeace.data.cli import add_data_parser, data_check, data_shards
 from onepeace.data.shards import decode_record
 from onepeace.errors import InputError, OnePeaceError
-from onepeace.processing import Processor
+from onepeace.modalities import Processor
 from onepeace.processing.image import ImageProcessor
 
 SMALL_STEM = [[128, 10, 5]] + [[128, 3, 2]] * 4 + [[128, 2, 2]] * 2

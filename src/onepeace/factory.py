@@ -94,7 +94,7 @@ def get_processor(modality: str | None = None, model: Any = None) -> Any:
     if isinstance(model, OnePeace):
         procs = model.processor
     else:
-        from .processing import Processor
+        from .modalities import Processor
 
         procs = Processor(_config_of(model))
     return procs if modality is None else procs.get(modality)

@@ -54,7 +54,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import ModelConfig, get_preset
 from ..errors import MAX_SKIP_SHARE, InputError, SkipGuard, stop_in_worker
-from ..processing import Processor, split_companions
+from ..modalities import Processor
+from ..processing import split_companions
 from .augment import parse_augment
 from .manifest import media_fields, read_manifest
 from .shards import decode_record, expand_shards, is_url, iter_shard

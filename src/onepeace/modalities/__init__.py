@@ -9,10 +9,12 @@ from .base import (
     register_modality,
     registered_modalities,
 )
+from .processor import Processor
 
 __all__ = [
     "AdapterOutput",
     "Modality",
+    "Processor",
     "get_modality",
     "parse_options",
     "register_modality",

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..model.masking import random_keep
 
 
 @dataclass
@@ -146,8 +147,6 @@ class Modality(nn.Module):
                     complement: torch.Tensor | None = None) -> torch.Tensor:
         """[B, N] bool keep-mask hiding ``ratio`` of the tokens; with ``complement`` (another keep
         mask of the same inputs) kept tokens come from those it hid. Default: uniform tokens."""
-        from onepeace.model.masking import random_keep
-
         allowed = None if complement is None else ~complement
         return random_keep(self.valid_mask(*inputs), ratio, gen, allowed)
 

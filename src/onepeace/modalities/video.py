@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..model.masking import random_keep
 from ..processing.video import SAMPLING, VIDEO_EXTENSIONS, VideoProcessor
 from .base import Modality, register_modality, trunc_normal_
 from .image import PATCH, HMLPStem, resized_positions
@@ -148,8 +149,6 @@ class VideoModality(Modality):
 
     def sample_keep(self, inputs, ratio, gen, complement=None):
         """Tube masking: the same ``ratio`` of patch positions hidden in every frame."""
-        from onepeace.model.masking import random_keep
-
         (frames,) = inputs[:1]
         b, t = frames.shape[:2]
         valid = torch.ones(b, self.per_frame + 1, dtype=torch.bool, device=frames.device)

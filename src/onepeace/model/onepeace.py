@@ -198,7 +198,7 @@ class OnePeace(nn.Module):
     @property
     def processor(self):
         if self._processor is None:
-            from ..processing import Processor
+            from ..modalities import Processor
 
             self._processor = Processor(self.config)
         return self._processor

@@ -17,11 +17,10 @@ from PIL import Image
 
 from ..errors import DecodeError, InputError, not_the_input
 from .inputs import describe, open_binary
+from .transforms import CLIP_MEAN, CLIP_STD, random_resized_crop, to_normalized_tensor
 
 #: file name extensions of common image formats (all read by Pillow); folders are searched for these
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_image(item: Any) -> Image.Image:
@@ -139,8 +138,6 @@ class ImageProcessor:
         exactly :meth:`one`'s square resize."""
         if not train:
             return self.one(item)[0]
-        from ..data.augment import random_resized_crop, to_normalized_tensor
-
         return to_normalized_tensor(random_resized_crop(load_image(item), self.image_size, scale, ratio, rng))
 
     def collate(self, samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:

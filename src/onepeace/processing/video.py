@@ -285,7 +285,7 @@ class VideoProcessor:
         self._std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
     def bind(self, processors: Any) -> None:
-        """Called by :class:`onepeace.processing.Processor` with the model's processors: the sound
+        """Called by :class:`onepeace.modalities.Processor` with the model's processors: the sound
         of a video goes through the model's own audio processor."""
         try:
             self.audio_processor = processors.get("audio")

@@ -418,7 +418,7 @@ class _DecodeDataset:
             from PIL import Image
 
             from ..config import ModelConfig
-            from ..processing import Processor
+            from ..modalities import Processor
 
             Image.MAX_IMAGE_PIXELS = self.max_pixels
             self._processor = Processor(ModelConfig.from_dict(json.loads(self.config_json)))

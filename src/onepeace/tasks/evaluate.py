@@ -125,7 +125,7 @@ def embed_sources(sources: Sequence[str], config, embed: Callable[[str, dict], t
     import tempfile
 
     from ..data.dataset import make_loader
-    from ..processing import Processor
+    from ..modalities import Processor
     from ..progress import progress_bar
 
     wanted = None if modalities is None else set(modalities)

@@ -28,7 +28,7 @@ from onepeace.config import HeadConfig, ModelConfig
 from onepeace.data.dataset import media_identity
 from onepeace.errors import ConfigError, DecodeError, InputError, not_the_input
 from onepeace_train.pretrain.losses import contrastive_loss
-from onepeace.processing import Processor
+from onepeace.modalities import Processor
 from onepeace.processing.image import load_image
 from onepeace_train.finetune.objectives import (
     aqa_hinge_loss,
