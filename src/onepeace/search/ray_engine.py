@@ -1,9 +1,9 @@
 """``onepeace index build --engine ray``: the embedding of an index build on Ray Data.
 
-The build is the in-process one (:func:`onepeace.search.ingest.run_build`) with another embedding
+The build is the in-process one (:func:`onepeace.search.build_run.run_build`) with another embedding
 stage: the same reader and planner (only new or changed items are embedded), the same decoder
-(:func:`~onepeace.search.ingest.decode_batch`: corrupt files are set aside with their reason), the
-same row maker (:func:`~onepeace.search.ingest.embed_decoded`), the same writer, pruning and
+(:func:`~onepeace.search.decode.decode_batch`: corrupt files are set aside with their reason), the
+same row maker (:func:`~onepeace.search.decode.embed_decoded`), the same writer, pruning and
 report. So both engines give the same rows: ids, content hashes and metadata equal, vectors equal
 up to float32 rounding.
 
@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError, OnePeaceError
-from .ingest import DEFAULT_ANN_THRESHOLD, Batch, Decoded, Result, _DecodeDataset, embed_decoded, run_build
+from .build_run import DEFAULT_ANN_THRESHOLD, run_build
+from .decode import Batch, Decoded, DecodeDataset, Result, embed_decoded
 from .store import Index, ModelMismatchError, SearchIndexError, is_index
 
 log = logging.getLogger(__name__)
@@ -218,10 +219,10 @@ def plan_resources(cluster: dict[str, float], *, actors: int | None = None, cpus
 
 
 # ------------------------------------------------------------------------------ the stages
-_DECODERS: dict[tuple[str, int | None], _DecodeDataset] = {}
+_DECODERS: dict[tuple[str, int | None], DecodeDataset] = {}
 
 
-def decode_stage(batch: dict[str, Any], *, decoder: _DecodeDataset) -> dict[str, list[bytes]]:
+def decode_stage(batch: dict[str, Any], *, decoder: DecodeDataset) -> dict[str, list[bytes]]:
     """Ray task: each row's planned batch read, hashed and decoded, by the local engine's decoder
     (the model's processors and Pillow's pixel limit), built once per worker process."""
     decoder = _DECODERS.setdefault((decoder.config_json, decoder.max_pixels), decoder)
@@ -231,7 +232,7 @@ def decode_stage(batch: dict[str, Any], *, decoder: _DecodeDataset) -> dict[str,
 class Embedder:
     """Ray actor: one model, loaded once; decoded batches in, rows out (pickled ``Result``)."""
 
-    def __init__(self, spec: ModelSpec, decoder: _DecodeDataset, shipped: dict[str, Any] | None = None,
+    def __init__(self, spec: ModelSpec, decoder: DecodeDataset, shipped: dict[str, Any] | None = None,
                  device: str = "cpu", threads: int = 1):
         import torch
 
@@ -264,7 +265,7 @@ class Embedder:
 
                 return quantize_int8(model.to(device=device, dtype=torch.float32))
             return model.to(device=device, dtype=target).eval()
-        from ..model.onepeace import OnePeace
+        from ..inference import OnePeace
         from .fingerprint import model_fingerprint
 
         model = OnePeace.from_pretrained(spec.load, dtype=spec.dtype, device=device)
@@ -299,7 +300,7 @@ def embed_ray(batches: Iterable[Batch], spec: ModelSpec, shipped: Any, res: Reso
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     data_log.setLevel(logging.CRITICAL)  # a failure is raised here as one line, not logged with Ray's traces
-    decoder = _DecodeDataset(spec.config_json)
+    decoder = DecodeDataset(spec.config_json)
     it = iter(batches)
     try:
         while True:
