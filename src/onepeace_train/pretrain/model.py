@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from onepeace import OnePeace
 from onepeace.config import ModelConfig
 from onepeace.modalities.base import AdapterOutput, trunc_normal_
 from onepeace.model.encoder import Encoder
-from onepeace.model.onepeace import OnePeace
+from onepeace_train.pretrain.objective import compute_losses
 
 
 @dataclass
@@ -53,6 +54,19 @@ class PretrainModel(nn.Module):
             {m: nn.Embedding(model.adapters[m].max_tokens(), d.dim) for m in names}
         )
         self.mask_head = nn.ModuleDict({m: nn.Linear(d.dim, c.dim) for m in names})
+
+    def forward(self, kind: str, *args, **kwargs):
+        """Everything runs through ``forward`` so DDP/FSDP wrappers see (and unshard for) each call:
+        ``pm("loss", batch, objective_cfg, generator)`` or ``pm("embed", name, processed_batch)``."""
+        if kind == "loss":
+            with contextlib.ExitStack() as stack:
+                for a in self.model.adapters.values():
+                    stack.enter_context(a.caching())
+                return compute_losses(self, *args, **kwargs)
+        if kind == "embed":
+            name, batch = args
+            return self.model.embed_batch(name, batch)
+        raise ValueError(f"unknown PretrainModel call {kind!r}")
 
     def reset_decoder_parameters(self) -> None:
         for mod in (self.decoder, self.decoder_embed, self.mask_head):
@@ -110,22 +124,3 @@ class PretrainModel(nn.Module):
         valid = self.model.adapters[name].valid_mask(*self._args(name, batch))
         pad = ~valid[:, :n]
         return pad if bool(pad.any()) else None
-
-
-def _forward(self: PretrainModel, kind: str, *args, **kwargs):
-    """Everything runs through ``forward`` so DDP/FSDP wrappers see (and unshard for) each call:
-    ``pm("loss", batch, objective_cfg, generator)`` or ``pm("embed", name, processed_batch)``."""
-    if kind == "loss":
-        from onepeace_train.pretrain.objective import compute_losses
-
-        with contextlib.ExitStack() as stack:
-            for a in self.model.adapters.values():
-                stack.enter_context(a.caching())
-            return compute_losses(self, *args, **kwargs)
-    if kind == "embed":
-        name, batch = args
-        return self.model.embed_batch(name, batch)
-    raise ValueError(f"unknown PretrainModel call {kind!r}")
-
-
-PretrainModel.forward = _forward

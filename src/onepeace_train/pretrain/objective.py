@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from onepeace.errors import InputError
-from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
 from onepeace.model.masking import keep_to_positions
-from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
 
 
 @dataclass
@@ -38,8 +38,9 @@ class ObjectiveConfig:
     smoothing: float = 0.1
 
 
-def compute_losses(pm: PretrainModel, batch: dict, cfg: ObjectiveConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Weighted total under "loss", and each term (unweighted) under its name."""
+def compute_losses(pm: nn.Module, batch: dict, cfg: ObjectiveConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Weighted total under "loss", and each term (unweighted) under its name. ``pm``: the
+    :class:`~onepeace_train.pretrain.model.PretrainModel` (which calls this from its ``forward``)."""
     o, w = cfg.other, cfg.weights
     text, other = batch["text"], batch[o]
     ad = pm.model.adapters
