@@ -201,17 +201,25 @@ class ServeState:
         batchers.extend(s.batcher for s in served)
         return cls(served, index, metrics=metrics, **options)
 
+    def start(self) -> None:
+        """Start the batchers' workers (a no-op for those running)."""
+        for s in self.served:
+            s.batcher.start()
+
+    def close(self) -> None:
+        """Finish the queued work, then stop the batchers' workers."""
+        for s in self.served:
+            s.batcher.close()
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None):
         """The batchers' workers run (and the models are warmed up, if asked) inside this."""
-        for s in self.served:
-            s.batcher.start()
+        self.start()
         if self.warmup:
             for s in self.served:
                 await run_in_threadpool(warm_up, s.batcher, s.modalities)
         yield
-        for s in self.served:
-            s.batcher.close()
+        self.close()
 
     def attach(self, app: FastAPI) -> None:
         """Put this state on ``app.state`` (``serve``), with the names the app has always had there."""
