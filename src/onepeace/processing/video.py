@@ -159,8 +159,22 @@ def _decode(stream: NamedBytes, name: str, frames: int, sampling: str, stride: i
             sample_rate: int) -> Clip:
     av = _av()
     data = stream.getvalue()
-    # pass 1: count the frames by demuxing alone (no decoding); containers such as webm/mkv do not
-    # store the count, and sampling needs it before decoding
+    n, fps = _count_frames(av, data, name, audio)
+    want = sample_indices(n, frames, sampling, stride)
+    got = _decode_frames(av, data, name, set(want), max(want), audio, sample_rate)
+    if not got.kept:
+        raise DecodeError(f"video {name} has no decodable frames (the file may be truncated or damaged)")
+    # frames the demuxer counted but the decoder did not deliver: hold the last decoded one
+    order = sorted(got.kept)
+    pics = [got.kept[i] if i in got.kept else got.kept[max((k for k in order if k <= i), default=order[0])]
+            for i in want]
+    wave = _clip_sound(got, fps, sample_rate, name) if audio else None
+    return Clip(pics, n, fps, wave, sample_rate, name, want)
+
+
+def _count_frames(av, data: bytes, name: str, audio: bool) -> tuple[int, float]:
+    """Pass 1: (frames, fps), counting the frames by demuxing alone (no decoding); containers such
+    as webm/mkv do not store the count, and sampling needs it before decoding."""
     container = _open(av, data, name)
     with container:
         vs = _video_stream(container, name)
@@ -187,15 +201,34 @@ def _decode(stream: NamedBytes, name: str, frames: int, sampling: str, stride: i
     if declared > 0 and end < 0.9 * declared - 0.1:
         raise DecodeError(f"video {name} is truncated: its header says {declared:.2f} s, its data ends at "
                          f"{end:.2f} s (an interrupted download or copy?)")
-    want = sample_indices(n, frames, sampling, stride)
-    wanted = set(want)
-    last = max(want)
-    # pass 2: decode, converting only the frames kept
-    kept: dict[int, Image.Image] = {}
-    times: dict[int, float] = {}
-    pieces: list[np.ndarray] = []
-    audio_start = None
-    decoded = 0
+    return n, fps
+
+
+@dataclass
+class _Decoded:
+    """What pass 2 collected: the kept frames (and their times) by source index, and the sound."""
+
+    wanted: set[int]
+    kept: dict[int, Image.Image] = field(default_factory=dict)
+    times: dict[int, float] = field(default_factory=dict)
+    pieces: list[np.ndarray] = field(default_factory=list)
+    audio_start: float | None = None
+    #: video frames decoded so far
+    count: int = 0
+
+    def frame(self, frame) -> None:
+        """One decoded video frame, converted only when it is kept."""
+        if self.count in self.wanted:
+            self.kept[self.count] = frame.to_image()
+            self.times[self.count] = float(frame.time or 0.0)
+        self.count += 1
+
+
+def _decode_frames(av, data: bytes, name: str, wanted: set[int], last: int, audio: bool,
+                   sample_rate: int) -> _Decoded:
+    """Pass 2: decode up to frame ``last``, converting only the ``wanted`` frames (with ``audio``,
+    the whole sound track too, as mono float32 at ``sample_rate``)."""
+    got = _Decoded(wanted)
     container = _open(av, data, name)
     with container:
         vs = _video_stream(container, name)
@@ -211,49 +244,40 @@ def _decode(stream: NamedBytes, name: str, frames: int, sampling: str, stride: i
         try:
             for packet in container.demux(*streams):
                 if packet.stream.type == "video":
-                    if decoded > last:
+                    if got.count > last:
                         if not audio:
                             break
                         continue
                     for frame in packet.decode():
-                        if decoded in wanted:
-                            kept[decoded] = frame.to_image()
-                            times[decoded] = float(frame.time or 0.0)
-                        decoded += 1
+                        got.frame(frame)
                 else:
                     for frame in packet.decode():
-                        if audio_start is None:
-                            audio_start = float(frame.time or 0.0)
+                        if got.audio_start is None:
+                            got.audio_start = float(frame.time or 0.0)
                         for out in resampler.resample(frame):
-                            pieces.append(out.to_ndarray().reshape(-1))
-            if decoded <= last:  # flush the decoder's delayed frames
+                            got.pieces.append(out.to_ndarray().reshape(-1))
+            if got.count <= last:  # flush the decoder's delayed frames
                 for frame in vs.decode(None):
-                    if decoded in wanted:
-                        kept[decoded] = frame.to_image()
-                        times[decoded] = float(frame.time or 0.0)
-                    decoded += 1
+                    got.frame(frame)
             if resampler is not None:
                 for out in resampler.resample(None):
-                    pieces.append(out.to_ndarray().reshape(-1))
+                    got.pieces.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as e:
             raise DecodeError(f"cannot decode video {name}: the file is truncated or damaged ({_why(e)})") from None
-    if not kept:
-        raise DecodeError(f"video {name} has no decodable frames (the file may be truncated or damaged)")
-    # frames the demuxer counted but the decoder did not deliver: hold the last decoded one
-    order = sorted(kept)
-    pics = [kept[i] if i in kept else kept[max((k for k in order if k <= i), default=order[0])] for i in want]
-    wave = None
-    if audio:
-        wave = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
-        if wave.size == 0:
-            raise InputError(f"video {name} has an audio track with no decodable sound")
-        t0 = min(times.values()) if times else 0.0
-        t1 = max(times.values()) + (1.0 / fps if fps > 0 else 0.0)
-        s0 = max(0, int(round((t0 - (audio_start or 0.0)) * sample_rate)))
-        s1 = max(s0 + 1, int(round((t1 - (audio_start or 0.0)) * sample_rate)))
-        part = wave[s0:s1]
-        wave = part if part.size else wave
-    return Clip(pics, n, fps, wave, sample_rate, name, want)
+    return got
+
+
+def _clip_sound(got: _Decoded, fps: float, sample_rate: int, name: str) -> np.ndarray:
+    """The decoded sound over the time the kept frames span (all of it if that span is empty)."""
+    wave = np.concatenate(got.pieces).astype(np.float32) if got.pieces else np.zeros(0, np.float32)
+    if wave.size == 0:
+        raise InputError(f"video {name} has an audio track with no decodable sound")
+    t0 = min(got.times.values()) if got.times else 0.0
+    t1 = max(got.times.values()) + (1.0 / fps if fps > 0 else 0.0)
+    s0 = max(0, int(round((t0 - (got.audio_start or 0.0)) * sample_rate)))
+    s1 = max(s0 + 1, int(round((t1 - (got.audio_start or 0.0)) * sample_rate)))
+    part = wave[s0:s1]
+    return part if part.size else wave
 
 
 def middle_frame(item: Any) -> Image.Image:
