@@ -98,7 +98,7 @@ def evaluate(model_dir: str) -> dict:
     import torch
 
     from onepeace_train.demo.data import EVAL_TEMPLATES, load_digits, load_speech
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
 
     model = OnePeace.from_pretrained(model_dir).eval()
     out = {}

@@ -359,7 +359,7 @@ def test_try_probabilities_sum_to_one(tiny_model):
     import torch
 
     from onepeace_train.demo.try_it import classify_digit
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
 
     model = OnePeace.from_pretrained(tiny_model)
     p = classify_digit(model, "audio", _tone(seconds=0.5))

@@ -10,10 +10,9 @@ import os
 import pytest
 import torch
 
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.cli import main
 from onepeace.config import get_preset
-from onepeace.model.onepeace import OnePeace
 
 N_IMAGES, N_CLIPS = 20, 10
 

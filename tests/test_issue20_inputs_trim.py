@@ -99,7 +99,7 @@ def test_try_and_zeroshot_agree_on_the_demo_test_clips(test_clips):
     import torch
 
     from onepeace_train.demo.try_it import _prototypes, classify_digit
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
 
     model = OnePeace.from_pretrained(str(DEMO_MODEL)).eval()
     waves, _ = test_clips

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("lancedb")
 
 import onepeace  # noqa: E402
+from onepeace import OnePeace  # noqa: E402
 from onepeace.cli import main  # noqa: E402
-from onepeace.model.onepeace import OnePeace  # noqa: E402
 
 
 def test_search_refuses_an_unknown_modality_before_loading_the_model(tmp_path, capsys, monkeypatch):

@@ -12,11 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.checkpoints.official import KEY_MAP, convert, infer_config
 from onepeace.config import HeadConfig
 from onepeace.errors import InputError
-from onepeace.model.onepeace import OnePeace
 from onepeace.processing.tokenizer import GPT2_VOCAB, SPECIAL_SYMBOLS, VOCAB_SIZE
 
 D = 128

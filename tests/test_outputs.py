@@ -17,7 +17,8 @@ from onepeace import create_model
 from onepeace.cli import main
 from onepeace.config import HeadConfig
 from onepeace.errors import OutputError
-from onepeace.outputs import check_output_dir, check_run_dir, staged_dir
+from onepeace.outputs import check_output_dir, staged_dir
+from onepeace_train.runs import check_run_dir
 
 DEAD_PID = 4194305  # above Linux's PID_MAX_LIMIT (2**22): never a running process
 

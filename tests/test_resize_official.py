@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.cli import main
 from onepeace.errors import ConfigError
-from onepeace.model.onepeace import OnePeace
 from onepeace.model.resize import resize_rel_table, spline_matrix, with_image_size, with_per_layer_tables
 
 interpolate = pytest.importorskip("scipy.interpolate", reason="scipy (the `test` extra) is the reference")

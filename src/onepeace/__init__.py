@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys as _sys
+
 from . import modalities  # noqa: F401  (registers the built-in modalities)
+from ._version import __version__ as __version__
 from .config import HeadConfig, ModelConfig, get_preset, list_presets
 from .errors import CheckpointError, ConfigError, InputError, OnePeaceError
-from .factory import create_model, get_processor, get_tokenizer, resolve_dtype
+from .inference import OnePeace, create_model, get_processor, get_tokenizer
 from .modalities import Modality, register_modality, registered_modalities
-from .model.onepeace import OnePeace
-
-__version__ = "0.1.0"
+from .model.precision import resolve_dtype
 
 __all__ = [
     "CheckpointError",
@@ -32,8 +33,9 @@ __all__ = [
 
 # LanceDB has no plugin entry points: where lancedb is already imported, register the "onepeace"
 # embedding function now (lancedb itself is never imported here; otherwise import
-# onepeace.search.lancedb_fn, see there, which also reports a LanceDB too old for it)
-if "lancedb" in __import__("sys").modules:
+# onepeace.search.lancedb_fn, see there, which also reports a LanceDB too old for it). This package
+# file is the top of every layer: no module of onepeace imports it, so this makes no import circle.
+if "lancedb" in _sys.modules:
     try:
         from .search import lancedb_fn as _lancedb_fn  # noqa: F401
     except ImportError:

@@ -85,7 +85,7 @@ def load_model(model_file_path: str = "", *, sample_rate: int = 16000, device: s
                dtype: Any = None, batch_size: int = 16) -> HearModel:
     """HEAR's ``load_model``: a onepeace model directory or hub id (``model_file_path``) taking audio
     at ``sample_rate`` (any rate HEAR uses; resampled to 16 kHz inside)."""
-    from .model.onepeace import OnePeace
+    from .inference import OnePeace
 
     if isinstance(model_file_path, OnePeace):
         model = model_file_path

@@ -28,6 +28,48 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import OutputError
 
+# -------------------------------------------------------------- the files of a model directory
+# (the checkpoint format, onepeace.checkpoints.format, writes them; they are named here, at the
+# bottom of the library, because every output check must recognise a model directory)
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_MODEL_FILE = re.compile(r"^(config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json)"
+                         r"(\.tmp-\d+)?$|^README\.md\.tmp-\d+$")
+CARD_NAME = "README.md"
+
+
+def is_model_file(name: str, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``name`` is a file of our model format (or a temporary one of an interrupted write);
+    with ``folder``, also its ``README.md`` when that is an onepeace model card (a user's own
+    README is never taken for part of a model). :func:`model_files` binds ``folder``."""
+    if _MODEL_FILE.match(name) is not None:
+        return True
+    return name == CARD_NAME and folder is not None and is_model_card(os.path.join(folder, name))
+
+
+def model_files(folder: str | os.PathLike) -> Callable[[str], bool]:
+    """The ``owned`` predicate of a model directory ``folder`` (see :mod:`onepeace.outputs`)."""
+    return lambda name: is_model_file(name, folder)
+
+
+def is_model_card(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model card written for onepeace (YAML front matter naming the library)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(8192)
+    except OSError:
+        return False
+    lines = head.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return False
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return False
+        if re.fullmatch(r"library_name:\s*['\"]?onepeace['\"]?\s*", line):
+            return True
+    return False
+
 FORCE_HINT = "--force (overwrite=True in Python)"
 _SIBLING = re.compile(r"^\.(?P<base>.+)\.onepeace-(?P<kind>new|old)-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -37,7 +79,8 @@ def is_staging_name(name: str) -> bool:
     return _SIBLING.match(name) is not None
 
 
-def _listing(names: list[str], n: int = 3) -> str:
+def listing(names: list[str], n: int = 3) -> str:
+    """``a, b, c and 4 more``: the first ``n`` of ``names`` for a message."""
     shown = ", ".join(names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
@@ -109,8 +152,6 @@ def recover(dst: str | os.PathLike) -> None:
 
 def is_model_dir(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` holds an onepeace model: ``config.json`` and its weights."""
-    from .checkpoints.format import is_model_file
-
     try:
         names = set(os.listdir(folder))
     except OSError:
@@ -201,10 +242,10 @@ def check_output_dir(path: str | os.PathLike, force: bool = False, *, owned: Cal
     foreign = [e for e in entries if owned is not None and not owned(e)]
     if foreign:
         tail = f"{hint} only replaces a previous {what}" if force else "it is not empty"
-        raise OutputError(f"{path} holds files that are not part of {_a(what)} ({_listing(foreign)}); {tail}: "
+        raise OutputError(f"{path} holds files that are not part of {_a(what)} ({listing(foreign)}); {tail}: "
                           "choose a new or empty directory, or move them away")
     if not force:
-        raise OutputError(f"{path} already holds {_a(what)} ({_listing(entries)}); pass {hint} to replace it, "
+        raise OutputError(f"{path} already holds {_a(what)} ({listing(entries)}); pass {hint} to replace it, "
                           "or choose a new or empty directory")
     for inp in inputs:
         if inp is not None and _inside(os.fspath(inp), real):
@@ -285,67 +326,16 @@ def staged_dir(dst: str | os.PathLike, force: bool = False, *, owned: Callable[[
         raise
 
 
-def check_run_dir(path: str | os.PathLike, max_steps: int, existing: str = "refuse") -> str:
-    """What a training run may do with its output directory ``path``; returns ``"new"``,
-    ``"resume"`` or ``"restart"`` (discard the run's checkpoints and metrics, then start anew).
-
-    * absent or empty, or a run killed before its first checkpoint: ``"new"``;
-    * a run with a checkpoint before ``max_steps`` (or without its final model): ``"resume"``;
-    * a finished run (final ``model/`` present, no checkpoint before ``max_steps``): refused,
-      unless ``existing`` is ``"resume"`` (re-enter it: re-evaluate, save the model again) or
-      ``"restart"`` (``--force``: train again from scratch; the old model stays until the new
-      one replaces it);
-    * a directory with other files and no run: refused, unless ``existing == "restart"``
-      (train there; the other files are left alone).
-    """
-    from onepeace_train.checkpoint import latest
-
-    if existing not in ("refuse", "resume", "restart"):
-        raise ValueError(f"existing must be 'refuse', 'resume' or 'restart', got {existing!r}")
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(f"the run directory {path} is a file, not a directory; give --output a directory")
-    check_creatable(path)
-    if not os.path.isdir(path):
-        return "new"
-    # the final model replaces model/: checked now (a stranded save recovered), not after training
-    from .checkpoints.format import model_files
-
-    check_output_dir(os.path.join(path, "model"), True, owned=model_files(os.path.join(path, "model")), what="model")
-    entries = [e for e in sorted(os.listdir(path)) if not is_staging_name(e)]
-    if not entries:
-        return "new"
-    found = latest(os.path.join(path, "checkpoints"))
-    has_model = os.path.isfile(os.path.join(path, "model", "config.json"))
-    if found is None and "train_config.json" not in entries and "metrics.jsonl" not in entries:
-        if "model" in entries:  # e.g. a converted model's folder: training would replace it
-            raise OutputError(f"the run directory {path} holds model/ but no training run; "
-                              "choose a new or empty --output")
-        if existing == "restart":
-            return "new"
-        raise OutputError(f"the run directory {path} is not empty and holds no training run ({_listing(entries)}); "
-                          "choose a new or empty --output, or pass --force to train there anyway "
-                          "(its files are left alone)")
-    if existing == "restart":
-        return "restart"
-    finished = has_model and (found is None or found[0] >= max_steps)
-    if finished and existing != "resume":
-        step = f"step {found[0]} of {max_steps}, " if found is not None else ""
-        raise OutputError(f"the run directory {path} holds a finished run ({step}model in "
-                          f"{os.path.join(path, 'model')}); raise optim.max_steps to continue it, choose another "
-                          "--output, or pass --force to train again from scratch (its checkpoints are discarded; "
-                          "the old model stays until the new one replaces it)")
-    return "resume" if (found is not None or finished) else "new"
+#: names that moved out of the library (they are about training runs), with their new place
+_MOVED = {"check_run_dir": "onepeace_train.runs", "discard_run": "onepeace_train.runs"}
 
 
-def discard_run(path: str | os.PathLike) -> None:
-    """Remove a run's checkpoints, metrics and TensorBoard logs (``--force``); its model stays."""
-    path = os.fspath(path)
-    for name in ("checkpoints", "tb"):
-        shutil.rmtree(os.path.join(path, name), ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(path, "metrics.jsonl"))
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise ImportError(f"onepeace.outputs.{name} is now {_MOVED[name]}.{name} (training runs live in onepeace_train)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["check_not_in_model_dir", "check_output_dir", "check_output_folder_not_model", "check_output_file", "check_output_files", "check_run_dir", "discard_run",
-           "is_model_dir", "is_staging_name", "recover", "staged_dir"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "INDEX_NAME", "WEIGHTS_NAME", "check_not_in_model_dir", "check_output_dir",
+           "check_output_folder_not_model", "check_output_file", "check_output_files", "is_model_card", "is_model_dir",
+           "is_model_file", "is_staging_name", "listing", "model_files", "recover", "staged_dir"]

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 
 from onepeace.errors import ConfigError
-from onepeace.factory import create_model
-from onepeace.model.onepeace import OnePeace
+from onepeace.inference import OnePeace, create_model
 from onepeace_train.pretrain.model import PretrainModel
 from onepeace_train import checkpoint as ckpt
 from onepeace_train.recipe import TrainConfig
+from onepeace_train.runs import check_run_dir, discard_run
 from onepeace_train.distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
 from onepeace_train.optim import lr_at, param_groups, set_lr
 
@@ -175,7 +175,7 @@ class Trainer:
     :class:`onepeace_train.finetune.job.FinetuneJob`).
 
     ``existing`` decides what happens to an output directory that is not new
-    (:func:`onepeace.outputs.check_run_dir`): an unfinished run is always resumed; a finished run
+    (:func:`onepeace_train.runs.check_run_dir`): an unfinished run is always resumed; a finished run
     or unrelated files are refused (``"refuse"``), a finished run re-entered (``"resume"``), or
     the run restarted from scratch (``"restart"``, the CLI's ``--force``)."""
 
@@ -189,8 +189,6 @@ class Trainer:
             raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
         if not cfg.data.train:
             raise ConfigError("data.train is empty: point it at a JSONL manifest or a shard directory")
-        from onepeace.outputs import check_run_dir, discard_run
-
         action = check_run_dir(cfg.train.output, cfg.optim.max_steps, existing)  # before any work
         torch.manual_seed(cfg.train.seed)
         if cfg.model.init:

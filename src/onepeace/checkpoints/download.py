@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .._version import __version__
 from ..errors import CheckpointError, OnePeaceError, OutputError
 from .official import CHECKPOINT_URLS, DICT_URL
 
@@ -138,8 +139,6 @@ def _read_meta(meta: Path) -> dict:
 
 
 def _open(url: str, offset: int, validator: str | None):
-    from .. import __version__
-
     headers = {"User-Agent": f"onepeace/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,11 +17,20 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ModelConfig
-from ..errors import CheckpointError
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+from ..errors import CheckpointError, ConfigError
+from ..model.onepeace import OnePeaceNetwork
+from ..model.precision import resolve_dtype
+from ..outputs import (  # noqa: F401  (the names of a model directory's files, re-exported here)
+    CARD_NAME,
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    is_model_card,
+    is_model_file,
+    model_files,
+    staged_dir,
+)
+from .resolve import resolve_model
 
 _ST_DTYPES = {
     torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
@@ -121,43 +129,6 @@ def read_tensors(path: str, want: Callable[[str, tuple, torch.dtype], torch.dtyp
             yield name, t if target == fdt else t.to(target)
 
 
-_MODEL_FILE = re.compile(r"^(config\.json|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json)"
-                         r"(\.tmp-\d+)?$|^README\.md\.tmp-\d+$")
-CARD_NAME = "README.md"
-
-
-def is_model_file(name: str, folder: str | os.PathLike | None = None) -> bool:
-    """Whether ``name`` is a file of our model format (or a temporary one of an interrupted write);
-    with ``folder``, also its ``README.md`` when that is an onepeace model card (a user's own
-    README is never taken for part of a model). :func:`model_files` binds ``folder``."""
-    if _MODEL_FILE.match(name) is not None:
-        return True
-    return name == CARD_NAME and folder is not None and is_model_card(os.path.join(folder, name))
-
-
-def model_files(folder: str | os.PathLike) -> Callable[[str], bool]:
-    """The ``owned`` predicate of a model directory ``folder`` (see :mod:`onepeace.outputs`)."""
-    return lambda name: is_model_file(name, folder)
-
-
-def is_model_card(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a model card written for onepeace (YAML front matter naming the library)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(8192)
-    except OSError:
-        return False
-    lines = head.splitlines()
-    if not lines or lines[0].strip() != "---":
-        return False
-    for line in lines[1:]:
-        if line.strip() == "---":
-            return False
-        if re.fullmatch(r"library_name:\s*['\"]?onepeace['\"]?\s*", line):
-            return True
-    return False
-
-
 def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec],
                          max_shard_bytes: int = 4 * 1024**3, *, overwrite: bool = False,
                          inputs: Iterable[str | os.PathLike | None] = ()) -> None:
@@ -167,8 +138,6 @@ def write_checkpoint_dir(path: str, config: ModelConfig, specs: list[TensorSpec]
     (never other files, nor one of ``inputs``); the new model is written beside it and swapped in
     when complete, so a crash leaves the old or the new model whole (:mod:`onepeace.outputs`).
     """
-    from ..outputs import staged_dir
-
     shards: list[list[TensorSpec]] = [[]]
     size = 0
     for s in specs:
@@ -231,8 +200,6 @@ def load_config(path: str | os.PathLike, *, revision: str | None = None, cache_d
                 local_files_only: bool | None = None) -> ModelConfig:
     """The config of the model directory ``path``, or of a Hugging Face Hub id ``org/name[@rev]``
     (see :func:`onepeace.checkpoints.hub.resolve_model`)."""
-    from .hub import resolve_model
-
     path = resolve_model(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     cfg_path = os.path.join(path, CONFIG_NAME)
     if os.path.isfile(path):
@@ -258,17 +225,17 @@ def load_config(path: str | os.PathLike, *, revision: str | None = None, cache_d
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu", revision: str | None = None,
-                    cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None):
-    """Build the model on ``meta`` and read every weight straight into place. ``path`` is a model
-    directory or a Hugging Face Hub id ``org/name[@rev]`` (snapshotted into the Hub cache, see
-    :func:`onepeace.checkpoints.hub.resolve_model`)."""
-    from ..factory import create_model, resolve_dtype
-    from .hub import resolve_model
-
+                    cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                    model_class: type[OnePeaceNetwork] = OnePeaceNetwork):
+    """Build a ``model_class`` on ``meta`` and read every weight straight into place. ``path`` is a
+    model directory or a Hugging Face Hub id ``org/name[@rev]`` (snapshotted into the Hub cache, see
+    :func:`onepeace.checkpoints.hub.resolve_model`). ``model_class`` is the class to build: the bare
+    network by default; :meth:`onepeace.OnePeace.from_pretrained` passes the public class (this
+    module sits below the inference layer and never imports it)."""
     given = os.fspath(path)
     path = resolve_model(given, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     config = load_config(path)
-    model = create_model(config, device="meta", init=False)
+    model = model_class.build(config, device="meta", init=False)
     expected = {k: v for k, v in model.state_dict().items()}
     target = resolve_dtype(dtype)
     state: dict[str, torch.Tensor] = {}
@@ -303,9 +270,10 @@ def load_pretrained(path: str | os.PathLike, *, dtype=None, device="cpu", revisi
 def save_pretrained(model, path: str | os.PathLike, *, dtype=None, max_shard_bytes: int = 4 * 1024**3,
                     overwrite: bool = False) -> None:
     """Save ``model`` as a new directory ``path``; an existing model there is replaced only with
-    ``overwrite=True`` (atomically, see :func:`write_checkpoint_dir`)."""
-    from ..factory import resolve_dtype
-
+    ``overwrite=True`` (atomically, see :func:`write_checkpoint_dir`). An int8 model is refused
+    (its weights are quantised for this CPU; save the fp32 model and load it with ``dtype="int8"``)."""
+    if getattr(model, "int8", False):
+        raise ConfigError("an int8 model cannot be saved: save the fp32 model and load it with dtype='int8'")
     target = resolve_dtype(dtype)
     specs = []
     for name, t in model.state_dict().items():

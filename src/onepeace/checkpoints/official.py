@@ -20,6 +20,9 @@ import torch
 
 from ..config import HeadConfig, ModelConfig
 from ..errors import CheckpointError
+from ..model.onepeace import OnePeaceNetwork
+from ..model.precision import resolve_dtype
+from ..outputs import check_output_dir
 from ..processing.tokenizer import GPT2_VOCAB, SPECIAL_SYMBOLS, VOCAB_SIZE
 from .format import TensorSpec, model_files, write_checkpoint_dir
 from .safe_pickle import LazyTensor, read_checkpoint, to_plain
@@ -170,81 +173,79 @@ def parse_stem_spec(spec: str) -> list[tuple[int, int, int]]:
         raise CheckpointError(f"cannot parse audio feature_encoder_spec {spec!r}: {e}") from None
 
 
-def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
-    """The effective model config, from the saved cfg and (mainly) the keys and shapes."""
-    keys = set(shapes)
-    layer_ids = {int(m.group(1)) for k in keys if (m := re.match(re.escape(E) + r"fusion_model\.layers\.(\d+)\.", k))}
-    if not layer_ids:
-        raise CheckpointError("no encoder layers found: is this a ONE-PEACE checkpoint?")
-    for bad, what in (("attn_ln.", "scale_attn"), ("self_attn.c_attn", "scale_heads")):
-        if any(bad in k for k in keys):
-            raise CheckpointError(f"checkpoint uses {what}, which no released ONE-PEACE model uses; unsupported")
-    l0 = L.format(i=0)
-    dim = shapes[l0 + "self_attn.q_proj.weight"][0]
-    mods = [m for m in ("text", "image", "audio") if l0 + f"{m}_ffn.0.wi_0.weight" in keys]
-    if not mods:
-        raise CheckpointError("no per-modality FFNs found in layer 0")
-    ffn_dim = shapes[l0 + f"{mods[0]}_ffn.0.wi_0.weight"][0]
+def _rel_tables(a: str, m: str, keys: set[str], shapes: dict[str, tuple]) -> tuple[list[int], int, int]:
+    """(table indices, rows, heads) of the relative-position tables of the adapter prefixed ``a``."""
+    tables = sorted(int(k.rsplit(".", 2)[-2]) for k in keys if k.startswith(a + "rel_pos_table_list."))
+    if not tables and a + "rel_pos_table.weight" in keys:
+        tables = [0]
+    if not tables:
+        raise CheckpointError(f"the {m} adapter has no relative-position table; unsupported")
+    first = a + f"rel_pos_table_list.{tables[0]}.weight"
+    rows, heads = shapes[first] if first in shapes else shapes[a + "rel_pos_table.weight"]
+    return tables, rows, heads
+
+
+def _image_options(cfg: dict, a: str, keys: set[str], shapes: dict[str, tuple], rows: int) -> dict:
+    r = (math.isqrt(rows - 3) + 1) // 2
+    if (2 * r - 1) ** 2 + 3 != rows:
+        raise CheckpointError(f"image relative table of {rows} rows is not (2R-1)^2+3")
+    size = 16 * r
+    task_size = _get(cfg, "task", "patch_image_size")
+    if task_size is not None and int(task_size) != size:
+        log.warning("cfg says patch_image_size=%s but the image table is for %d px; using %d", task_size, size, size)
+    pos_rows = shapes[a + "pos_embed"][0]
+    g = math.isqrt(pos_rows - 1)
+    if g * g + 1 != pos_rows:
+        raise CheckpointError(f"image pos_embed of {pos_rows} rows is not a square grid + CLS")
+    if a + "embed_images.0.weight" not in keys or a + "embed_images.6.weight" not in keys:
+        raise CheckpointError("only the hMLP image stem is supported")
+    return dict(image_size=size, pos_grid=g)
+
+
+def _audio_options(cfg: dict, a: str, keys: set[str], shapes: dict[str, tuple], rows: int, dim: int) -> dict:
+    spec_str = _get(cfg, "model", "encoder", "audio_adapter", "feature_encoder_spec")
+    strides = parse_stem_spec(spec_str) if spec_str else None
+    convs = sorted(int(k.split(".")[-3]) for k in keys
+                   if re.match(re.escape(a) + r"embed_audios\.0\.conv_layers\.\d+\.0\.weight$", k))
+    stem = []
+    for j in convs:
+        c_out, _, kk = shapes[a + f"embed_audios.0.conv_layers.{j}.0.weight"]
+        s = strides[j][2] if strides and j < len(strides) else [5, 2, 2, 2, 2, 2, 2][j]
+        stem.append([c_out, kk, s])
+    pos = sorted(int(k.split(".")[-3]) for k in keys if re.match(re.escape(a) + r"embed_positions\.\d+\.0\.weight$", k))
+    if not pos:
+        raise CheckpointError("only the conv positional audio adapter is supported")
+    w = shapes[a + f"embed_positions.{pos[0]}.0.weight"]
+    return dict(stem=stem, conv_pos_depth=len(pos), conv_pos_width=w[2] * len(pos),
+                conv_pos_groups=dim // w[1], bucket_size=(rows - 2) // 2)
+
+
+def _infer_modalities(cfg: dict, keys: set[str], shapes: dict[str, tuple], mods: list[str],
+                      dim: int) -> tuple[dict[str, dict], int, int]:
+    """(per-modality options, number of relative tables per adapter, heads) of the adapters."""
     modalities: dict[str, dict] = {}
     n_tables, heads = set(), None
     for m in mods:
         a = E + f"{m}_adapter."
-        tables = sorted(int(k.rsplit(".", 2)[-2]) for k in keys if k.startswith(a + "rel_pos_table_list."))
-        if not tables and a + "rel_pos_table.weight" in keys:
-            tables = [0]
-        if not tables:
-            raise CheckpointError(f"the {m} adapter has no relative-position table; unsupported")
+        tables, rows, heads = _rel_tables(a, m, keys, shapes)
         n_tables.add(len(tables))
-        rows, heads = shapes[a + f"rel_pos_table_list.{tables[0]}.weight"] if a + f"rel_pos_table_list.{tables[0]}.weight" in shapes else shapes[a + "rel_pos_table.weight"]
         if m == "text":
-            modalities[m] = dict(
-                vocab_size=shapes[a + "embed_tokens.weight"][0],
-                max_positions=shapes[a + "embed_positions.weight"][0],
-                bucket_size=(rows - 2) // 2,
-            )
+            modalities[m] = dict(vocab_size=shapes[a + "embed_tokens.weight"][0],
+                                 max_positions=shapes[a + "embed_positions.weight"][0], bucket_size=(rows - 2) // 2)
         elif m == "image":
-            r = (math.isqrt(rows - 3) + 1) // 2
-            if (2 * r - 1) ** 2 + 3 != rows:
-                raise CheckpointError(f"image relative table of {rows} rows is not (2R-1)^2+3")
-            size = 16 * r
-            task_size = _get(cfg, "task", "patch_image_size")
-            if task_size is not None and int(task_size) != size:
-                log.warning("cfg says patch_image_size=%s but the image table is for %d px; using %d", task_size, size, size)
-            pos_rows = shapes[a + "pos_embed"][0]
-            g = math.isqrt(pos_rows - 1)
-            if g * g + 1 != pos_rows:
-                raise CheckpointError(f"image pos_embed of {pos_rows} rows is not a square grid + CLS")
-            if a + "embed_images.0.weight" not in keys or a + "embed_images.6.weight" not in keys:
-                raise CheckpointError("only the hMLP image stem is supported")
-            modalities[m] = dict(image_size=size, pos_grid=g)
+            modalities[m] = _image_options(cfg, a, keys, shapes, rows)
         else:
-            spec_str = _get(cfg, "model", "encoder", "audio_adapter", "feature_encoder_spec")
-            strides = None
-            if spec_str:
-                strides = parse_stem_spec(spec_str)
-            convs = sorted(int(k.split(".")[-3]) for k in keys if re.match(re.escape(a) + r"embed_audios\.0\.conv_layers\.\d+\.0\.weight$", k))
-            stem = []
-            for j in convs:
-                c_out, _, kk = shapes[a + f"embed_audios.0.conv_layers.{j}.0.weight"]
-                s = strides[j][2] if strides and j < len(strides) else [5, 2, 2, 2, 2, 2, 2][j]
-                stem.append([c_out, kk, s])
-            pos = sorted(int(k.split(".")[-3]) for k in keys if re.match(re.escape(a) + r"embed_positions\.\d+\.0\.weight$", k))
-            if not pos:
-                raise CheckpointError("only the conv positional audio adapter is supported")
-            w = shapes[a + f"embed_positions.{pos[0]}.0.weight"]
-            modalities[m] = dict(
-                stem=stem, conv_pos_depth=len(pos), conv_pos_width=w[2] * len(pos),
-                conv_pos_groups=dim // w[1], bucket_size=(rows - 2) // 2,
-            )
+            modalities[m] = _audio_options(cfg, a, keys, shapes, rows, dim)
     for m in ("text", "image"):
         if m in modalities and E + f"{m}_adapter.type_embedding" in keys:
             modalities[m]["type_embedding"] = True  # NLVR2
     if len(n_tables) != 1:
         raise CheckpointError(f"modalities disagree on relative tables: {sorted(n_tables)}")
-    n = n_tables.pop()
-    per_layer = n > 1
-    if per_layer and n != len(layer_ids):
-        raise CheckpointError(f"{n} relative tables for {len(layer_ids)} layers")
+    return modalities, n_tables.pop(), heads
+
+
+def _infer_head(cfg: dict, keys: set[str], shapes: dict[str, tuple], mods: list[str], dim: int) -> HeadConfig | None:
+    """The classification head of a fine-tuned checkpoint (or of the ImageNet vision branch), if any."""
     head = None
     if "classify_head.classifier.3.weight" in keys:
         head_type = _get(cfg, "task", "head_type", default=mods[0] if len(mods) == 1 else "vl")
@@ -265,12 +266,33 @@ def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
         )
     if "head.weight" in keys and "fc_norm.weight" in keys:  # vision branch, ImageNet fine-tuned
         head = HeadConfig(num_classes=shapes["head.weight"][0], type="linear", feature_source="image")
+    return head
+
+
+def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
+    """The effective model config, from the saved cfg and (mainly) the keys and shapes."""
+    keys = set(shapes)
+    layer_ids = {int(m.group(1)) for k in keys if (m := re.match(re.escape(E) + r"fusion_model\.layers\.(\d+)\.", k))}
+    if not layer_ids:
+        raise CheckpointError("no encoder layers found: is this a ONE-PEACE checkpoint?")
+    for bad, what in (("attn_ln.", "scale_attn"), ("self_attn.c_attn", "scale_heads")):
+        if any(bad in k for k in keys):
+            raise CheckpointError(f"checkpoint uses {what}, which no released ONE-PEACE model uses; unsupported")
+    l0 = L.format(i=0)
+    dim = shapes[l0 + "self_attn.q_proj.weight"][0]
+    mods = [m for m in ("text", "image", "audio") if l0 + f"{m}_ffn.0.wi_0.weight" in keys]
+    if not mods:
+        raise CheckpointError("no per-modality FFNs found in layer 0")
+    modalities, n, heads = _infer_modalities(cfg, keys, shapes, mods, dim)
+    per_layer = n > 1
+    if per_layer and n != len(layer_ids):
+        raise CheckpointError(f"{n} relative tables for {len(layer_ids)} layers")
     projection = any(f"{m}_proj.weight" in keys for m in mods)
     return ModelConfig(
         dim=dim,
         layers=max(layer_ids) + 1,
         heads=heads,
-        ffn_dim=ffn_dim,
+        ffn_dim=shapes[l0 + f"{mods[0]}_ffn.0.wi_0.weight"][0],
         modalities=modalities,
         per_layer_rel_tables=per_layer,
         attn_sub_norm=l0 + "self_attn.ln.weight" in keys,
@@ -279,7 +301,7 @@ def infer_config(cfg: dict, shapes: dict[str, tuple]) -> ModelConfig:
         final_norm=any(E + f"fusion_model.{m}_layer_norm.weight" in keys for m in mods),
         projection=projection,
         logit_scale=projection,
-        head=head,
+        head=_infer_head(cfg, keys, shapes, mods, dim),
     )
 
 
@@ -351,10 +373,8 @@ def load_official(path: str | os.PathLike) -> tuple[dict, dict[str, LazyTensor]]
 def plan_conversion(cfg: dict, state: dict[str, LazyTensor], dict_path: str | os.PathLike | None,
                     dtype: torch.dtype | None) -> tuple[ModelConfig, list[TensorSpec]]:
     """The effective config and the ordered list of our tensors, each produced lazily."""
-    from ..factory import create_model
-
     config = infer_config(cfg, {k: tuple(v.shape) for k, v in state.items()})
-    expected = create_model(config, device="meta", init=False).state_dict()
+    expected = OnePeaceNetwork.build(config, device="meta", init=False).state_dict()
     mapped: dict[str, str] = {}
     unmapped = []
     for k in state:
@@ -424,9 +444,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dict_path: str | os.
 
     ``dst`` must be new or empty; ``overwrite=True`` replaces a previous model there, atomically
     (a crash leaves the old or the new model whole), never a folder holding other files."""
-    from ..factory import resolve_dtype
-    from ..outputs import check_output_dir
-
     if not os.path.isfile(src):
         raise CheckpointError(f"checkpoint not found: {os.fspath(src)}")
     inputs = [src, dict_path]

@@ -186,7 +186,7 @@ def export_onnx(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike
     owned = lambda e: e.endswith(".onnx") or e.endswith(".onnx.data") or e == "export.json"  # noqa: E731
     check_output_dir(out_dir, force, owned=owned, what="onnx export")
     if not isinstance(model, nn.Module):
-        from ..model.onepeace import OnePeace
+        from ..inference import OnePeace
 
         model = OnePeace.from_pretrained(model, dtype="fp32")
     if getattr(model, "int8", False):

@@ -75,7 +75,7 @@ def _name_of(source: Any) -> str:
 
 
 def _load(source: Any, revision: str | None, device: str | None, dtype: Any):
-    from ..model.onepeace import OnePeace
+    from ..inference import OnePeace
 
     if isinstance(source, OnePeace):
         return source

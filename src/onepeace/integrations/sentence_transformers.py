@@ -70,7 +70,7 @@ class OnePeaceModule(InputModule):
     def __init__(self, model_name_or_path: Any = None, *, long_audio: str = "chunk", long_text: str = "truncate",
                  model: Any = None, **kwargs: Any) -> None:
         super().__init__()
-        from ..model.onepeace import OnePeace
+        from ..inference import OnePeace
         from ..processing.audio import check_long_audio
         from ..processing.text import check_long_text
 
@@ -148,7 +148,7 @@ class OnePeaceModule(InputModule):
 
 def _load_onepeace(path: Any, **kwargs: Any):
     from ..errors import OnePeaceError
-    from ..model.onepeace import OnePeace
+    from ..inference import OnePeace
 
     if path is None or not isinstance(path, (str, os.PathLike)):
         raise InputError(f"a onepeace model directory or hub id is needed, got {type(path).__name__}")

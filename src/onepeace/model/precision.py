@@ -19,6 +19,22 @@ from ..errors import ConfigError
 #: every value ``dtype=`` / ``--dtype`` accepts when running a model
 RUNTIME_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """'fp32'/'bf16'/'fp16' (and their long names) or a torch dtype; anything else is an error."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+    return _DTYPES[key]
+
 
 @dataclass(frozen=True)
 class CpuFeatures:
@@ -94,13 +110,11 @@ def resolve_runtime(dtype: torch.dtype | str | None, device: str | torch.device 
                 raise ConfigError(f"dtype 'int8' runs on the CPU only (device {device!s}); use bf16 or fp32 there")
             return "int8"
         dtype = key
-    from ..factory import resolve_dtype
-
     try:
         return resolve_dtype(dtype)
     except ConfigError:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(RUNTIME_DTYPES)}") from None
 
 
-__all__ = ["RUNTIME_DTYPES", "CpuFeatures", "choose", "cpu_features", "features_from_flags", "resolve_runtime",
-           "x86_int8_kernels"]
+__all__ = ["RUNTIME_DTYPES", "CpuFeatures", "choose", "cpu_features", "features_from_flags", "resolve_dtype",
+           "resolve_runtime", "x86_int8_kernels"]

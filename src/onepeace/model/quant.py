@@ -26,6 +26,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as _DynamicLinear
 
 from ..errors import ConfigError
+from . import precision
 
 
 class Int8Linear(_DynamicLinear):
@@ -68,9 +69,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def quantize_linears(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` (in place) with an :class:`Int8Linear`."""
-    from .precision import cpu_features, x86_int8_kernels
-
-    if not x86_int8_kernels():
+    if not precision.x86_int8_kernels():
         raise ConfigError("this PyTorch build has no x86 int8 kernels (FBGEMM / oneDNN); use fp32 or bf16")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -81,7 +80,7 @@ def quantize_linears(module: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*", category=UserWarning)
         quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
                          mapping={nn.Linear: Int8Linear}, inplace=True)
-    full_range = engine == "onednn" and cpu_features().int8_dot
+    full_range = engine == "onednn" and precision.cpu_features().int8_dot  # read now (tests patch it)
     for m in module.modules():
         if isinstance(m, Int8Linear):
             m.reduce_range = not full_range

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..modalities.image import PATCH
+from .precision import resolve_dtype
 
 
 def _bspline_basis(knots: np.ndarray, v: np.ndarray, k: int) -> np.ndarray:
@@ -93,8 +94,6 @@ def geometric_offsets(src: int, dst: int) -> np.ndarray:
 
 
 def _float_dtype(dtype: torch.dtype | str | None, what: str) -> torch.dtype | None:
-    from ..factory import resolve_dtype
-
     try:
         out = resolve_dtype(dtype)
     except ConfigError:

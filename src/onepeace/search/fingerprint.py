@@ -17,6 +17,7 @@ import os
 import struct
 from typing import Any
 
+from ..checkpoints.format import CONFIG_NAME, weight_files
 from ..errors import CheckpointError
 
 IN_MEMORY = "<in-memory model>"
@@ -25,8 +26,6 @@ _SAMPLES, _CHUNK = 64, 4096
 
 def fingerprint_dir(path: str | os.PathLike) -> str:
     """sha256 hex digest of a model directory's config.json, weight headers and weight samples."""
-    from ..checkpoints.format import CONFIG_NAME, weight_files
-
     path = os.fspath(path)
     h = hashlib.sha256(b"onepeace-model-files-v2\0")
     try:

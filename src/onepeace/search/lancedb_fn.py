@@ -29,8 +29,9 @@ a PIL image, or a composed query as a dict (``{"audio": "bark.wav", "text": "gra
 
 Registration: LanceDB 0.40 has no plugin entry points; its registry knows "onepeace" once this
 module is imported. ``import onepeace`` does that by itself when lancedb is already imported (it
-never imports lancedb); a process that opens a table made with this function and has not imported
-onepeace must ``import onepeace.search.lancedb_fn`` first (LanceDB reads the function's name and
+never imports lancedb; ``onepeace/__init__.py`` is the top layer, which no module of onepeace
+imports, so this is no import circle); a process that opens a table made with this function and
+has not imported onepeace must ``import onepeace.search.lancedb_fn`` first (LanceDB reads the function's name and
 arguments from the table's metadata and asks the registry for it).
 
 One model is loaded per process for each (model, device, dtype) and shared by every instance.
@@ -54,13 +55,15 @@ import numpy as np
 from lancedb.embeddings import EmbeddingFunction, register
 from pydantic import PrivateAttr
 
+from ..checkpoints.format import load_config
 from ..errors import InputError, OnePeaceWarning
+from ..inference import OnePeace
+from ..modalities import get_modality, registered_modalities
+from .query import compose
 
 
 def _file_modalities() -> dict[str, tuple[str, ...]]:
     """Registered modalities read from files (image, audio, video, ...) -> their extensions."""
-    from ..modalities import get_modality, registered_modalities
-
     return {m: get_modality(m).file_extensions for m in registered_modalities() if get_modality(m).file_extensions}
 
 
@@ -85,8 +88,6 @@ def load_model(model: str, device: str = "cpu", dtype: str | None = None):
     key = (model, device, dtype)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            from ..model.onepeace import OnePeace
-
             _MODELS[key] = OnePeace.from_pretrained(model, dtype=dtype, device=device)
         return _MODELS[key]
 
@@ -248,8 +249,6 @@ class OnePeaceEmbeddings(EmbeddingFunction):
 
     def ndims(self) -> int:
         if self._dim is None:
-            from ..checkpoints.format import load_config
-
             # a local directory: its config.json says it without loading the weights
             self._dim = int(load_config(self.model).dim) if os.path.isdir(self.model) else None
             if self._dim is None:
@@ -328,8 +327,6 @@ class OnePeaceEmbeddings(EmbeddingFunction):
                       stacklevel=4)
 
     def _compose(self, query: dict[str, Any]) -> np.ndarray:
-        from .query import compose
-
         query = dict(query)
         weights = query.pop("weights", None)
         inputs = {}

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .fingerprint import model_fingerprint, model_name
 
 ORDER = ("text", "image", "audio")
 
@@ -133,8 +134,6 @@ def search(index: Any, model: Any, *, text: Any = None, image: Any = None, audio
     row (id, modality, uri, text, metadata) with ``score`` (cosine) and ``prob`` (softmax of the
     temperature-scaled scores over the hits; None when the model has no temperature). ``where``
     is a raw SQL filter (local use), ``filter`` a structured one (see ``store.compile_filter``)."""
-    from .fingerprint import model_fingerprint, model_name
-
     index.check_model(model_fingerprint(model), model_name(model))
     vector = compose(model, text=text, image=image, audio=audio, weights=weights, **other_modalities)
     hits = index.search(vector, k=k, modality=modality, where=where, exact=exact,

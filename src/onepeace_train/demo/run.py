@@ -248,7 +248,7 @@ def _rounded(res: dict[str, dict], pairs: list[str]) -> dict[str, dict]:
 def heldout_retrieval(model_dir: str, data: dict[str, str], batch_size: int = 128) -> dict[str, dict]:
     """Zero-shot retrieval of the demo model in ``model_dir`` on the held-out engine and image
     source (:data:`HELDOUT`), as the training's evaluation computes it on the test sets."""
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
     from onepeace.tasks.evaluate import all_pairs, embed_sources
 
     model = OnePeace.from_pretrained(model_dir).eval()
@@ -425,8 +425,8 @@ def _font(size: int):
 
 def _class_similarity(model_dir: str, data: dict[str, str]) -> np.ndarray:
     """[10, 10] mean cosine similarity of test audio of digit a (rows) to test images of digit b."""
+    from onepeace import OnePeace
     from onepeace.data.dataset import make_loader
-    from onepeace.model.onepeace import OnePeace
 
     model = OnePeace.from_pretrained(model_dir)
     emb = {}

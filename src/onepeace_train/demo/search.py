@@ -108,7 +108,7 @@ def search_command(db: str, clip: str, k: int = 5) -> str:
 def demo_index(run_dir: str, model_dir: str, *, progress: bool | None = None, k: int = 5) -> dict[str, Any]:
     """Write the held-out media, index them into ``run_dir/index`` (an index of an earlier demo
     model is replaced: it is the demo's own), run the composed query. Returns what to print."""
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
     from onepeace.search.fingerprint import model_fingerprint
     from onepeace.search.ingest import build
     from onepeace.search.query import search

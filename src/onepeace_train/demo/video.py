@@ -201,7 +201,7 @@ def run_demo_video(out: str = "runs/demo-video", demo_model: str = "runs/demo/mo
     """Run (or resume) the video demo in ``out`` on top of ``demo_model``; returns what
     ``metrics.json`` holds."""
     from onepeace_train.demo.run import environment
-    from onepeace.model.onepeace import OnePeace
+    from onepeace import OnePeace
     from onepeace_train.trainer import Trainer
 
     if not os.path.isfile(os.path.join(demo_model, "config.json")):

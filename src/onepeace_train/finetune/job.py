@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from onepeace import OnePeace
 from onepeace.config import HeadConfig, ModelConfig
 from onepeace.errors import ConfigError, InputError
-from onepeace.model.onepeace import OnePeace
 from onepeace_train.finetune.data import batches, read_task_manifest, task_loader
 from onepeace_train.finetune.tasks import CLASSIFY_HEADS, Task, get_task
 
