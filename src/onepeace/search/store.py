@@ -151,84 +151,104 @@ def compile_filter(spec: Any) -> str:
     ``{"not": F}``. OP is ``eq`` (the default), ``ne``, ``in`` / ``not_in`` (V a list of strings),
     ``contains``, ``starts_with``, ``ends_with`` (V a string; ``name`` takes eq, ne, in, not_in,
     ends_with). Raises InputError (``filter: ...``) on anything else."""
-    terms = [0]
+    return _FilterCompiler().node(spec, "", 0)
 
-    def fail(where: str, what: str) -> InputError:
-        return InputError(f"filter{where}: {what}")
 
-    def string(v: Any, where: str) -> str:
-        if not isinstance(v, str):
-            raise fail(where, f"a value must be a string, got {type(v).__name__}")
-        if len(v) > FILTER_MAX_CHARS:
-            raise fail(where, f"a value of {len(v):,} characters; at most {FILTER_MAX_CHARS:,}")
-        if "\0" in v:
-            raise fail(where, "a value contains a NUL character")
-        return v
+def _filter_error(where: str, what: str) -> InputError:
+    return InputError(f"filter{where}: {what}")
 
-    def leaf(node: dict, where: str) -> str:
-        unknown = sorted(set(node) - {"column", "op", "operator", "value"})
-        if unknown:
-            raise fail(where, f"unknown key {unknown[0]!r}; a condition is {{\"column\", \"op\", \"value\"}}")
-        column = node.get("column")
-        if column not in FILTER_COLUMNS:
-            raise fail(where, f"unknown column {column!r}; filter on one of {', '.join(FILTER_COLUMNS)}")
-        op = node.get("op", node.get("operator", "eq"))
-        if op not in FILTER_OPS or (column == "name" and op not in _NAME_OPS):
-            allowed = _NAME_OPS if column == "name" else FILTER_OPS
-            raise fail(where, f"unknown operator {op!r} for {column}; use one of {', '.join(allowed)}")
-        if "value" not in node:
-            raise fail(where, "a condition needs a value")
-        value = node["value"]
-        if op in ("in", "not_in"):
-            if not isinstance(value, list) or not value:
-                raise fail(where, f"{op} takes a non-empty list of strings")
-            if len(value) > FILTER_MAX_VALUES:
-                raise fail(where, f"{len(value)} values; at most {FILTER_MAX_VALUES}")
-            values = [string(v, f"{where}.value[{i}]") for i, v in enumerate(value)]
-        else:
-            values = [string(value, where + ".value")]
-        if column == "name":
-            for v in values:
-                if "/" in v or "\\" in v or not v:
-                    raise fail(where, f"a file name cannot be empty or contain a path separator: {v!r}")
-            eq = [f"uri LIKE {_quote('%/' + _like(v))} ESCAPE '\\'" for v in values]
-            if op == "ends_with":
-                return f"(uri LIKE {_quote('%' + _like(values[0]))} ESCAPE '\\' AND uri <> '')"
-            sql = "(" + " OR ".join(eq) + ")"
-            return f"(NOT {sql} AND uri <> '')" if op in ("ne", "not_in") else sql
-        if op == "eq":
-            return f"({column} = {_quote(values[0])})"
-        if op == "ne":
-            return f"({column} <> {_quote(values[0])})"
-        if op in ("in", "not_in"):
-            listed = ", ".join(_quote(v) for v in values)
-            return f"({column} {'NOT IN' if op == 'not_in' else 'IN'} ({listed}))"
-        pattern = {"contains": "%{}%", "starts_with": "{}%", "ends_with": "%{}"}[op].format(_like(values[0]))
-        return f"({column} LIKE {_quote(pattern)} ESCAPE '\\')"
 
-    def node(n: Any, where: str, depth: int) -> str:
+def _filter_string(v: Any, where: str) -> str:
+    """A filter value, checked: a string of at most FILTER_MAX_CHARS characters, with no NUL."""
+    if not isinstance(v, str):
+        raise _filter_error(where, f"a value must be a string, got {type(v).__name__}")
+    if len(v) > FILTER_MAX_CHARS:
+        raise _filter_error(where, f"a value of {len(v):,} characters; at most {FILTER_MAX_CHARS:,}")
+    if "\0" in v:
+        raise _filter_error(where, "a value contains a NUL character")
+    return v
+
+
+def _filter_leaf(node: dict, where: str) -> str:
+    """One condition ``{"column", "op", "value"}``, checked, as SQL."""
+    unknown = sorted(set(node) - {"column", "op", "operator", "value"})
+    if unknown:
+        raise _filter_error(where, f"unknown key {unknown[0]!r}; a condition is {{\"column\", \"op\", \"value\"}}")
+    column = node.get("column")
+    if column not in FILTER_COLUMNS:
+        raise _filter_error(where, f"unknown column {column!r}; filter on one of {', '.join(FILTER_COLUMNS)}")
+    op = node.get("op", node.get("operator", "eq"))
+    if op not in FILTER_OPS or (column == "name" and op not in _NAME_OPS):
+        allowed = _NAME_OPS if column == "name" else FILTER_OPS
+        raise _filter_error(where, f"unknown operator {op!r} for {column}; use one of {', '.join(allowed)}")
+    if "value" not in node:
+        raise _filter_error(where, "a condition needs a value")
+    value = node["value"]
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            raise _filter_error(where, f"{op} takes a non-empty list of strings")
+        if len(value) > FILTER_MAX_VALUES:
+            raise _filter_error(where, f"{len(value)} values; at most {FILTER_MAX_VALUES}")
+        values = [_filter_string(v, f"{where}.value[{i}]") for i, v in enumerate(value)]
+    else:
+        values = [_filter_string(value, where + ".value")]
+    if column == "name":
+        return _name_sql(op, values, where)
+    return _column_sql(column, op, values)
+
+
+def _name_sql(op: str, values: list[str], where: str) -> str:
+    """A condition on the file name (the end of ``uri`` after its last ``/``), as SQL."""
+    for v in values:
+        if "/" in v or "\\" in v or not v:
+            raise _filter_error(where, f"a file name cannot be empty or contain a path separator: {v!r}")
+    eq = [f"uri LIKE {_quote('%/' + _like(v))} ESCAPE '\\'" for v in values]
+    if op == "ends_with":
+        return f"(uri LIKE {_quote('%' + _like(values[0]))} ESCAPE '\\' AND uri <> '')"
+    sql = "(" + " OR ".join(eq) + ")"
+    return f"(NOT {sql} AND uri <> '')" if op in ("ne", "not_in") else sql
+
+
+def _column_sql(column: str, op: str, values: list[str]) -> str:
+    """A condition on one of the stored columns, as SQL (values quoted, patterns escaped)."""
+    if op == "eq":
+        return f"({column} = {_quote(values[0])})"
+    if op == "ne":
+        return f"({column} <> {_quote(values[0])})"
+    if op in ("in", "not_in"):
+        listed = ", ".join(_quote(v) for v in values)
+        return f"({column} {'NOT IN' if op == 'not_in' else 'IN'} ({listed}))"
+    pattern = {"contains": "%{}%", "starts_with": "{}%", "ends_with": "%{}"}[op].format(_like(values[0]))
+    return f"({column} LIKE {_quote(pattern)} ESCAPE '\\')"
+
+
+class _FilterCompiler:
+    """Walks a filter's and/or/not tree, counting its conditions against FILTER_MAX_TERMS."""
+
+    def __init__(self) -> None:
+        self.terms = 0
+
+    def node(self, n: Any, where: str, depth: int) -> str:
         if depth > FILTER_MAX_DEPTH:
-            raise fail(where, f"nested deeper than {FILTER_MAX_DEPTH} levels")
+            raise _filter_error(where, f"nested deeper than {FILTER_MAX_DEPTH} levels")
         if not isinstance(n, dict):
-            raise fail(where, f"a filter is a JSON object, got {type(n).__name__}")
-        terms[0] += 1
-        if terms[0] > FILTER_MAX_TERMS:
-            raise fail("", f"more than {FILTER_MAX_TERMS} conditions")
+            raise _filter_error(where, f"a filter is a JSON object, got {type(n).__name__}")
+        self.terms += 1
+        if self.terms > FILTER_MAX_TERMS:
+            raise _filter_error("", f"more than {FILTER_MAX_TERMS} conditions")
         logic = [k for k in ("and", "or", "not") if k in n]
-        if logic:
-            if len(n) != 1:
-                raise fail(where, f"{logic[0]!r} must be the only key of its object")
-            key = logic[0]
-            if key == "not":
-                return f"(NOT {node(n['not'], where + '.not', depth + 1)})"
-            parts = n[key]
-            if not isinstance(parts, list) or not parts:
-                raise fail(where, f"{key!r} takes a non-empty list of filters")
-            sql = f" {key.upper()} ".join(node(x, f"{where}.{key}[{i}]", depth + 1) for i, x in enumerate(parts))
-            return f"({sql})"
-        return leaf(n, where)
-
-    return node(spec, "", 0)
+        if not logic:
+            return _filter_leaf(n, where)
+        if len(n) != 1:
+            raise _filter_error(where, f"{logic[0]!r} must be the only key of its object")
+        key = logic[0]
+        if key == "not":
+            return f"(NOT {self.node(n['not'], where + '.not', depth + 1)})"
+        parts = n[key]
+        if not isinstance(parts, list) or not parts:
+            raise _filter_error(where, f"{key!r} takes a non-empty list of filters")
+        sql = f" {key.upper()} ".join(self.node(x, f"{where}.{key}[{i}]", depth + 1) for i, x in enumerate(parts))
+        return f"({sql})"
 
 
 def _schema(dim: int, fingerprint: str, model_name: str):
