@@ -16,7 +16,9 @@ import argparse
 import importlib.util
 import json
 import re
+import statistics
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +30,26 @@ MARK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _r(x: float, nd: int = 1) -> str:
+    """``x`` with ``nd`` decimals, rounded half up as a reader rounds (14.45 -> 14.5, 822.5 -> 823)."""
+    return str(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-nd), rounding=ROUND_HALF_UP))
+
+
+def _n(x: float) -> str:
+    """``x`` rounded half up to a whole number, with thousands separators (1249.4 -> 1,249)."""
+    return f"{int(Decimal(repr(float(x))).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
+
+
+def _b(text: str, bold: bool = True) -> str:
+    return f"**{text}**" if bold else text
+
+
+def _table(head: list[str], align: str, rows: list[list[str]]) -> str:
+    """A Markdown table: ``align`` gives each column's rule, e.g. ``"lrr"`` (l: ---, r: ---:)."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return "\n".join(["| " + " | ".join(head) + " |", rule, *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
 
 
 # ------------------------------------------------------------------------------------ the demo
@@ -149,9 +171,327 @@ def harness() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------- docs/benchmarks.md
+def _workload(size: str, m: str, r: dict) -> str:
+    """A workload's name from its batch and tokens (16-px image patches, 20-ms audio frames)."""
+    shape = {"image": f"{r['batch']} × {round((r['T'] - 1) ** 0.5) * 16} px",
+             "text": f"{r['batch']} captions" + (f" (T = {r['T']})" if size == "base" else ""),
+             "audio": f"{r['batch']} × {r['T'] * 0.02:g} s"}[m]
+    return f"base {m}, {shape}" if size == "base" else f"4B width, {m} {shape}"
+
+
+def peak() -> str:
+    """Speed-up over the official way and share of the matmul peak, ours (reference), base and 4B
+    width: benchmarks/results/peak.json (benchmarks/bench_peak.py); its base rows are formatted as
+    ``speed`` formats them for the README."""
+    res = _load("peak.json")["results"]
+    rows = []
+    for size in ("base", "4b-width"):
+        for m in ("image", "text", "audio"):
+            cells = [_workload(size, m, res[size]["fp32"]["modalities"][m])]
+            for dtype in ("fp32", "bf16"):
+                r = res[size][dtype]["modalities"][m]
+                cells += [_b(f"{r['speedup']:.2f}×", r["speedup"] > 1.03),
+                          f"{r['ours_pct_peak']:.0f}% ({r['reference_pct_peak']:.0f}%)"]
+            rows.append(cells)
+    audio, text = _padding_ranges()
+    rows += [[f"variable lengths (audio {audio} s, text {text} tokens)", "see *Variable lengths* in [Python](python.md) "
+              "(`bench_padding.py`, `benchmarks/results/padding.json`)", "", "", ""],
+             ["int8, ONNX Runtime", "see the int8 and ONNX sections (`int8.json`, `onnx.json`)", "", "", ""]]
+    return _table(["workload", "fp32 speed-up", "fp32 % of peak", "bf16 speed-up", "bf16 % of peak"], "lllll", rows)
+
+
+def load() -> str:
+    """Import, load and first-embedding times and peak RSS: benchmarks/results/load.json (benchmarks/bench_load.py)."""
+    rows = []
+    for name, m in _load("load.json")["models"].items():
+        label = f"demo model ({m['dtype']})" if name == "demo" else f"{name.split('/')[0]}, loaded in {m['dtype']}"
+        rows.append([label, f"{_r(m['median_imported_s'])} s", f"{_r(m['median_loaded_s'])} s",
+                     f"{_r(m['median_first_embedding_s'])} s",
+                     f"{_r(m['median_hwm_after_load_gb'], 2)} / {_r(m['median_hwm_gb'], 2)} GB",
+                     f"{_r(m['weight_gb'], 2)} GB"])
+    return _table(["model", "`import onepeace`", "loaded", "first embedding", "peak RSS after loading / at the end",
+                   "weights"], "llllll", rows)
+
+
+def memory() -> str:
+    """Peak RSS loading the 4B model and converting its official checkpoint: benchmarks/results/model.json
+    (benchmarks/bench_model.py, its load and convert parts)."""
+    res = _load("model.json")
+    ld, cv = res["load"], res["convert"]
+    dtype = {"torch.bfloat16": "bf16", "torch.float32": "fp32", "torch.float16": "fp16"}[ld["dtypes"][0]]
+    rows = [[f"peak RSS loading `{ld['model']}` in {dtype} from our format",
+             f"{_r(ld['peak_rss_bytes'] / 1e9, 2)} GB for {_r(ld['weight_bytes'] / 1e9, 2)} GB of weights = "
+             f"**{_r(ld['peak_over_weights'], 2)}×**", f"≤ {ld['goal_peak_over_weights']:g}×"],
+            [f"peak RSS converting a {_r(cv['source_bytes'] / 1e9, 2)} GB fp32 official-format 4B checkpoint",
+             f"{_r(cv['peak_rss_bytes'] / 1e9, 2)} GB for {_r(cv['output_bytes'] / 1e9, 2)} GB of output = "
+             f"**{_r(cv['peak_over_output'], 2)}×** ({_n(cv['convert_s'])} s)", f"≤ {cv['goal_peak_over_output']:g}×"]]
+    return _table(["what", "measured", "goal"], "lll", rows)
+
+
+def train() -> str:
+    """Training throughput and DDP scaling: benchmarks/results/train.json (benchmarks/bench_train.py)."""
+    rows = []
+    for size, t in _load("train.json")["throughput"].items():
+        runs, sc = t["runs"], t["scaling"]["same_per_rank_batch"]
+
+        def rate(run: str, runs: dict = runs) -> str:
+            x = runs[run]["samples_per_s"]
+            return _r(x, 1 if x >= 10 else 2)
+
+        rows.append([f"{size}, {t['per_rank_batch']}/rank", f"{rate('one_proc_2_threads')} samples/s",
+                     rate("one_proc_1_thread"), rate("ddp_2_procs_1_thread"),
+                     f"**{_r(sc['efficiency_vs_2x_one_proc_1_thread'], 2)}**",
+                     f"{_r(sc['speedup_vs_one_proc_2_threads'], 2)}×"])
+    return _table(["", "1 proc, 2 threads", "1 proc, 1 thread", "DDP 2×1 thread, same per-rank batch",
+                   "efficiency vs 2 × (1 proc, 1 thread)", "vs 1 proc, 2 threads"], "llllll", rows)
+
+
+def video() -> str:
+    """Video embedding against its frames as images: benchmarks/results/video.json (benchmarks/bench_video.py)."""
+    runs = _load("video.json")["runs"]
+    pool0 = runs[0]["pool"]
+
+    def row(label: str, tokens: str, r: dict, bold: bool) -> list[str]:
+        return [label, tokens, _r(r["s_per_clip"]), _r(r["cpu_s_per_clip"]), _b(_r(r["clips_per_s_quiet"], 2), bold),
+                f"{_r(r['peak_rss_gb'], 2)} GB (+{_r(r['peak_over_model_gb'], 2)})"]
+
+    rows, as_images = [], []
+    for run in runs:
+        f, pool = run["frames"], run["pool"]
+        suffix = "" if pool == pool0 else f", `pool={pool}`"
+        rows.append(row(f"video, {f} frames{suffix}", f"{run['tokens_per_clip']:,}", run["video"], pool == pool0))
+        if "frames_as_images" in run:
+            per_image = (run["tokens_per_clip"] - 1) // f * pool * pool + 1
+            as_images.append(row(f"{f} frames as {f} images", f"{f} × {per_image}", run["frames_as_images"], False))
+    rows = [r for r in rows if "`pool=" not in r[0]] + as_images + [r for r in rows if "`pool=" in r[0]]
+    return _table(["", "tokens", "wall s / clip", "CPU s / clip", "clips/s, quiet 2 cores",
+                   "peak RSS (over the loaded model)"], "llllll", rows)
+
+
+# ------------------------------------------------------------------- precision.md, python.md
+def int8() -> str:
+    """int8 against bf16 and fp32, time and cosine, base width: benchmarks/results/int8.json (benchmarks/bench_int8.py)."""
+    res = _load("int8.json")
+    rows = []
+    for m, label in SPEED_ROWS.items():
+        s, cos = res["speed"][m], res["cosine_random_weights"][m]["int8"]["min"]
+        rows.append([label, *(_r(s["seconds"][d], 2) for d in ("fp32", "bf16", "int8")),
+                     f"**{_r(s['int8_over_bf16'], 2)}×**", f"{_r(s['int8_over_fp32'], 2)}×", _r(cos, 4)])
+    return _table(["base width, random weights", "fp32 s", "bf16 s", "int8 s", "int8 vs bf16", "int8 vs fp32",
+                   "cosine int8/fp32 (min)"], "lllllll", rows)
+
+
+def _padding_ranges() -> tuple[str, str]:
+    """The audio durations (s) and caption lengths (tokens) of the padding benchmark, e.g. ("1–15", "3–70")."""
+    spans = re.findall(r"linspace\((\d+), (\d+)", _load("padding.json")["method"]["workloads"])
+    return tuple(f"{a}–{b}" for a, b in spans)
+
+
+def padding() -> str:
+    """Bucketed against one padded batch the official way: benchmarks/results/padding.json (benchmarks/bench_padding.py)."""
+    res = _load("padding.json")
+    spans = dict(zip(("audio", "text"), _padding_ranges(), strict=True))
+    rows = []
+    for m, label in (("audio", "audio, {n} clips of {span} s"), ("text", "text, {n} captions of {span} tokens")):
+        w = res["fp32"][m]
+        cells = [label.format(n=w["items"], span=spans[m]), f"{w['tokens_scheduled']} ({w['tokens_real']} / {w['tokens_padded']})"]
+        for dtype in ("fp32", "bf16"):
+            r = res[dtype][m]
+            cells.append(_b(f"{_r(r['speedup_vs_padded_reference'], 2)}×", r["meets_goal"]))
+        rows.append(cells)
+    return _table(["workload", "tokens computed (real / padded)", "fp32", "bf16"], "llll", rows)
+
+
+# --------------------------------------------------------------- search.md, scale.md, serve.md
+def search() -> str:
+    """Exact and ANN query latency, recall, build time, memory and size at 10k-1M rows:
+    benchmarks/results/search.json (benchmarks/bench_search.py)."""
+    rows = []
+    for _, s in sorted(_load("search.json")["sizes"].items(), key=lambda kv: int(kv[0])):
+        ex, ann, build = s["exact"], s["ann_defaults"], s["ann_build_s"]
+        disk = f"{_n(s['size_on_disk_mb'])} MB" if s["size_on_disk_mb"] < 100 else f"{_r(s['size_on_disk_mb'] / 1000)} GB"
+        rows.append([f"{s['rows']:,}", f"{_n(ex['p50_ms'])} / {_n(ex['p95_ms'])} ms",
+                     f"{_r(ann['p50_ms'])} / {_r(ann['p95_ms'])} ms", _r(ann["recall@10"], 3),
+                     f"{_r(build) if build < 10 else _n(build)} s", f"{_r(s['rss_peak_mb'] / 1000)} GB", disk])
+    return _table(["rows", "exact p50 / p95", "ANN p50 / p95", "ANN recall@10", "ANN build", "peak RSS", "on disk"],
+                  "lllllll", rows)
+
+
+def index() -> str:
+    """`index build` against `model.embed` by decoding workers: benchmarks/results/index.json (benchmarks/bench_index.py)."""
+    t = _load("index.json")["throughput"][0]
+    rate, ratio = t["items_per_s"], t["ratio_vs_embed"]
+    rows = [[f"`model.embed(image=files, batch_size={t['batch_size']})`", _r(rate["embed"], 2), _r(1, 2)]]
+    for key in sorted(k for k in rate if k.startswith("index_workers")):
+        n = int(key.removeprefix("index_workers"))
+        note = " (decoding in the main process, like `model.embed`)" if n == 0 else ""
+        rows.append([f"`index build --workers {n}`{note}", _r(rate[key], 2), _r(ratio[key], 2)])
+    return _table(["", "items/s", "× `model.embed`"], "lll", rows)
+
+
+def search_ray() -> str:
+    """The Ray engine against the in-process build and plain `model.embed`:
+    benchmarks/results/search-ray.json (benchmarks/bench_search_ray.py)."""
+    r = _load("search-ray.json")
+    workers = f"{r['local_workers']} decoding worker" + ("s" if r["local_workers"] != 1 else "")
+    rows = [["plain `model.embed` (reference)", _r(r["embed_items_per_s"]), _r(r["embed_cpu_ms_per_item"])],
+            [f"`--engine local` ({workers})", _r(r["local_items_per_s"]), _r(r["local_cpu_ms_per_item"])],
+            [f"`--engine ray` (local cluster of {r['ray_cpus']} CPUs, {r['ray_actors']} actors; its "
+             f"{_r(r['ray_init_s'])} s start apart)", _r(r["ray_items_per_s"]), _r(r["ray_cpu_ms_per_item"])]]
+    return _table(["engine", "items/s (wall)", "CPU ms per item (all processes)"], "lrr", rows)
+
+
+def _rps(x: float) -> str:
+    return _n(x) if x >= 20 else _r(x, 1 if x >= 1 else 2)
+
+
+def _cpu_pair(a: float, b: float) -> str:
+    """Two CPU times per request in ms, as seconds once one reaches a second."""
+    if max(a, b) >= 1000:
+        return f"{_r(a / 1000, 2)} vs {_r(b / 1000, 2)} s"
+    return " vs ".join(_r(x) if x < 20 else _n(x) for x in (a, b)) + " ms"
+
+
+def serve() -> str:
+    """Micro-batching against one request at a time: benchmarks/results/serve.json (benchmarks/bench_serve.py)."""
+    rows = []
+    for size, run in _load("serve.json")["runs"].items():
+        for m in ("text", "image"):
+            r = run[m]
+            b, one = r["batched"], r["one_at_a_time"]
+            rounds = ", ".join(_n(x) if x >= 10 else _r(x) for x in r["speedup_per_round"])
+            rows.append([f"{size}, {m}", _rps(b["throughput_rps"]), _rps(one["throughput_rps"]),
+                         f"{_b(_r(r['speedup']) + '×', r['speedup'] >= 1.5)} ({rounds})",
+                         f"{_n(b['p50_ms'])} / {_n(b['p95_ms'])}", f"{_n(one['p50_ms'])} / {_n(one['p95_ms'])}",
+                         _r(b["mean_batch"]), _cpu_pair(b["server_cpu_ms_per_request"], one["server_cpu_ms_per_request"])])
+    return _table(["model, input", "batched req/s", "one at a time req/s", "speed-up (each round)",
+                   "p50 / p95 ms, batched", "p50 / p95 ms, one at a time", "mean batch", "server CPU per request"],
+                  "llllllll", rows)
+
+
+def serve_load() -> str:
+    """Mixed load by number of users: the levels of benchmarks/results/serve-load.json (benchmarks/bench_serve_load.py)."""
+    rows = []
+    for lv in _load("serve-load.json")["levels"]:
+        rss = lv["rss_mb"]
+        rows.append([str(lv["users"]), f"{lv['requests']:,}", _n(lv["requests_per_s"]),
+                     f"{_n(lv['p50_ms'])} / {_n(lv['p95_ms'])} / {_n(lv['p99_ms'])}",
+                     f"{100 * lv['error_rate']:g} % ({100 * lv['shed_503_rate']:g} %)",
+                     f"{_n(rss['before'])} → {_n(rss['after_load'])} → {_n(rss['after_settle'])} MB"])
+    return _table(["users", "requests", "req/s", "p50 / p95 / p99 ms", "errors (503 shed)",
+                   "server RSS before → after → 5 s idle"], "rrrlll", rows)
+
+
+# ------------------------------------------------------------------------------ research.md
+ABLATION_SETS = {"retrieval": "in-distribution", "heldout_engine": "held-out engine (festival)",
+                 "heldout_source": "held-out image source (fonts)"}
+ABLATION_ROWS = ["retrieval/audio->text", "retrieval/audio->image", "retrieval/image->text",
+                 "heldout_engine/audio->text", "heldout_engine/audio->image",
+                 "heldout_source/image->text", "heldout_source/audio->image"]
+ARM_NOTES = {"default": "the demo as shipped", "plain": "the earlier recipe"}
+
+
+def _spread(s: dict, bold: bool = False) -> str:
+    """median (min – max) of a summary, the median alone where all three are one seed's."""
+    med = _b(_r(s["median"]), bold)
+    return med if s["min"] == s["max"] == s["median"] else f"{med} ({_r(s['min'])} – {_r(s['max'])})"
+
+
+def ablation() -> str:
+    """R@1 of the demo's recipes in distribution and on the held-out sets: the arms of
+    benchmarks/results/demo-ablation.json (benchmarks/demo_seeds.py --ablation)."""
+    arms = _load("demo-ablation.json")["arms"]
+    head = ["R@1 (%)", "set"]
+    for name, arm in arms.items():
+        notes = [ARM_NOTES[name]] if name in ARM_NOTES else []
+        if len(arm["per_seed"]) == 1:
+            notes.append(f"seed {next(iter(arm['per_seed']))} only")
+        flags = f"`{' '.join(arm['flags'])}`" if arm["flags"] else ""
+        head.append(f"{name}: " + (f"{flags} ({', '.join(notes)})" if flags and notes else flags or ", ".join(notes)))
+    rows = []
+    for key in ABLATION_ROWS:
+        section, pair = key.split("/")
+        cells = [pair, ABLATION_SETS[section]]
+        for name, arm in arms.items():
+            s = arm["summary"][key]
+            cells.append(_spread(s, name == "default" and s["median"] > arms["plain"]["summary"][key]["median"]))
+        rows.append(cells)
+    return _table(head, "ll" + "r" * len(arms), rows)
+
+
+#: the stage-2 recipes of demo-ablation.json's explored.stage2_variants, in the order tried
+STAGE2_RUNS = {
+    "robust250": "the default (250 steps, tempo ±5%, faint noise)",
+    "r400": "400 steps",
+    "ev400": "400 steps with the added voices",
+    "ev400med": "400 steps, added voices, tempo ±10%, pitch ±1.5 semitones, noise at 20–40 dB, up to 0.3 s of silence",
+    "lp": "+ low-pass at 2–6 kHz (p 0.5)",
+    "lptilt": "+ low-pass (p 0.4) and spectral tilt −6…+2 dB/octave (p 0.5)",
+    "tilt8": "+ spectral tilt −8…+2 dB/octave (p 0.6)",
+    "env": "+ slowly varying gain, down to −3…−15 dB (p 0.5)",
+    "edges": "+ first and/or last 40–150 ms 10–35 dB softer (p 0.5; weak consonants, not kept as an option)",
+}
+
+
+def stage2() -> str:
+    """Held-out-engine and in-distribution audio->text R@1 of the stage-2 recipes tried, seeds 0 / 1:
+    explored.stage2_variants of benchmarks/results/demo-ablation.json."""
+    runs = _load("demo-ablation.json")["explored"]["stage2_variants"]["runs"]
+    assert set(runs) == set(STAGE2_RUNS), f"stage2_variants runs {sorted(runs)}: label them in STAGE2_RUNS"
+    rows = []
+    for name, label in STAGE2_RUNS.items():
+        seeds = runs[name]["per_seed"]
+
+        def both(section: str, seeds: dict = seeds) -> str:
+            return " / ".join(_r(seeds[k][section]["audio->text"]) if k in seeds else "–" for k in ("0", "1"))
+
+        rows.append([label, both("heldout_engine"), both("in-distribution")])
+    return _table(["stage 2", "held-out engine", "in distribution"], "lrr", rows)
+
+
+AUDIO_CORRUPTIONS = {"none": "none", "gain x0.1": "gain × 0.1", "speed 1.15": "faster (speed 1.15)",
+                     "speed 0.85": "slower (speed 0.85)", "noise 20 dB": "white/pink noise, 20 dB SNR",
+                     "noise 10 dB": "noise, 10 dB SNR", "telephone": "telephone band",
+                     "0.5 s silence each side": "0.5 s of silence before and after",
+                     "telephone + 20 dB + silence": "telephone + 20 dB + silence"}
+IMAGE_CORRUPTIONS = {"none": "none", "blur 1.5": "blur (radius 1.5)", "thicker (3x3 max)": "thicker strokes (3×3 max)",
+                     "thinner (3x3 min)": "thinner strokes (3×3 min)", "8x8 low resolution": "8×8 low resolution",
+                     "shifted (6, 4) px": "shifted by (6, 4) px", "half size": "half size", "inverted": "inverted",
+                     "dark ink on light paper": "dark ink on light paper"}
+#: the row the text dwells on
+ROBUSTNESS_BOLD = "0.5 s silence each side"
+
+
+def robustness() -> str:
+    """Zero-shot accuracy under one corruption at a time, the default models (median, min – max of
+    their seeds) and the plain ones (median): benchmarks/results/demo-robustness.json
+    (benchmarks/demo_robustness.py)."""
+    res = _load("demo-robustness.json")
+    default = [res["models"][p] for p, label in res["labels"].items() if label == "default"]
+    plain = [res["models"][p] for p, label in res["labels"].items() if label.startswith("plain s")]
+
+    def cells(pair: str, key: str, label: str, bold: bool) -> list[str]:
+        xs = [m[pair][key] for m in default]
+        s = {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+        return [_b(label, bold), _b(_spread(s), bold), _r(statistics.median(m[pair][key] for m in plain))]
+
+    first = res["models"][next(iter(res["models"]))]
+    for pair, labels in (("audio->text", AUDIO_CORRUPTIONS), ("image->text", IMAGE_CORRUPTIONS)):
+        assert list(first[pair]) == list(labels), f"{pair} corruptions {list(first[pair])}: label them here"
+    rows = [cells("audio->text", a, AUDIO_CORRUPTIONS[a], a == ROBUSTNESS_BOLD)
+            + cells("image->text", i, IMAGE_CORRUPTIONS[i], False)
+            for a, i in zip(AUDIO_CORRUPTIONS, IMAGE_CORRUPTIONS, strict=True)]
+    return _table(["corruption of the test clips", "audio→text %, default", "plain", "corruption of the test digits",
+                   "image→text %, default", "plain"], "lrrlrr", rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo": demo, "demo-video": demo_video, "seeds": seeds, "precision": precision, "speed": speed,
     "downstream": downstream, "harness": harness,
+    "peak": peak, "load": load, "memory": memory, "train": train, "video": video, "int8": int8, "padding": padding,
+    "search": search, "index": index, "search-ray": search_ray, "serve": serve, "serve-load": serve_load,
+    "ablation": ablation, "stage2": stage2, "robustness": robustness,
 }
 
 
