@@ -462,7 +462,13 @@ def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
     def text(xy, s, anchor="la", f=small, fill="black"):
         d.text(xy, s, fill=fill, font=f, anchor=anchor)
 
-    # ---- loss curves: stage 2's steps continue stage 1's on the x axis
+    _plot_losses(d, text, font, out)
+    _plot_similarity(d, text, font, sim)
+    write_png_atomic(path, np.asarray(img))
+
+
+def _plot_losses(d, text, font, out: str) -> None:
+    """demo.png's left half: both stages' loss curves, stage 2's steps after stage 1's."""
     x0, y0, x1, y1 = 70, 50, 490, 400
     text((x0, 14), "pretraining loss", f=font)
     s1 = _read_losses(os.path.join(out, "stage1", "metrics.jsonl"))
@@ -506,7 +512,9 @@ def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
     text(((x0 + x1) // 2, y1 + 26), "step (stage 2 continues after stage 1)", anchor="ma")
     text((x0 - 7, y0 - 8), "loss", anchor="rb")
 
-    # ---- heat map of audio (rows) -> image (cols) similarity, with its colour scale
+
+def _plot_similarity(d, text, font, sim: np.ndarray) -> None:
+    """demo.png's right half: the audio (rows) -> image (cols) similarity, with its colour scale."""
     hx, hy, cell = 590, 70, 30
     text((hx - 30, 14), "audio -> image cosine similarity (test set)", f=font)
     text((hx - 30, 34), "mean over pairs of a spoken digit (row) and an image (column)")
@@ -529,4 +537,3 @@ def _plot(out: str, model_dir: str, data: dict[str, str], path: str) -> None:
         text((bx + bw + 6, y), f"{v:.3f}", anchor="lm")
     text((bx + bw // 2, hy - 6), "max", anchor="mb")
     text((bx + bw // 2, hy + bh + 6), "min", anchor="ma")
-    write_png_atomic(path, np.asarray(img))
