@@ -22,10 +22,10 @@ from torch import nn
 
 from ..config import OFFICIAL_AUDIO_STEM
 from ..errors import InputError
-from ..model.masking import span_keep
-from ..model.relpos import token_buckets, token_num_buckets
 from ..processing.audio import AUDIO_EXTENSIONS, AudioProcessor, stem_frames
 from .base import AdapterOutput, Modality, register_modality, trunc_normal_
+from .masking import span_keep
+from .relpos import token_buckets, token_num_buckets
 
 
 class ConvStem(nn.Module):

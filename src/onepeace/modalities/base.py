@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from ..model.masking import random_keep
+from .masking import random_keep
 
 
 @dataclass

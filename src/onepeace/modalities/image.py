@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..model.relpos import grid_buckets, grid_num_buckets
 from ..processing.image import IMAGE_EXTENSIONS, ImageProcessor
 from .base import Modality, register_modality, trunc_normal_
+from .relpos import grid_buckets, grid_num_buckets
 
 PATCH = 16
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..model.masking import random_keep, word_keep
-from ..model.relpos import token_buckets, token_num_buckets
 from ..processing.text import TextProcessor
 from ..processing.tokenizer import PAD_ID, VOCAB_SIZE, default_bpe
 from .base import Modality, embedding, register_modality, trunc_normal_
+from .masking import random_keep, word_keep
+from .relpos import token_buckets, token_num_buckets
 
 
 @dataclass

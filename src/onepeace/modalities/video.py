@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..model.masking import random_keep
 from ..processing.video import SAMPLING, VIDEO_EXTENSIONS, VideoProcessor
 from .base import Modality, register_modality, trunc_normal_
 from .image import PATCH, HMLPStem, resized_positions
+from .masking import random_keep
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from onepeace.errors import InputError
-from onepeace.model.masking import keep_to_positions
+from onepeace.modalities.masking import keep_to_positions
 from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
 
 
