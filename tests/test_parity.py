@@ -29,7 +29,7 @@ from conftest import (
 )
 from onepeace.checkpoints.official import load_official, map_key, normalize_keys
 from onepeace.checkpoints.safe_pickle import read_checkpoint
-from onepeace.model.relpos import grid_buckets, token_buckets
+from onepeace.modalities.relpos import grid_buckets, token_buckets
 
 pytestmark = needs_fixtures
 IMAGES = [str(TINY / "inputs" / "image0.png"), str(TINY / "inputs" / "image1.png")]

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import onepeace
-from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
-from onepeace.model.masking import keep_to_positions, random_keep
-from onepeace_train.pretrain.model import PretrainModel
-from onepeace_train.pretrain.objective import ObjectiveConfig, compute_losses
+from onepeace.modalities.masking import keep_to_positions, random_keep
 from onepeace.processing.audio import AudioProcessor, stem_frames
 from onepeace.processing.tokenizer import EOS_ID, PAD_ID, default_bpe
+from onepeace_train.pretrain.losses import contrastive_loss, denoising_loss
+from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train.pretrain.objective import ObjectiveConfig, compute_losses
 
 AUDIO_STEM = [[64, 10, 5]] + [[64, 3, 2]] * 4 + [[64, 2, 2]] * 2
 

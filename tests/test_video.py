@@ -247,7 +247,7 @@ def test_without_a_donor_the_branch_starts_fresh():
 
 
 def test_space_time_buckets_hold_the_image_table_per_frame_offset():
-    from onepeace.model.relpos import grid_buckets
+    from onepeace.modalities.relpos import grid_buckets
 
     a = small_model(pool=1).adapters["video"]
     g, per, s = a.grid, a.per_frame, (2 * a.grid - 1) ** 2
