@@ -4,6 +4,12 @@
 ``/v1/embeddings`` for text, images and audio, ``/search`` over an index, ``/media/{id}``, ``/health``
 and a web page at ``/``. FastAPI and uvicorn are imported only here, never by ``import onepeace``
 (``pip install onepeace[serve]``).
+
+Its rooms: :mod:`.routes` (one module per endpoint group, each an ``APIRouter``), :mod:`.state`
+(``ServeState``: the models, index, limits and key the handlers receive), :mod:`.schemas` (the
+request and answer bodies), :mod:`.inputs` (base64 files, search fields), :mod:`.errors` (the JSON
+errors), :mod:`.limits` (size, time and load bounds, metrics per request), :mod:`.batching`,
+:mod:`.metrics` and :mod:`.server` (uvicorn in a thread).
 """
 
 from __future__ import annotations
