@@ -15,7 +15,7 @@ import torch
 import onepeace
 from onepeace import inference
 from onepeace.checkpoints.format import load_pretrained
-from onepeace.model.onepeace import OnePeaceNetwork
+from onepeace.model import OnePeaceNetwork
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "onepeace"
 TEXTS = ["a dog on the grass", "two cats", "a red car parked by the road"]
