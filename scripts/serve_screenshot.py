@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from playwright.sync_api import expect, sync_playwright
 
+    from onepeace.cli.serve import load_served
     from onepeace.errors import OnePeaceError
     from onepeace.serve.app import ServerThread, create_app
-    from onepeace.serve.cli import load_served
 
     try:
         model, index = load_served(args.index, args.model)

@@ -129,7 +129,7 @@ def test_the_soundtrack_of_a_clip_becomes_the_audio_side_of_a_batch(setup):
 
 
 def test_data_check_decodes_clips_through_the_plug_in(setup, capsys):
-    from onepeace.data.cli import data_check
+    from onepeace.cli.data import data_check
     from onepeace.data.shards import iter_shard, write_shards
 
     write_manifest(setup / "check.jsonl", [{"video": "c0.mp4", "text": "a"}, {"video": "c1.mp4", "text": "b"},

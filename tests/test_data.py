@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 import onepeace
+from onepeace.cli.data import data_check, data_shards
+from onepeace.cli.data import register as add_data_parser
 from onepeace.data import (
     PairDataset,
     collate_pairs,
@@ -30,7 +32,6 @@ from onepeace.data import (
 )
 from onepeace.data import dataset as dataset_mod
 from onepeace.data.augment import crop_params, to_normalized_tensor
-from onepeace.data.cli import add_data_parser, data_check, data_shards
 from onepeace.data.shards import decode_record
 from onepeace.errors import InputError, OnePeaceError
 from onepeace.modalities import Processor

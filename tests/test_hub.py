@@ -150,7 +150,7 @@ def test_cli_embed_and_info_by_id(cache, models, tmp_path, capsys, monkeypatch):
     assert np.array_equal(got, embed(onepeace.OnePeace.from_pretrained(models["A"][0])).numpy())
     assert main(["info", "org/tiny@v1"]) == 0
     assert f"parameters: {models['B'][1].num_parameters():,}" in capsys.readouterr().out
-    from onepeace.data.cli import _load_config  # `onepeace data check --model`
+    from onepeace.cli.data import _load_config  # `onepeace data check --model`
 
     assert _load_config("org/tiny") == models["A"][1].config
 

@@ -90,10 +90,10 @@ def test_index_built_under_auto_holds_unit_rows_close_to_fp32(collection, auto_d
 def test_server_under_auto_serves_unit_embeddings_close_to_fp32(collection, auto_dtype_as_users_get_it, tmp_path):
     from fastapi.testclient import TestClient
 
+    from onepeace.cli.serve import load_model, serving_dtype
     from onepeace.search.ingest import build
     from onepeace.search.store import Index
     from onepeace.serve.app import create_app
-    from onepeace.serve.cli import load_model, serving_dtype
 
     model_dir, media, root = collection
     model = load_model(str(model_dir), "auto")  # what `onepeace serve` loads by default

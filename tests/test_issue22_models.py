@@ -107,7 +107,7 @@ def test_the_cli_takes_several_named_models(two, capsys):
     """``onepeace serve DB --model a=DIR --model b=DIR``: parsed, loaded, and refused when none
     built the index (one line, exit 2, before the server starts)."""
     from onepeace.cli import main
-    from onepeace.serve.cli import _model_spec, load_several
+    from onepeace.cli.serve import _model_spec, load_several
 
     assert _model_spec("alpha=/x/m") == ("alpha", "/x/m")
     assert _model_spec("org/model") == (None, "org/model")

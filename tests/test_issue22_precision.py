@@ -40,7 +40,7 @@ def _row(url: str, text: str) -> np.ndarray:
 
 
 def test_the_same_row_alone_and_amid_a_burst_under_the_default_precision(tmp_path, vnni_without_bf16):
-    from onepeace.serve.cli import load_model
+    from onepeace.cli.serve import load_model
 
     model_dir, _ = tiny_search_collection(tmp_path)
     model = load_model(str(model_dir), "auto", "cpu")  # what `onepeace serve` does with the default --dtype
@@ -73,7 +73,7 @@ def test_the_same_row_alone_and_amid_a_burst_under_the_default_precision(tmp_pat
 
 
 def test_serving_dtype_keeps_explicit_choices_and_says_so():
-    from onepeace.serve.cli import serving_dtype
+    from onepeace.cli.serve import serving_dtype
 
     assert serving_dtype("fp32") == ("fp32", "")
     assert serving_dtype("bf16") == ("bf16", "")

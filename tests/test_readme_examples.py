@@ -724,7 +724,7 @@ def test_clip_style_api(here):
 def test_command_line_synopsis(here):
     """The synopsis is parsed line by line (test_every_command_line_parses); of its commands,
     the two that need no inputs run here, the others in their own sections."""
-    from onepeace.cli import _version
+    from onepeace.cli.common import version as _version
 
     assert run_ok(["--version"], here).strip() == f"onepeace {_version()}"
     assert "parameters" in run_ok(["info", "one-peace-dir"], here)
@@ -870,7 +870,7 @@ def test_convert_official(here):
 
 def _recipe(args: list[str]) -> None:
     """What `onepeace pretrain/finetune` does before training: the recipe with its overrides, checked."""
-    from onepeace.cli import _train_config
+    from onepeace_train.cli import _train_config
 
     ns = parse(args)
     cfg = _train_config(ns)

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import onepeace
+from onepeace.cli.data import data_check
 from onepeace.data import PairDataset, iter_shard, make_loader, write_manifest, write_shards
-from onepeace.data.cli import data_check
 from onepeace.data.dataset import collate_pairs, resolve_source
 from onepeace.data.shards import decode_record, write_shards_from_samples
 from onepeace.errors import InputError

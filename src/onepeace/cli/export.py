@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from ..errors import InputError
+from ..export.onnx import OPSET, export_onnx
+from ..outputs import check_output_folder_not_model
 
 #: what ``export onnx`` writes: fp32 graphs (``auto`` is fp32 here; onnxruntime picks its own kernels)
 ONNX_DTYPES = ("auto", "fp32")
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from .onnx import export_onnx
-
     if args.dtype not in ONNX_DTYPES:
         raise InputError(f"--dtype {args.dtype}: ONNX export writes fp32 graphs (give --dtype fp32 or auto); to "
                          "run them in lower precision, convert or quantise the .onnx files with onnxruntime's tools")
-    from ..outputs import check_output_folder_not_model
-
     check_output_folder_not_model(args.out_dir, "OUT_DIR")
     names = None
     if args.modalities is not None:
@@ -30,10 +28,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``export onnx`` on the main CLI's subparsers."""
-    from .onnx import OPSET
-
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``export onnx``."""
     p = subparsers.add_parser("export", help="export a model's branches to another runtime: `onepeace export onnx ...`")
     sub = p.add_subparsers(dest="export_format", required=True)
     o = sub.add_parser("onnx", help="one ONNX graph per modality (OUT_DIR/<modality>.onnx), checked with onnxruntime")

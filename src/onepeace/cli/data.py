@@ -1,18 +1,24 @@
-"""``onepeace data ...``: build tar shards from a manifest, and check that a source decodes.
-
-The main CLI calls :func:`add_data_parser` on its subparsers; each subcommand sets ``func`` to a
-``cmd_*(args) -> int``, and bad input raises :class:`onepeace.OnePeaceError` subclasses (printed
-as one line by the main CLI).
-"""
+"""``onepeace data ...``: build tar shards from a manifest, check that a source decodes, and prepare
+task manifests from ESC-10/50 or COCO-style data."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
 
+from ..checkpoints.format import load_config
+from ..checkpoints.hub import looks_like_hub_id
+from ..config import ModelConfig, get_preset, list_presets
+from ..data.dataset import PairDataset
+from ..data.manifest import media_modalities, read_manifest
+from ..data.prepare import prepare_coco, prepare_esc
+from ..data.shards import write_shards_stats
 from ..errors import InputError
+from ..outputs import check_output_folder_not_model
+from .common import positive_int
 
 MAX_SKIP_LINES = 20
 _PREPARE_FORCE = ("replace the manifests already in --out (atomically; never a folder holding other files); "
@@ -28,10 +34,6 @@ def data_shards(
     skip_missing: bool = False,
 ) -> int:
     """Pack a manifest's samples into tar shards; prints the counts. Returns the exit code."""
-    from ..outputs import check_output_folder_not_model
-    from .manifest import read_manifest
-    from .shards import write_shards_stats
-
     check_output_folder_not_model(out_dir, "the shard directory")
     samples = read_manifest(manifest)  # then the output is checked, before any shard is written
     if not samples:
@@ -45,23 +47,14 @@ def data_shards(
 
 
 def _load_config(model: str | None) -> Any:
-    from ..config import ModelConfig, list_presets
-
     if model is None:  # the official processors (256 px images, 16 kHz audio), and every other
-        from .manifest import media_modalities  # registered modality's with its default options
-
+        # registered modality's with its default options
         base = ModelConfig()
         return base.replace(modalities={**base.modalities,
                                         **{m: {} for m in media_modalities() if m not in base.modalities}})
     if model in list_presets():
-        from ..config import get_preset
-
         return get_preset(model)
-    from ..checkpoints.hub import looks_like_hub_id
-
     if os.path.isdir(model) or looks_like_hub_id(model):
-        from ..checkpoints.format import load_config
-
         return load_config(model)
     raise InputError(f"--model {model!r} is neither a preset ({', '.join(list_presets())}), a model directory "
                      "nor a Hugging Face Hub id (org/name)")
@@ -71,8 +64,6 @@ def data_check(source: str, model: str | None = None, limit: int | None = None, 
     """Decode every sample of a source (manifest, shard, directory or glob) in this process and
     print ok / skipped counts and the first skipped samples. Returns 0 when nothing was skipped,
     1 otherwise; raises when the source itself is unusable or no sample decodes."""
-    from .dataset import PairDataset
-
     skips: list[tuple[str, str]] = []
 
     def on_skip(sample_id: str, reason: str) -> None:
@@ -107,11 +98,6 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    import json
-
-    from ..outputs import check_output_folder_not_model
-    from .prepare import prepare_coco, prepare_esc
-
     check_output_folder_not_model(args.out, "--out")
     if args.dataset == "esc":
         summary = prepare_esc(args.root, args.out, overwrite=args.force)
@@ -121,14 +107,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    from ..cli import _positive_int  # one parser of counts for every sub-command
-
-    return _positive_int(text)
-
-
-def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``data shards`` and ``data check`` on the main CLI's subparsers."""
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``data shards``, ``data check`` and ``data prepare esc|coco``."""
     p = subparsers.add_parser("data", help="training data: build tar shards from a manifest, check a data source")
     sub = p.add_subparsers(dest="data_command", required=True)
 
@@ -136,12 +116,12 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("manifest", help="JSONL manifest: {\"image\"|\"audio\"|\"video\"|<modality>: path, \"text\": caption} "
                                     "per line")
     s.add_argument("out_dir", help="output directory (created if absent)")
-    s.add_argument("--samples-per-shard", type=_positive, default=1000, help="samples per shard (default 1000)")
+    s.add_argument("--samples-per-shard", type=positive_int, default=1000, help="samples per shard (default 1000)")
     s.add_argument("--prefix", default="shard", help="shard file prefix (default: shard -> shard-000000.tar)")
     s.add_argument("--force", "--overwrite", dest="overwrite", action="store_true",
                    help="replace existing shards with the same prefix (default: refuse them, before any work)")
     s.add_argument("--skip-missing", action="store_true", help="skip samples whose media file is missing")
-    s.add_argument("--max-pixels", type=_positive, metavar="N",
+    s.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="decode images of up to N pixels (default: Pillow's decompression-bomb limit)")
     s.set_defaults(func=cmd_data_shards)
 
@@ -149,9 +129,9 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     c.add_argument("source", help="a .jsonl manifest, a .tar shard, a directory of shards, a quoted glob, or a "
                                   "webdataset spec ('pipe:COMMAND', a URL, 'shard-{000000..000009}.tar')")
     c.add_argument("--model", help="preset name or model directory whose processors to use (default: official)")
-    c.add_argument("--limit", type=_positive, help="stop after this many good samples")
+    c.add_argument("--limit", type=positive_int, help="stop after this many good samples")
     c.add_argument("--train", action="store_true", help="apply the training augmentation too")
-    c.add_argument("--max-pixels", type=_positive, metavar="N",
+    c.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="decode images of up to N pixels (default: Pillow's decompression-bomb limit)")
     c.set_defaults(func=cmd_data_check)
 

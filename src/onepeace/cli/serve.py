@@ -3,8 +3,7 @@
 ``onepeace serve --model MODEL`` (no DB) serves embeddings only: ``/v1/embeddings``, ``/health``,
 ``/v1/models`` and the page, which says search is off; ``/search`` answers 404 JSON.
 
-The main CLI calls :func:`add_serve_parser` on its subparsers. Everything that can be wrong with
-the command line (no index at DB, a model that did not build it, a port in use) is one line and
+Everything that can be wrong with the command line (no index at DB, a model that did not build it, a port in use) is one line and
 exit 2 before the server starts.
 """
 
@@ -16,21 +15,21 @@ import os
 import re
 import socket
 import sys
+import time
 from typing import Any
 
+from .. import OnePeace
 from ..errors import InputError, OnePeaceError
+from ..model.precision import choose
+from ..search.fingerprint import model_fingerprint
+from ..search.store import Index, ModelMismatchError, is_remote
+from .common import add_runtime_options, positive_int, runtime
 
 API_KEY_ENV = "ONEPEACE_API_KEY"
 
 
-def _positive(text: str) -> int:
-    from ..cli import _positive_int  # one parser of counts for every sub-command
-
-    return _positive_int(text)
-
-
 def _port(text: str) -> int:
-    n = _positive(text) if text != "0" else 0
+    n = positive_int(text) if text != "0" else 0
     if n > 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {n}")
     return n
@@ -62,10 +61,8 @@ def _model_spec(text: str) -> tuple[str | None, str]:
     return name, spec
 
 
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``serve`` on the main CLI's subparsers."""
-    from ..cli import _add_runtime_options
-
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``serve``."""
     p = subparsers.add_parser(
         "serve", help="serve an index: OpenAI-compatible /v1/embeddings, /search and a web page (FastAPI)")
     p.add_argument("db", metavar="DB", nargs="?", default=None,
@@ -82,22 +79,22 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on the API (default: the {API_KEY_ENV} environment "
                         "variable, which keeps the key out of the process list; none: open)")
-    p.add_argument("--max-batch", type=_positive, default=16,
+    p.add_argument("--max-batch", type=positive_int, default=16,
                    help="most inputs in one forward pass of the micro-batcher (1: one request at a time; default 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its forward pass (default 5)")
-    p.add_argument("--max-request-bytes", type=_positive, default=16 * 1024 * 1024,
+    p.add_argument("--max-request-bytes", type=positive_int, default=16 * 1024 * 1024,
                    help="largest request body; larger ones get 413 (default 16 MiB)")
     p.add_argument("--timeout", type=_seconds, default=30.0,
                    help="seconds a request may take before it gets 408, the upload of its body included (a slower "
                         "upload is cut off and its connection closed); also the most seconds a connection may take "
                         "to send a request's line and headers (default 30)")
-    p.add_argument("--max-queue", type=_positive, default=1024,
+    p.add_argument("--max-queue", type=positive_int, default=1024,
                    help="most inputs waiting for a forward pass; past it requests get 503 with Retry-After "
                         "(default 1024)")
-    p.add_argument("--max-in-flight", type=_positive, default=256,
+    p.add_argument("--max-in-flight", type=positive_int, default=256,
                    help="most requests served at once; past it requests get 503 with Retry-After (default 256)")
-    _add_runtime_options(p)
+    add_runtime_options(p)
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -136,8 +133,6 @@ def serving_dtype(dtype: str | None, device: str = "cpu") -> tuple[str | None, s
     int8 here: int8 quantises activations per forward pass, so a served row would change with the
     other requests in its micro-batch; the server promises batch-invariant rows, so ``auto``
     stands for bf16 where the CPU (or GPU) computes it natively, else fp32."""
-    from ..model.precision import choose
-
     if dtype is None or str(dtype).strip().lower() != "auto":
         if str(dtype).strip().lower() == "int8":
             return "int8", "int8: rows depend on their micro-batch (not batch-invariant)"
@@ -151,10 +146,6 @@ def serving_dtype(dtype: str | None, device: str = "cpu") -> tuple[str | None, s
 def load_model(spec: str, dtype: str | None = None, device: str = "cpu"):
     """The model to serve, in the precision :func:`serving_dtype` picks (``model.serve_note`` says
     why; ``model.load_seconds`` how long loading took)."""
-    import time
-
-    from ..model.onepeace import OnePeace
-
     resolved, note = serving_dtype(dtype, device)
     t0 = time.perf_counter()
     model = OnePeace.from_pretrained(spec, dtype=resolved, device=device)
@@ -166,9 +157,6 @@ def load_model(spec: str, dtype: str | None = None, device: str = "cpu"):
 def load_served(db: str, model_spec: str | None, dtype: str | None = None, device: str = "cpu"):
     """Open the index at ``db`` and load the model that built it (``model_spec`` or the index's
     own record); a model whose fingerprint differs from the index's is refused, naming both."""
-    from ..search.fingerprint import model_fingerprint
-    from ..search.store import Index
-
     index = Index.open(db)
     spec = model_spec or index.model_name
     if not spec or spec.startswith("<"):
@@ -183,9 +171,6 @@ def load_several(db: str | None, specs: list[tuple[str | None, str]], dtype: str
     """The models of ``--model [NAME=]MODEL ...`` (one model, or ``{name: model}`` for several)
     and the index at ``db`` (or None). With an index, one of the models must have built it (its
     fingerprint), else the command is refused naming the index's model."""
-    from ..search.fingerprint import model_fingerprint
-    from ..search.store import Index, ModelMismatchError
-
     if len(specs) == 1 and specs[0][0] is None:
         if db is None:
             return load_model(specs[0][1], dtype, device), None
@@ -207,23 +192,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from ..serve.app import create_app
     except ImportError as e:
         raise OnePeaceError(f"onepeace serve needs the serve extra ({e.name} is missing): "
                             "pip install 'onepeace[serve]'") from None
-    from ..cli import _runtime
-
     if args.db is None and not args.model:
         raise InputError("nothing to serve: give an index (onepeace serve DB) or a model to serve embeddings only "
                          "(onepeace serve --model MODEL)")
-    from ..search.store import is_remote
-
     if args.db is not None and not is_remote(args.db) and not os.path.isdir(args.db):
         raise InputError(f"no index at {args.db}: build one with `onepeace index build {args.db} --model MODEL SOURCE...`")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     if args.api_key == "":
         raise InputError("--api-key is empty; give a key, or leave the option out for an open server")
-    device = _runtime(args)
+    device = runtime(args)
     sock = _bind(args.host, args.port)
     try:
         if not args.model:
@@ -246,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not _is_loopback(args.host) and api_key is None:
             print(f"onepeace serve: warning: listening on {args.host} without an API key: anyone who can reach "
                   f"this machine can use the service (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
-        from .app import head_deadline_protocol
+        from ..serve.app import head_deadline_protocol
 
         config = uvicorn.Config(app, log_level="info" if args.verbose else "warning", access_log=args.verbose,
                                 timeout_graceful_shutdown=5, http=head_deadline_protocol(args.timeout))

@@ -1,8 +1,7 @@
 """``onepeace index build|info`` and ``onepeace search``.
 
-The main CLI calls :func:`add_search_parsers` on its subparsers. Inputs (sources, the index
-directory, query files, weights) are checked before any model is loaded; bad input raises
-:class:`onepeace.OnePeaceError` subclasses, printed by the main CLI as one line (exit 2).
+Inputs (sources, the index directory, query files, weights) are checked before any model is
+loaded; bad input raises :class:`onepeace.OnePeaceError` subclasses, printed as one line (exit 2).
 """
 
 from __future__ import annotations
@@ -14,8 +13,26 @@ import sys
 import time
 from typing import Any
 
+from ..checkpoints.format import load_config
 from ..checkpoints.hub import looks_like_hub_id
 from ..errors import InputError
+from ..outputs import check_output_file
+from ..search.fingerprint import IN_MEMORY, model_fingerprint, model_name
+from ..search.ingest import build, check_sources, default_report_path, prepare_db_dir
+from ..search.query import query_inputs, resolve_weights, search
+from ..search.store import Index, is_index, is_remote
+from . import common
+from .common import (
+    add_max_pixels,
+    add_media_options,
+    add_runtime_options,
+    file_modalities,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    precision,
+    runtime,
+)
 
 _WEIGHTS_HELP = ("one weight per query input, in the order text, image, audio (e.g. --weights 1 -0.5), or per "
                  "modality (--weights text=1 image=0.5); negative weights subtract; default 1 each")
@@ -41,16 +58,9 @@ def _counts(modalities: dict[str, int]) -> str:
 
 # ---------------------------------------------------------------------------------- index build
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from ..cli import _runtime
-    from .fingerprint import model_fingerprint, model_name
-    from .ingest import build, check_sources, prepare_db_dir
-    from .store import Index, is_index
-
     ray_options = _ray_options(args)
     srcs = check_sources(args.sources)
     if args.report:
-        from ..outputs import check_output_file
-
         check_output_file(args.report, args.force, hint="--force")
     prepare_db_dir(args.db)
     if is_index(args.db) and os.path.isdir(args.model):  # a mismatch is refused before the model loads
@@ -59,9 +69,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         model: Any = args.model  # each Ray actor loads its own copy
     else:
-        from ..cli import _load_model  # -v says what --dtype auto chose
-
-        model = _load_model(args.model, args.dtype, _runtime(args))
+        model = common.load_model(args.model, args.dtype, runtime(args))  # -v says what --dtype auto chose
     result = build(args.db, model, srcs, batch_size=args.batch_size, workers=args.workers, prune=args.prune,
                    report_path=args.report, progress=None, engine=args.engine, address=args.address,
                    ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options)
@@ -125,8 +133,6 @@ def _first_skipped(report: str | None) -> str | None:
 
 # ---------------------------------------------------------------------------------- index info
 def _last_report(db: str) -> tuple[str, dict[str, Any]] | None:
-    from .ingest import default_report_path
-
     folder = os.path.dirname(default_report_path(db))
     try:
         names = sorted(n for n in os.listdir(folder) if n.startswith("build-") and n.endswith(".json"))
@@ -143,8 +149,6 @@ def _last_report(db: str) -> tuple[str, dict[str, Any]] | None:
 
 
 def cmd_index_info(args: argparse.Namespace) -> int:
-    from .store import Index
-
     idx = Index.open(args.db)
     info = idx.info()
     last = _last_report(args.db)
@@ -208,21 +212,14 @@ def _check_modality(modality: str | None, known: list[str]) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..cli import _runtime
-    from .fingerprint import IN_MEMORY, model_fingerprint, model_name
-    from .query import query_inputs, resolve_weights, search
-    from .store import Index, is_remote
-
     idx = Index.open(args.db)
     text = args.text or None
-    from ..cli import _file_modalities
-
-    files = {m: [_query_file(p, m) for p in getattr(args, m, None) or []] or None for m in _file_modalities()}
+    files = {m: [_query_file(p, m) for p in getattr(args, m, None) or []] or None for m in file_modalities()}
     image, audio = files.pop("image", None), files.pop("audio", None)
     others = {m: v for m, v in files.items() if v}
     inputs = query_inputs(text, image, audio, **others)
     if not inputs:
-        raise InputError("nothing to search for: give --text or " + ", ".join(f"--{m}" for m in _file_modalities())
+        raise InputError("nothing to search for: give --text or " + ", ".join(f"--{m}" for m in file_modalities())
                          + " (several combine into one query)")
     weights = resolve_weights(inputs, parse_weights(args.weights))
     path = args.model or idx.model_name
@@ -230,21 +227,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"the index {args.db} was built with a model that was never saved; give it with --model DIR")
     if os.path.isdir(path):
         idx.check_model(model_fingerprint(path), model_name(path))  # before loading it
-        from ..checkpoints.format import load_config
-
         _check_modality(args.modality, list(load_config(path).modalities))
     elif args.model is None and not looks_like_hub_id(path):
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
-    from ..cli import _load_model, _precision  # -v says what --dtype auto chose
-
-    model = _load_model(path, args.dtype, _runtime(args))
+    model = common.load_model(path, args.dtype, runtime(args))  # -v says what --dtype auto chose
     _check_modality(args.modality, model.modality_names)
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
         print(json.dumps({"schema_version": 1, "index": idx.path if is_remote(idx.path) else os.path.abspath(args.db), "model": idx.model_name, "query": query,
-                          "dtype": _precision(model), "hits": hits}, indent=1, ensure_ascii=False))
+                          "dtype": precision(model), "hits": hits}, indent=1, ensure_ascii=False))
         return 0
     terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]
     print(f"query: {' + '.join(terms)}")
@@ -262,26 +255,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- parsers
-def _nonneg_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x >= 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return x
-
-
-def add_search_parsers(subparsers: Any) -> None:
-    """Register ``index build``, ``index info`` and ``search`` on the main CLI's subparsers."""
-    from ..cli import (
-        _add_max_pixels,
-        _add_media_options,
-        _add_runtime_options,
-        _nonnegative_int,
-        _positive_int,
-    )
-
+def _add_index(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("index", help="build a searchable index (LanceDB) of images, audio, video and texts; info")
     sub = p.add_subparsers(dest="index_command", required=True)
 
@@ -292,11 +266,11 @@ def add_search_parsers(subparsers: Any) -> None:
                         "({\"image\"|\"audio\": path, \"text\": caption, ...} or {\"text\": ...} per line), "
                         ".txt files (one text per line) or single media files")
     b.add_argument("--model", required=True, help="an onepeace model directory (or hub id)")
-    b.add_argument("--batch-size", type=_positive_int, default=32, help="items per model batch (default 32)")
-    b.add_argument("--workers", type=_nonnegative_int, default=None,
+    b.add_argument("--batch-size", type=positive_int, default=32, help="items per model batch (default 32)")
+    b.add_argument("--workers", type=nonnegative_int, default=None,
                    help="decoding processes running beside the model (default 2, fewer on small machines; "
                         "0: decode in the main process)")
-    b.add_argument("--commit-every", type=_positive_int, default=None, metavar="N",
+    b.add_argument("--commit-every", type=positive_int, default=None, metavar="N",
                    help="rows per commit (default 256, at least the batch size): a killed build loses at most "
                         "the rows not yet committed, and a rerun adds exactly those")
     b.add_argument("--prune", action="store_true",
@@ -310,18 +284,18 @@ def add_search_parsers(subparsers: Any) -> None:
                         "pip install 'onepeace[scale]')")
     b.add_argument("--address", help="with --engine ray: the Ray cluster to join (auto: the cluster of this node; "
                                      "default: a new local one)")
-    b.add_argument("--actors", type=_positive_int, metavar="N",
+    b.add_argument("--actors", type=positive_int, metavar="N",
                    help="with --engine ray: models embedding in parallel, one per Ray actor (default: one per "
                         "GPU of the cluster, else one per CPU)")
-    b.add_argument("--cpus-per-actor", type=_positive_int, metavar="N",
+    b.add_argument("--cpus-per-actor", type=positive_int, metavar="N",
                    help="with --engine ray: CPUs (torch threads) per actor (default 1)")
-    b.add_argument("--gpus-per-actor", type=_nonneg_float, metavar="G",
+    b.add_argument("--gpus-per-actor", type=nonnegative_float, metavar="G",
                    help="with --engine ray: GPUs per actor, e.g. 0.5 for two models per GPU (default: 1 when "
                         "the cluster has GPUs, else 0)")
-    b.add_argument("--ann-threshold", type=_nonnegative_int, default=50_000, metavar="N",
+    b.add_argument("--ann-threshold", type=nonnegative_int, default=50_000, metavar="N",
                    help="build an ANN index (IVF-PQ) once the index holds N rows (default 50000; 0: never)")
-    _add_runtime_options(b)
-    _add_max_pixels(b)
+    add_runtime_options(b)
+    add_max_pixels(b)
     b.set_defaults(func=cmd_index_build)
 
     i = sub.add_parser("info", help="rows per modality, model, search type, size on disk, last build")
@@ -329,15 +303,17 @@ def add_search_parsers(subparsers: Any) -> None:
     i.add_argument("--json", action="store_true", help="print the information as JSON")
     i.set_defaults(func=cmd_index_info)
 
+
+def _add_search(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("search", help="search an index with a text, image, audio or video query, or a weighted mix")
     s.add_argument("db", metavar="DB", help="an index built with `onepeace index build`")
     s.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT", help="query texts")
     s.add_argument("--image", nargs="+", action="extend", default=[], metavar="FILE", help="query images")
     s.add_argument("--audio", nargs="+", action="extend", default=[], metavar="FILE", help="query audio clips")
-    _add_media_options(s, metavar="FILE")
+    add_media_options(s, metavar="FILE")
     s.add_argument("--weights", nargs="+", metavar="W", help=_WEIGHTS_HELP)
     s.add_argument("--modality", help="return only rows of this modality (image, audio, video, text, ...)")
-    s.add_argument("-k", "--top-k", dest="k", type=_positive_int, default=10, help="results (default 10)")
+    s.add_argument("-k", "--top-k", dest="k", type=positive_int, default=10, help="results (default 10)")
     s.add_argument("--where", metavar="SQL",
                    help="filter on the columns id, modality, uri, text, metadata, content_hash, e.g. "
                         "\"uri LIKE '%%/cats/%%'\"")
@@ -345,6 +321,12 @@ def add_search_parsers(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print the hits as JSON (score, prob, metadata)")
     s.add_argument("--model", help="the model to embed the query with (default: the one the index was built "
                                    "with; another one is refused)")
-    _add_runtime_options(s)
-    _add_max_pixels(s)
+    add_runtime_options(s)
+    add_max_pixels(s)
     s.set_defaults(func=cmd_search)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """``index build``, ``index info`` and ``search``."""
+    _add_index(subparsers)
+    _add_search(subparsers)
