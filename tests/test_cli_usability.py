@@ -335,7 +335,7 @@ def test_eval_retrieval_json_is_rounded(tmp_path, capsys, models):
 
 
 def test_rounded_is_recursive():
-    from onepeace.cli import _rounded
+    from onepeace.cli.common import rounded as _rounded
 
     assert _rounded({"a": 1 / 3, "b": [2 / 3, {"c": 0.123456}], "n": 7, "s": "x"}) == \
         {"a": 0.3333, "b": [0.6667, {"c": 0.1235}], "n": 7, "s": "x"}

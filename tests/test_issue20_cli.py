@@ -156,12 +156,12 @@ def test_a_closed_pipe_ends_quietly_like_coreutils(args):
 
 
 def test_an_unexpected_error_is_one_line_and_the_traceback_comes_with_v(tmp_path, capsys, monkeypatch, model_dir):
-    import onepeace.cli as cli
+    import onepeace.cli.common as cli
 
     def boom(*args, **kwargs):
         raise RuntimeError("something odd")
 
-    monkeypatch.setattr(cli, "_load_model", boom)
+    monkeypatch.setattr(cli, "load_model", boom)
     code, out, err = run(capsys, "embed", "--model", model_dir, "--text", "x")
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "RuntimeError: something odd" in err
@@ -206,11 +206,11 @@ def test_export_refuses_a_dtype_it_cannot_write_before_loading(tmp_path, capsys,
 
 
 def test_try_computes_in_the_dtype_given(tmp_path, capsys, monkeypatch, model_dir):
-    import onepeace.cli as cli
+    import onepeace.cli.common as cli
 
     seen = []
-    real = cli._load_model
-    monkeypatch.setattr(cli, "_load_model", lambda path, dtype, device="cpu": seen.append(dtype) or real(path, dtype))
+    real = cli.load_model
+    monkeypatch.setattr(cli, "load_model", lambda path, dtype, device="cpu": seen.append(dtype) or real(path, dtype))
     import soundfile as sf
 
     from onepeace_train.demo.data import load_speech
