@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import progress as _progress  # progress_bar read at call time (tests replace it)
 from ..errors import InputError, OnePeaceWarning
 from ..modalities import get_modality
 from ..model.onepeace import OnePeaceNetwork
@@ -22,7 +23,6 @@ from ..model.packing import embed_scheduled
 from ..processing import split_companions
 from ..processing.audio import check_long_audio
 from ..processing.text import check_long_text, shorten
-from ..progress import progress_bar
 
 #: with bucketing, ``embed`` sorts up to this many batches' worth of items at a time
 SORT_WINDOW = 8
@@ -57,7 +57,7 @@ def embed(model: OnePeaceNetwork, *positional: Any, batch_size: int = 16, normal
     if "text" in given and "text" in model.modality_names:
         _check_texts(model, given["text"], long_text)
     result = {}
-    with torch.inference_mode(), progress_bar(progress, total=sum(map(len, given.values())), desc="embedding") as bar:
+    with torch.inference_mode(), _progress.progress_bar(progress, total=sum(map(len, given.values())), desc="embedding") as bar:
         for name, items in given.items():
             proc = model.processor.get(name)
             scheduled = bucket and model._schedulable(name)
@@ -211,7 +211,7 @@ def embed_fused(model: OnePeaceNetwork, *, batch_size: int = 16, normalize: bool
     if fusion not in ("joint", "late"):
         raise InputError(f"fusion must be 'joint' (one sequence) or 'late' (separate passes), got {fusion!r}")
     rows = []
-    with progress_bar(progress, total=n, desc="embedding") as bar:
+    with _progress.progress_bar(progress, total=n, desc="embedding") as bar:
         for i in range(0, n, batch_size):
             segments = _fused_segments(model, given, i, batch_size, companions)
             if fusion == "joint":
