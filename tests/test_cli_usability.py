@@ -17,11 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.cli import build_parser, main
 from onepeace.config import HeadConfig
 from onepeace_train.finetune.job import attach_head
-from onepeace.model.onepeace import OnePeace
 
 SAMPLES = resources.files("onepeace").joinpath("assets", "samples")
 IMAGES = sorted(str(p) for p in SAMPLES.iterdir() if str(p).endswith(".png"))

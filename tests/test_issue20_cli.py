@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.cli import build_parser, main
 from onepeace.config import get_preset
-from onepeace.model.onepeace import OnePeace
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
