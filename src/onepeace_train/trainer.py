@@ -23,12 +23,18 @@ import torch.distributed as dist
 
 from onepeace.errors import ConfigError
 from onepeace.inference import OnePeace, create_model
-from onepeace_train.pretrain.model import PretrainModel
 from onepeace_train import checkpoint as ckpt
+from onepeace_train.distributed import (
+    DistInfo,
+    barrier,
+    enable_activation_checkpointing,
+    init_distributed,
+    parallelize,
+)
+from onepeace_train.optim import lr_at, param_groups, set_lr
+from onepeace_train.pretrain.model import PretrainModel
 from onepeace_train.recipe import TrainConfig
 from onepeace_train.runs import check_run_dir, discard_run
-from onepeace_train.distributed import DistInfo, barrier, enable_activation_checkpointing, init_distributed, parallelize
-from onepeace_train.optim import lr_at, param_groups, set_lr
 
 log = logging.getLogger(__name__)
 
