@@ -179,8 +179,8 @@ def memory(tmp: Path, sizes: list[int], workers: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------
 def demo_quality(demo_dir: Path) -> dict[str, Any]:
-    from onepeace_train.demo.search import audio_to_image_precision, demo_index
     from onepeace.search.store import Index
+    from onepeace_train.demo.search import audio_to_image_precision, demo_index
 
     model = demo_dir / "model"
     if not (model / "config.json").is_file():

@@ -186,8 +186,8 @@ def worker_main(spec_path: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(spec["threads"])
     import onepeace_train.checkpoint as ckpt
-    from onepeace_train.recipe import load_config
     from onepeace_train.distributed import shutdown
+    from onepeace_train.recipe import load_config
     from onepeace_train.trainer import Trainer
 
     # the benchmark keeps no checkpoint: the end-of-run DCP save and the full-state-dict export

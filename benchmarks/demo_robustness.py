@@ -97,8 +97,8 @@ def image_corruptions() -> dict:
 def evaluate(model_dir: str) -> dict:
     import torch
 
-    from onepeace_train.demo.data import EVAL_TEMPLATES, load_digits, load_speech
     from onepeace import OnePeace
+    from onepeace_train.demo.data import EVAL_TEMPLATES, load_digits, load_speech
 
     model = OnePeace.from_pretrained(model_dir).eval()
     out = {}

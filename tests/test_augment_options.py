@@ -358,8 +358,8 @@ def test_try_prints_a_digit_and_its_probability(tmp_path, tiny_model, capsys):
 def test_try_probabilities_sum_to_one(tiny_model):
     import torch
 
-    from onepeace_train.demo.try_it import classify_digit
     from onepeace import OnePeace
+    from onepeace_train.demo.try_it import classify_digit
 
     model = OnePeace.from_pretrained(tiny_model)
     p = classify_digit(model, "audio", _tone(seconds=0.5))

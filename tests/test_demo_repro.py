@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from onepeace.cli import main
-from onepeace_train.demo.run import STATE, run_demo, stage_config
 from onepeace.errors import OutputError
 from onepeace.factory import create_model
+from onepeace_train.demo.run import STATE, run_demo, stage_config
 from onepeace_train.trainer import Trainer
 
 
@@ -31,6 +31,7 @@ def _small_data(root, n_train_image=64, n_train_audio=32, n_test=20):
     """The demo's six shard sets, cut to a few samples (captions as ``build_data`` makes them)."""
     import random
 
+    from onepeace.data.shards import write_shards_from_samples
     from onepeace_train.demo.data import (
         audio_captions,
         eval_caption,
@@ -39,7 +40,6 @@ def _small_data(root, n_train_image=64, n_train_audio=32, n_test=20):
         load_font_digits,
         load_speech,
     )
-    from onepeace.data.shards import write_shards_from_samples
 
     def digits(split):
         return load_font_digits()[:2] if split == "heldout" else load_digits(split)

@@ -13,13 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import needs_fixtures
-from onepeace import create_model
+from onepeace import OnePeace, create_model
 from onepeace.cli import main
 from onepeace.config import HeadConfig
 from onepeace.errors import ConfigError
-from onepeace_train.finetune.job import attach_head
 from onepeace.model.heads import DenseHead, LinearHead
-from onepeace import OnePeace
+from onepeace_train.finetune.job import attach_head
 from onepeace_train.finetune.objectives import confusion_matrix, mean_iou, miou_from_confusion
 
 STEM = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]

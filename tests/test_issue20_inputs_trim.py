@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from onepeace.errors import InputError
 from onepeace_train.demo.data import SAMPLE_RATE as SR
 from onepeace_train.demo.data import load_speech
 from onepeace_train.demo.try_it import prepare_audio, trim_silence
-from onepeace.errors import InputError
 
 HOP = SR // 100  # trim_silence works in 10 ms frames
 PAD = int(0.015 * SR)  # and keeps 15 ms either side
@@ -98,8 +98,8 @@ def test_try_and_zeroshot_agree_on_the_demo_test_clips(test_clips):
     # clip as it is, as `onepeace zeroshot` does: the same digit for every test clip
     import torch
 
-    from onepeace_train.demo.try_it import _prototypes, classify_digit
     from onepeace import OnePeace
+    from onepeace_train.demo.try_it import _prototypes, classify_digit
 
     model = OnePeace.from_pretrained(str(DEMO_MODEL)).eval()
     waves, _ = test_clips

@@ -41,8 +41,8 @@ def test_two_process_gradients_equal_single_process(tmp_path, kind):
 
 
 def _write_data(root) -> str:
-    from onepeace_train.demo.data import image_captions, load_digits
     from onepeace.data.shards import write_shards_from_samples
+    from onepeace_train.demo.data import image_captions, load_digits
 
     imgs, labels = load_digits("train")
     import random

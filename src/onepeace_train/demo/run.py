@@ -63,9 +63,15 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
 
     Each set is written whole or not at all, and its captions depend only on (seed, set), so a
     set rebuilt after an interruption is the one an uninterrupted run writes."""
-    from onepeace_train.demo.data import audio_captions, eval_caption, image_captions, load_digits, load_font_digits
     from onepeace.data.shards import write_shards_from_samples
     from onepeace.outputs import staged_dir
+    from onepeace_train.demo.data import (
+        audio_captions,
+        eval_caption,
+        image_captions,
+        load_digits,
+        load_font_digits,
+    )
 
     loads = {
         ("image", "train"): lambda: load_digits("train"),
@@ -199,7 +205,9 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                          "augmentation": {f"stage{k + 1}": c.data.augment for k, c in enumerate(recipe_cfgs)}},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
-    from onepeace.checkpoints.hub import write_model_card  # the model's card (README.md): config, size, data, metrics
+    from onepeace.checkpoints.hub import (
+        write_model_card,  # the model's card (README.md): config, size, data, metrics
+    )
 
     voices = ("espeak-ng and flite voices" if settings["extra_voices"] else "espeak-ng voices")
     write_model_card(model_dir, model_dir, {

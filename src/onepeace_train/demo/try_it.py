@@ -113,8 +113,8 @@ def prepare_audio(item: Any) -> np.ndarray:
 def prepare_image(item: Any) -> np.ndarray:
     """A picture of one handwritten digit (path, bytes, file object, PIL image or array) -> uint8
     [28, 28], white ink on black, framed as MNIST."""
-    from onepeace_train.demo.data import mnist_style
     from onepeace.processing.image import load_image
+    from onepeace_train.demo.data import mnist_style
 
     try:
         return mnist_style(load_image(item))

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from onepeace_train.demo import run as demo
 from onepeace.checkpoints.format import write_text_atomic
 from onepeace.errors import ConfigError, InputError, OutputError
+from onepeace_train.demo import run as demo
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ def build_clips(root: str, split: str, n: int, seed: int = 0) -> str:
     at all; depends only on (seed, split, n). Returns the manifest path."""
     import soundfile as sf
 
-    from onepeace_train.demo.data import SAMPLE_RATE, load_digits, load_speech
     from onepeace.data.manifest import write_manifest
     from onepeace.outputs import staged_dir
     from onepeace.processing.video import write_video
+    from onepeace_train.demo.data import SAMPLE_RATE, load_digits, load_speech
 
     path = os.path.join(root, f"video-{split}")
     manifest = os.path.join(path, "clips.jsonl")
@@ -121,9 +121,9 @@ def build_clips(root: str, split: str, n: int, seed: int = 0) -> str:
 def build_images(root: str, n: int = 500) -> str:
     """The image gallery of the emergent video->image evaluation: ``n`` test digits no test clip
     shows (every other one), as shards in ``root/image-test``."""
-    from onepeace_train.demo.data import eval_caption, load_digits
     from onepeace.data.shards import write_shards_from_samples
     from onepeace.outputs import staged_dir
+    from onepeace_train.demo.data import eval_caption, load_digits
 
     path = os.path.join(root, "image-test")
     if not os.path.isdir(path):
@@ -200,8 +200,8 @@ def run_demo_video(out: str = "runs/demo-video", demo_model: str = "runs/demo/mo
                    progress: bool = True, force: bool = False, keep_checkpoints: bool = False) -> dict[str, Any]:
     """Run (or resume) the video demo in ``out`` on top of ``demo_model``; returns what
     ``metrics.json`` holds."""
-    from onepeace_train.demo.run import environment
     from onepeace import OnePeace
+    from onepeace_train.demo.run import environment
     from onepeace_train.trainer import Trainer
 
     if not os.path.isfile(os.path.join(demo_model, "config.json")):

@@ -27,9 +27,9 @@ from PIL import Image
 from onepeace.config import HeadConfig, ModelConfig
 from onepeace.data.dataset import media_identity
 from onepeace.errors import ConfigError, DecodeError, InputError, not_the_input
-from onepeace_train.pretrain.losses import contrastive_loss
 from onepeace.modalities import Processor
 from onepeace.processing.image import load_image
+from onepeace.tasks.retrieval import Rows, pair_metrics
 from onepeace_train.finetune.objectives import (
     aqa_hinge_loss,
     box_iou_and_giou,
@@ -42,7 +42,7 @@ from onepeace_train.finetune.objectives import (
     vqa_loss,
     vqa_score,
 )
-from onepeace.tasks.retrieval import Rows, pair_metrics
+from onepeace_train.pretrain.losses import contrastive_loss
 
 CLASSIFY_HEADS = ("classify", "linear")  # the head types of the classify task
 
