@@ -14,7 +14,6 @@ Nothing downloads at import or test time; callers ask for it explicitly.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -92,7 +91,7 @@ def _check_sha(sha256: str | None) -> str | None:
     return sha256.lower()
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -207,8 +206,8 @@ def _receive(r, f: BinaryIO, part: Path, meta: Path, url: str | None, start: int
     if total is not None:
         free = shutil.disk_usage(part.parent).free
         if total - start > free:
-            raise CheckpointError(f"{part.parent} has {_size(free)} free; the download needs "
-                                  f"{_size(total - start)} more")
+            raise CheckpointError(f"{part.parent} has {human_size(free)} free; the download needs "
+                                  f"{human_size(total - start)} more")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -230,7 +229,7 @@ def _receive(r, f: BinaryIO, part: Path, meta: Path, url: str | None, start: int
             bar.close()
     f.flush()
     if total is not None and got != total:
-        raise _Incomplete(f"the connection closed after {_size(got)} of {_size(total)}")
+        raise _Incomplete(f"the connection closed after {human_size(got)} of {human_size(total)}")
     os.fsync(f.fileno())
     return digest.hexdigest()
 
@@ -263,7 +262,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, progress
         except (urllib.error.URLError, OSError, _Incomplete, ValueError) as e:
             hint = ""
             if _keep_partial(part, meta):
-                hint = f"; {_size(part.stat().st_size)} kept in {part}: run the same command again to resume"
+                hint = f"; {human_size(part.stat().st_size)} kept in {part}: run the same command again to resume"
             raise CheckpointError(f"cannot download {url}: {_reason(e)}{hint}") from None
         except BaseException:  # sha mismatch, disk space, Ctrl-C: keep only what can resume
             if not done:
@@ -307,32 +306,3 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
 
 
 # ---------------------------------------------------------------------------- command line
-def cmd_download(args: argparse.Namespace) -> int:
-    if args.list:
-        width = max(len(n) for n in KNOWN)
-        for name, k in KNOWN.items():
-            print(f"{name.ljust(width)}  {file_name(k.url)}: {k.about}")
-        return 0
-    if not args.source:
-        raise OnePeaceError("give a name or a URL to download (`onepeace download --list` shows the names)")
-    url, known = resolve(args.source)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OnePeaceError(f"--out {out} is a file; give a directory")
-    dest, digest = fetch(url, out / file_name(url), args.sha256 or known, progress=True, force=args.force)
-    print(f"saved {dest} ({_size(dest.stat().st_size)}, sha256 {digest})")
-    if dest.suffix in (".pt", ".pkl"):
-        print(f"next: onepeace convert {dest} {dest.with_suffix('')}-onepeace --dict dict.txt "
-              "(`onepeace download dict` fetches dict.txt)")
-    return 0
-
-
-def add_download_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "download", help="download an official checkpoint or dict.txt (resumable, atomic, sha256-checked)")
-    p.add_argument("source", nargs="?", metavar="NAME|URL", help="a name (see --list) or an http(s):// or file:// URL")
-    p.add_argument("--out", default=".", metavar="DIR", help="directory to write into, created if absent (default: here)")
-    p.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the file; checked before it is put in place")
-    p.add_argument("--force", action="store_true", help="replace the file if it exists")
-    p.add_argument("--list", action="store_true", help="list the known names and exit")
-    p.set_defaults(func=cmd_download)
