@@ -66,7 +66,8 @@ def check_wheel_contents(wheel: Path) -> str:
     demo = [n for n in names if "/demo/assets/" in n or n.endswith(".npz")]
     if demo:
         problems.append(f"carries demo data {demo[:3]}")
-    for needed in ("onepeace/__init__.py", "onepeace_train/__init__.py", "onepeace_train/configs/demo_stage1.toml",
+    for needed in ("onepeace/__init__.py", "onepeace_train/__init__.py", "onepeace_train/demo/run.py",
+                   "onepeace/serve/routes/search.py", "onepeace_train/configs/demo_stage1.toml",
                    "onepeace/serve/static/", "onepeace/assets/samples/"):
         if not any(n.startswith(needed) for n in names):
             problems.append(f"lacks {needed}")
