@@ -105,8 +105,8 @@ NOT_RUN = {
         "a multi-node Ray cluster",
     "docs/scale.md: export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... AWS_REGION=us-east-1":
         "an S3 bucket and a Ray cluster (tests/test_issue22_storage.py runs build, search and serve on moto's S3 server)",
-    "docs/architecture.md: cli.py (and search/, serve/, export/, data/ command modules)":
-        "a drawing of the layers, not code",
+    "docs/architecture.md: training:     onepeace_train":
+        "the drawing of the layers, not code: tests/test_architecture.py reads it and enforces it",
     'docs/serve.md: filter := {"column": C, "op": OP, "value": V}':
         "a grammar, not code (the JSON example below it is run by test_serve_examples)",
     "docs/checkpoints.md: onepeace download ONE-PEACE --out weights    # one-peace.pt: 3.9 B parameters, 15.5 GB":
@@ -373,13 +373,19 @@ def test_every_python_block_compiles_and_its_onepeace_names_exist(b):
         _resolve(name)
 
 
+#: entry-point groups the docs name, which are no module: plug-ins (modalities, commands) register there
+ENTRY_POINT_GROUPS = {"onepeace.commands", "onepeace.modalities"}
+
+
 def test_inline_onepeace_names_exist():
-    """``onepeace.x.y`` in the prose's inline code is a real module or attribute."""
+    """``onepeace.x.y`` in the prose's inline code is a real module or attribute (or one of the
+    entry-point groups, the commands' group being declared in pyproject.toml)."""
+    assert '[project.entry-points."onepeace.commands"]' in (ROOT / "pyproject.toml").read_text()
     for path in DOCS:
         text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
         for span in re.findall(r"`([^`\n]+)`", text):
             for name in re.findall(r"(?<![\w/.])onepeace(?:\.[A-Za-z_]\w*)+", span):
-                if span.startswith(("pip ", "[project")) or name == "onepeace.modalities" and '"' in span:
+                if span.startswith(("pip ", "[project")) or name in ENTRY_POINT_GROUPS:
                     continue
                 _resolve(name)
 
@@ -646,15 +652,19 @@ def test_demo_search_figures_are_the_results_file():
         assert got == want, (name, got, want)
 
 
-@runs("docs/architecture.md: src/onepeace/")
+@runs("docs/architecture.md: src/onepeace/", "docs/architecture.md: src/onepeace_train/")
 def test_source_tree_exists():
-    b = block("docs/architecture.md: src/onepeace/")
-    for line in b.text.splitlines()[1:]:
-        name = line.split()[0]
-        assert (ROOT / "src" / "onepeace" / name).exists(), f"the README's source tree names {name}, which is gone"
-        if name.endswith("/"):
-            for f in re.findall(r"\b(\w+\.py)\b", line.split(None, 1)[1] if " " in line.strip() else ""):
-                assert (ROOT / "src" / "onepeace" / name / f).exists(), f"{name}{f}"
+    for package in ("onepeace", "onepeace_train"):
+        b = block(f"docs/architecture.md: src/{package}/")
+        for line in b.text.splitlines()[1:]:
+            name = line.split()[0]
+            here = ROOT / "src" / package
+            assert (here / name).exists(), f"the architecture page's source tree names {package}/{name}, which is gone"
+            # every file the line names: in the folder it starts with, or beside the line's first file
+            folder = here / name if name.endswith("/") else here
+            for f in re.findall(r"\b(\w+\.(?:py|toml))\b", line.split(None, 1)[1] if " " in line.strip() else ""):
+                if "*" not in f:
+                    assert (folder / f).exists() or (folder / "configs" / f).exists(), f"{package}/{name} {f}"
 
 
 # ------------------------------------------------------------------------------- running things
