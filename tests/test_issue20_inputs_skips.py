@@ -116,6 +116,7 @@ def test_a_corrupt_file_is_still_skipped_and_counted(tmp_path):
     assert "cannot decode image" in skipped[0]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: make test runs it, make test-fast does not
 def test_a_run_that_skips_most_of_its_input_stops(tmp_path):
     good = _images(tmp_path, 5)
     for i in range(2 * MIN_SKIP_SEEN):
@@ -249,6 +250,7 @@ def test_an_index_build_of_mostly_unreadable_files_stops(tmp_path, model_dir, ca
     assert rc == 2 and err.count("\n") == 0 and "could not be used (more than 50%)" in err, err
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: make test runs it, make test-fast does not
 def test_the_core_install_declares_what_the_training_augmentation_imports():
     # `pip install .` (no extras) then `onepeace demo`: scipy was only in the test extra
     import ast

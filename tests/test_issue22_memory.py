@@ -43,6 +43,7 @@ def _png(seed: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
 def test_repeated_bursts_do_not_grow_memory(tmp_path):
     from onepeace.search.ingest import build

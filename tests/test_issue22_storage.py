@@ -222,6 +222,7 @@ def test_two_servers_read_the_bucket_while_a_rebuild_is_seen_old_or_new_never_pa
         assert a.get("/health").json()["index"]["name"] == "served"
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: make test runs it, make test-fast does not
 def test_the_storage_stopped_mid_query_is_a_503_naming_it_and_serving_resumes(s3):
     from fastapi.testclient import TestClient
 
