@@ -148,3 +148,35 @@ def test_the_demo_data_set_is_found_through_the_env_var_or_named_in_one_line(tmp
         (copy / name).symlink_to(Path(str(DEMO.joinpath(name))))
     monkeypatch.setenv(demo.DEMO_DATA_ENV, str(copy))
     assert demo.demo_data_dir() == copy
+
+
+def test_real_speech_fsdd():
+    """fsdd.npz: 600 real recordings (6 speakers x 10 digits x 10 takes, 8 kHz int16, CC BY-SA 4.0)
+    read back at 16 kHz (soxr), peak-normalised, with labels and speaker names; one speaker or a list
+    selects; an unknown name is named."""
+    p = Path(str(DEMO.joinpath("fsdd.npz")))
+    assert p.is_file() and p.stat().st_size <= 4e6
+    with p.open("rb") as f, np.load(f) as z:
+        assert z["audio"].dtype == np.int16 and int(z["sample_rate"]) == 8000
+        assert z["offsets"].shape == (601,) and z["offsets"][-1] == len(z["audio"])
+        assert "CC BY-SA 4.0" in str(z["source"])
+        raw = z["audio"][z["offsets"][0] : z["offsets"][1]]
+    speakers = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+    assert demo.real_speakers() == speakers
+    waves, labels, who = demo.load_real_speech()
+    assert len(waves) == len(labels) == len(who) == 600 and labels.dtype == np.uint8
+    assert sorted(set(who.tolist())) == speakers
+    for s in speakers:  # every speaker says every digit ten times
+        assert np.array_equal(np.bincount(labels[who == s], minlength=10), np.full(10, 10)), s
+    for w in waves:
+        assert w.dtype == np.float32 and w.ndim == 1 and np.isfinite(w).all()
+        assert 0.79 <= np.abs(w).max() <= 0.81
+        assert 0.1 <= len(w) / demo.SAMPLE_RATE <= 1.5
+    assert len(waves[0]) == 2 * len(raw)  # 8 kHz -> 16 kHz
+    two, lab2, who2 = demo.load_real_speech(["theo", "lucas"])
+    assert len(two) == 200 and set(who2.tolist()) == {"theo", "lucas"}
+    one = demo.load_real_speech("theo")
+    assert len(one[0]) == 100 and set(one[2].tolist()) == {"theo"}
+    assert np.array_equal(one[0][0], waves[int(np.flatnonzero(who == "theo")[0])])
+    with pytest.raises(ValueError, match="george"):
+        demo.load_real_speech(["nobody"])
