@@ -19,6 +19,8 @@ made in its venv, the bundled samples in src/onepeace/assets/samples):
     video   onepeace embed --video on a generated clip
     export  onepeace export onnx
     scale   onepeace index build --engine ray (a 1-actor local Ray cluster)
+    adapt   onepeace adapt, 2 steps of LoRA on image-text pairs, then onepeace embed --adapter (the
+            adapted rows differ from the base model's)
     train   onepeace pretrain, 2 steps of a tiny image-text recipe (the core install alone, or the
             training extra when pyproject.toml has one)
 
@@ -45,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
 SAMPLES = ROOT / "src" / "onepeace" / "assets" / "samples"
-CHECKS = ("search", "serve", "video", "export", "scale", "integrations", "train")
+CHECKS = ("search", "serve", "video", "export", "scale", "integrations", "adapt", "train")
 TRAIN_EXTRAS = ("train", "training")  # the training extra's name, if pyproject.toml declares one
 DEMO_DATA = ROOT / "src" / "onepeace_train" / "demo" / "assets"  # in the source tree, not in the wheel
 MAX_WHEEL_BYTES = 2_000_000  # issue 21: the core wheel carries no demo data set and stays under 2 MB
@@ -331,6 +333,23 @@ def check_train(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
             + ("; its search step said LanceDB is missing" if "search: skipped" in (out or "") else ""))
 
 
+def check_adapt(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
+    rows = [{"image": str(p), "text": f"a picture of a {p.stem.replace('_', ' ')}"} for p in sorted(SAMPLES.glob("*.png"))]
+    (cwd / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 3))
+    onepeace = str(bin_ / "onepeace")
+    run([onepeace, "adapt", "model", "--pairs", "pairs.jsonl", "--out", "adapter", "--steps", "2", "--batch-size", "4",
+         "--seed", "0"], cwd, env)
+    size = sum(f.stat().st_size for f in (cwd / "adapter").iterdir())
+    for out, extra in (("base.npz", []), ("adapted.npz", ["--adapter", "adapter"])):
+        run([onepeace, "embed", "--model", "model", "--text", "a red circle", "--image", rows[0]["image"], "--out", out,
+             "--dtype", "fp32", *extra], cwd, env)
+    diff = run([str(bin_ / "python"), "-c", "import numpy as np; a, b = np.load('base.npz'), np.load('adapted.npz'); "
+                "print(max(float(np.abs(a[k] - b[k]).max()) for k in ('text', 'image')))"], cwd, env).strip()
+    if not float(diff) > 0:
+        raise CheckFailed("onepeace embed --adapter gave the base model's rows (the adapter changed nothing)")
+    return f"2 LoRA steps, adapter directory {size / 1024:.0f} KiB; embed --adapter rows differ by up to {float(diff):.1e}"
+
+
 INTEGRATIONS = """
 import numpy as np, torch, onepeace
 from torch.utils.data import DataLoader
@@ -352,7 +371,7 @@ def check_integrations(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
 
 
 RUNNERS = {"integrations": check_integrations, "search": check_search, "serve": check_serve, "video": check_video, "export": check_export,
-           "scale": check_scale, "train": check_train}
+           "scale": check_scale, "adapt": check_adapt, "train": check_train}
 
 
 def one_check(name: str, extra: str | None, wheel: Path, work: Path, base_env: dict[str, str],

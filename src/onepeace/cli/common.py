@@ -105,6 +105,13 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
 
 
+def add_adapter_option(p: argparse.ArgumentParser) -> None:
+    """``--adapter DIR`` of the commands that run a model: a LoRA adapter merged into it on loading."""
+    p.add_argument("--adapter", metavar="DIR",
+                   help="a LoRA adapter directory (`onepeace adapt --out DIR`) trained on this model, merged into "
+                        "its weights on loading (needs pip install 'onepeace[adapt]')")
+
+
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, metavar="N",
                         help="decode images of up to N pixels (default: Pillow's decompression-bomb limit, "
@@ -151,12 +158,14 @@ def runtime(args: argparse.Namespace) -> str:
     return resolve_device(getattr(args, "device", "cpu"))
 
 
-def load_model(path: str, dtype: str | None, device: str = "cpu"):
-    """The model of a command (``-v`` says what ``--dtype auto`` chose). The commands call it as
-    ``common.load_model``, so that a test may substitute it."""
-    model = OnePeace.from_pretrained(path, dtype=dtype, device=device)
+def load_model(path: str, dtype: str | None, device: str = "cpu", adapter: str | None = None):
+    """The model of a command, with the LoRA ``adapter`` (``--adapter``) merged in when given (``-v``
+    says what ``--dtype auto`` chose). The commands call it as ``common.load_model``, so that a
+    test may substitute it."""
+    model = OnePeace.from_pretrained(path, dtype=dtype, device=device, **({"adapter": adapter} if adapter else {}))
     if _VERBOSE:  # -v: say what --dtype auto chose
-        print(f"onepeace: model {path}: computing in {precision(model)} on {device} (--dtype {dtype or 'as stored'})",
+        what = f"{path} + adapter {adapter}" if adapter else path
+        print(f"onepeace: model {what}: computing in {precision(model)} on {device} (--dtype {dtype or 'as stored'})",
               file=sys.stderr)
     return model
 

@@ -16,6 +16,7 @@ from ..outputs import check_output_files, check_output_folder_not_model
 from ..tasks.zeroshot import check_templates, parse_labels, zero_shot
 from . import common
 from .common import (
+    add_adapter_option,
     add_long_audio,
     add_max_pixels,
     add_media_options,
@@ -45,7 +46,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise OnePeaceError(f"nothing to embed: give --text, --text-file, {media_flags()} (files or folders)")
     out = check_out(args.out, args.force, npz=True)
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
     if args.official_padding_leak and "audio" in model.adapters:
         model.adapters["audio"].official_padding_leak = True
     fused = _embed_with_sound(model, inputs, args) if args.fuse_audio else {}
@@ -102,6 +103,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                                  "text_inputs/image_inputs/audio_inputs to this .npz")
     e.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_options(e)
+    add_adapter_option(e)
     e.add_argument("--official-padding-leak", action="store_true",
                    help="reproduce the official batch-dependent audio padding (off: batch-invariant)")
     e.add_argument("--force", action="store_true", help=_FORCE_OUT)
@@ -127,7 +129,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     if args.template:
         check_templates(args.template, "--template")
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
     probs = zero_shot(model, labels, templates=args.template or None, batch_size=args.batch_size, progress=None,
                       long_audio=args.long_audio, long_text=args.long_text, **inputs)
     for name, items in inputs.items():
@@ -155,6 +157,7 @@ def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--out", help="write probabilities per modality, labels and the input names to this .npz")
     z.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_options(z)
+    add_adapter_option(z)
     z.add_argument("--force", action="store_true", help=_FORCE_OUT)
     add_long_audio(z)
     add_max_pixels(z)
@@ -171,7 +174,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
         raise InputError(f"ground pairs the texts with the images in order: got {len(images)} images and "
                          f"{len(txts)} texts; give one --text per image, or one for all of them")
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
     for i in range(0, len(images), args.batch_size):
         chunk = slice(i, i + args.batch_size)
         for img, txt, b in zip(images[chunk], txts[chunk], model.ground(images[chunk], txts[chunk]).tolist()):
@@ -188,6 +191,7 @@ def _add_ground(sub: argparse._SubParsersAction) -> None:
                    help="one expression per image, in order, or one for all of them")
     g.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_options(g)
+    add_adapter_option(g)
     add_max_pixels(g)
     g.set_defaults(func=cmd_ground)
 
@@ -210,7 +214,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     inputs = _classify_inputs(args)
     out = check_out(args.out, args.force, npz=True)
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
     if args.official_padding_leak and "audio" in model.adapters:
         model.adapters["audio"].official_padding_leak = True
     head = model.config.head
@@ -246,6 +250,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
                                  "'image_inputs', ...)")
     k.add_argument("--batch-size", type=positive_int, default=16)
     add_runtime_options(k)
+    add_adapter_option(k)
     k.add_argument("--official-padding-leak", action="store_true")
     k.add_argument("--force", action="store_true", help=_FORCE_OUT)
     add_max_pixels(k)
@@ -262,7 +267,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pngs = [os.path.splitext(os.path.basename(item))[0] + ".png" for item in images]
         dests = check_output_files(args.out_dir, pngs, args.force, sources=images, hint="--force")
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
     maps = model.segment(images)
     labels = model.config.head.labels or [str(i) for i in range(model.config.head.num_classes)]
     if args.out_dir:
@@ -287,6 +292,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--out-dir", help="write one PNG of class ids per image here, at the image's own size")
     sg.add_argument("--top-k", type=positive_int, default=5)
     add_runtime_options(sg)
+    add_adapter_option(sg)
     sg.add_argument("--force", action="store_true",
                     help="overwrite PNGs already in --out-dir (default: refuse them, before any work)")
     add_max_pixels(sg)

@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..tasks.evaluate import check_pair, evaluate_retrieval
 from . import common
 from .common import (
+    add_adapter_option,
     add_max_pixels,
     add_runtime_options,
     check_out,
@@ -33,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError(f"data source not found: {source} (give a .jsonl manifest, a .tar shard, "
                              "a directory of shards or a glob)")
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, adapter=args.adapter)
 
     def on_skip(skipped: list[str], used: int) -> None:
         report_skipped("eval retrieval", len(skipped), skipped, used + len(skipped))
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gallery", required=True, help="text or a modality of the model (image, audio, video, ...)")
     r.add_argument("--batch-size", type=positive_int, default=32)
     add_runtime_options(r)
+    add_adapter_option(r)
     r.add_argument("--protocol", choices=["auto", "instance", "class"], default="auto",
                    help="relevance over distinct items: instance (an item matches its own captions / the item "
                         "of the same label), class (same label); auto: class when a label spans several "

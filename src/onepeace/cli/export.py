@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..checkpoints.adapter import read_adapter_card
 from ..errors import InputError
 from ..export.onnx import OPSET, export_onnx
 from ..outputs import check_output_folder_not_model
+from . import common
 
 #: what ``export onnx`` writes: fp32 graphs (``auto`` is fp32 here; onnxruntime picks its own kernels)
 ONNX_DTYPES = ("auto", "fp32")
@@ -20,7 +22,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     names = None
     if args.modalities is not None:
         names = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    record = export_onnx(args.model, args.out_dir, modalities=names, force=args.force, opset=args.opset)
+    model = args.model
+    if args.adapter:  # exported with the adapter merged into its fp32 weights
+        read_adapter_card(args.adapter)
+        model = common.load_model(args.model, "fp32", "cpu", adapter=args.adapter)
+    record = export_onnx(model, args.out_dir, modalities=names, force=args.force, opset=args.opset)
     for g in record["graphs"].values():
         inputs = ", ".join(f"{k} {v['dtype']}[{', '.join(map(str, v['shape']))}]" for k, v in g["inputs"].items())
         print(f"{args.out_dir}/{g['file']}: ({inputs}) -> embedding, features (fp32); "
@@ -39,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="precision of the exported graphs: fp32 (auto means fp32 here); the others are refused, "
                         "as the export and its onnxruntime check are fp32")
+    common.add_adapter_option(o)
     o.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     o.add_argument("--force", action="store_true", help="replace a previous export in OUT_DIR (default: refuse it)")
     o.set_defaults(func=cmd_export_onnx)

@@ -13,16 +13,18 @@ import sys
 import time
 from typing import Any
 
+from ..checkpoints.adapter import read_adapter_card
 from ..checkpoints.format import load_config
 from ..checkpoints.hub import looks_like_hub_id
 from ..errors import InputError
 from ..outputs import check_output_file
-from ..search.fingerprint import IN_MEMORY, model_fingerprint, model_name
+from ..search.fingerprint import IN_MEMORY, model_fingerprint, model_name, split_adapted_name
 from ..search.ingest import build, check_sources, default_report_path, prepare_db_dir
 from ..search.query import query_inputs, resolve_weights, search
 from ..search.store import Index, is_index, is_remote
 from . import common
 from .common import (
+    add_adapter_option,
     add_max_pixels,
     add_media_options,
     add_runtime_options,
@@ -63,13 +65,16 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.report:
         check_output_file(args.report, args.force, hint="--force")
     prepare_db_dir(args.db)
+    if args.adapter:
+        read_adapter_card(args.adapter)  # a broken adapter directory is refused before any work
     if is_index(args.db) and os.path.isdir(args.model):  # a mismatch is refused before the model loads
-        Index.open(args.db).check_model(model_fingerprint(args.model), model_name(args.model))
+        Index.open(args.db).check_model(model_fingerprint(args.model, adapter=args.adapter),
+                                        model_name(args.model, adapter=args.adapter))
     t0 = time.monotonic()
-    if args.engine == "ray":
+    if args.engine == "ray" and not args.adapter:
         model: Any = args.model  # each Ray actor loads its own copy
-    else:
-        model = common.load_model(args.model, args.dtype, runtime(args))  # -v says what --dtype auto chose
+    else:  # with an adapter the driver loads it too: the actors load the same base and adapter
+        model = common.load_model(args.model, args.dtype, runtime(args), adapter=args.adapter)  # -v: what --dtype auto chose
     result = build(args.db, model, srcs, batch_size=args.batch_size, workers=args.workers, prune=args.prune,
                    report_path=args.report, progress=None, engine=args.engine, address=args.address,
                    ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options)
@@ -222,15 +227,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError("nothing to search for: give --text or " + ", ".join(f"--{m}" for m in file_modalities())
                          + " (several combine into one query)")
     weights = resolve_weights(inputs, parse_weights(args.weights))
-    path = args.model or idx.model_name
+    path, adapter = args.model, args.adapter
+    if not path and idx.model_name:  # the index's own model, with the adapter it was built with
+        path, recorded = split_adapted_name(idx.model_name)
+        adapter = adapter or recorded
     if not path or path == IN_MEMORY:
         raise InputError(f"the index {args.db} was built with a model that was never saved; give it with --model DIR")
+    if adapter:
+        read_adapter_card(adapter)
     if os.path.isdir(path):
-        idx.check_model(model_fingerprint(path), model_name(path))  # before loading it
+        idx.check_model(model_fingerprint(path, adapter=adapter), model_name(path, adapter=adapter))  # before loading it
         _check_modality(args.modality, list(load_config(path).modalities))
     elif args.model is None and not looks_like_hub_id(path):
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
-    model = common.load_model(path, args.dtype, runtime(args))  # -v says what --dtype auto chose
+    model = common.load_model(path, args.dtype, runtime(args), adapter=adapter)  # -v says what --dtype auto chose
     _check_modality(args.modality, model.modality_names)
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
                   k=args.k, where=args.where, exact=True if args.exact else None, **others)
@@ -295,6 +305,7 @@ def _add_index(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--ann-threshold", type=nonnegative_int, default=50_000, metavar="N",
                    help="build an ANN index (IVF-PQ) once the index holds N rows (default 50000; 0: never)")
     add_runtime_options(b)
+    add_adapter_option(b)
     add_max_pixels(b)
     b.set_defaults(func=cmd_index_build)
 
@@ -322,6 +333,8 @@ def _add_search(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--model", help="the model to embed the query with (default: the one the index was built "
                                    "with; another one is refused)")
     add_runtime_options(s)
+    s.add_argument("--adapter", metavar="DIR",
+                   help="a LoRA adapter merged into --model (default: the one the index was built with, if any)")
     add_max_pixels(s)
     s.set_defaults(func=cmd_search)
 

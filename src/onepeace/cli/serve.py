@@ -19,9 +19,10 @@ import time
 from typing import Any
 
 from .. import OnePeace
+from ..checkpoints.adapter import read_adapter_card
 from ..errors import InputError, OnePeaceError
 from ..model.precision import choose
-from ..search.fingerprint import model_fingerprint
+from ..search.fingerprint import model_fingerprint, model_name, split_adapted_name
 from ..search.store import Index, ModelMismatchError, is_remote
 from .common import add_runtime_options, positive_int, runtime
 
@@ -73,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "by OpenAI's \"model\" field). Repeat it to serve several models; the first is the default. "
                         "With DB, one of them must be the model that built the index (default: the one recorded "
                         "in the index); without DB, embeddings only")
+    p.add_argument("--adapter", action="append", type=_model_spec, metavar="[NAME=]DIR",
+                   help="a LoRA adapter directory (`onepeace adapt --out DIR`) merged into the model on loading "
+                        "(needs pip install 'onepeace[adapt]'); with several --model, NAME=DIR says which one "
+                        "(serve a base and its adaptation side by side: --model base=M --model mine=M "
+                        "--adapter mine=DIR). With DB and no --model: default the adapter the index was built with")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
@@ -143,44 +149,71 @@ def serving_dtype(dtype: str | None, device: str = "cpu") -> tuple[str | None, s
     return picked, f"auto: {picked}"
 
 
-def load_model(spec: str, dtype: str | None = None, device: str = "cpu"):
+def load_model(spec: str, dtype: str | None = None, device: str = "cpu", adapter: str | None = None):
     """The model to serve, in the precision :func:`serving_dtype` picks (``model.serve_note`` says
-    why; ``model.load_seconds`` how long loading took)."""
+    why; ``model.load_seconds`` how long loading took), with the LoRA ``adapter`` merged when given."""
     resolved, note = serving_dtype(dtype, device)
     t0 = time.perf_counter()
-    model = OnePeace.from_pretrained(spec, dtype=resolved, device=device)
+    model = OnePeace.from_pretrained(spec, dtype=resolved, device=device, **({"adapter": adapter} if adapter else {}))
     model.load_seconds = time.perf_counter() - t0
     model.serve_note = note
     return model
 
 
-def load_served(db: str, model_spec: str | None, dtype: str | None = None, device: str = "cpu"):
+def load_served(db: str, model_spec: str | None, dtype: str | None = None, device: str = "cpu",
+                adapter: str | None = None):
     """Open the index at ``db`` and load the model that built it (``model_spec`` or the index's
-    own record); a model whose fingerprint differs from the index's is refused, naming both."""
+    own record, with the adapter it records unless ``adapter`` is given); a model whose
+    fingerprint differs from the index's is refused, naming both."""
     index = Index.open(db)
     spec = model_spec or index.model_name
+    if not model_spec and spec:
+        spec, recorded = split_adapted_name(spec)
+        adapter = adapter or recorded
     if not spec or spec.startswith("<"):
         raise InputError(f"{db} does not record a loadable model ({spec!r}); pass --model")
-    model = load_model(spec, dtype, device)
-    index.check_model(model_fingerprint(model), spec)
+    model = load_model(spec, dtype, device, adapter)
+    index.check_model(model_fingerprint(model), model_name(model) if adapter else spec)
     return model, index
 
 
+def adapters_by_model(adapters: list[tuple[str | None, str]] | None, names: list[str]) -> dict[str, str]:
+    """``--adapter [NAME=]DIR ...`` as {model name: adapter directory}, for the models ``names``
+    (an unnamed adapter goes on the only model); each directory checked before any model loads."""
+    out: dict[str, str] = {}
+    for name, path in adapters or []:
+        if name is None:
+            if len(names) != 1:
+                raise InputError(f"--adapter {path}: {len(names)} models are served; say which one it goes on "
+                                 f"(--adapter NAME=DIR, NAME one of {', '.join(names)})")
+            name = names[0]
+        if name not in names:
+            raise InputError(f"--adapter {name}={path}: no model is called {name!r} (the models: {', '.join(names)})")
+        if name in out:
+            raise InputError(f"--adapter: two adapters for the model {name!r}; give one")
+        read_adapter_card(path)
+        out[name] = path
+    return out
+
+
 def load_several(db: str | None, specs: list[tuple[str | None, str]], dtype: str | None = None,
-                 device: str = "cpu") -> tuple[Any, Any]:
+                 device: str = "cpu", adapters: list[tuple[str | None, str]] | None = None) -> tuple[Any, Any]:
     """The models of ``--model [NAME=]MODEL ...`` (one model, or ``{name: model}`` for several)
-    and the index at ``db`` (or None). With an index, one of the models must have built it (its
-    fingerprint), else the command is refused naming the index's model."""
+    with the adapters of ``--adapter [NAME=]DIR ...``, and the index at ``db`` (or None). With an
+    index, one of the models must have built it (its fingerprint), else the command is refused
+    naming the index's model."""
     if len(specs) == 1 and specs[0][0] is None:
+        adapter = adapters_by_model(adapters, ["model"]).get("model")
         if db is None:
-            return load_model(specs[0][1], dtype, device), None
-        return load_served(db, specs[0][1], dtype, device)
+            return load_model(specs[0][1], dtype, device, adapter), None
+        return load_served(db, specs[0][1], dtype, device, adapter)
     names = [name or os.path.basename(os.path.normpath(spec)) for name, spec in specs]
     dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if dup is not None:
         raise InputError(f"--model: two models are called {dup!r}; name them (--model NAME=MODEL)")
+    chosen = adapters_by_model(adapters, names)
     index = Index.open(db) if db is not None else None
-    models = {n: load_model(spec, dtype, device) for n, (_, spec) in zip(names, specs)}
+    models = {n: load_model(spec, dtype, device, chosen.get(n)) for n, (_, spec) in zip(names, specs)}
     if index is not None and not any(model_fingerprint(m) == index.fingerprint for m in models.values()):
         raise ModelMismatchError(
             f"the index {db} was built with the model {index.model_name or '?'} (fingerprint "
@@ -208,9 +241,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _bind(args.host, args.port)
     try:
         if not args.model:
-            model, index = load_served(args.db, None, args.dtype, device)
+            adapter = adapters_by_model(args.adapter, ["model"]).get("model")
+            model, index = load_served(args.db, None, args.dtype, device, adapter)
         else:
-            model, index = load_several(args.db, args.model, args.dtype, device)
+            model, index = load_several(args.db, args.model, args.dtype, device, args.adapter)
         app = create_app(model, index, api_key=api_key, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          max_request_bytes=args.max_request_bytes, timeout_s=args.timeout, warmup=True,
                          max_queue=args.max_queue, max_in_flight=args.max_in_flight,
@@ -250,7 +284,10 @@ def _load_seconds(model: Any) -> float | None:
 def _banner_models(model: Any) -> str:
     def one(m: Any) -> str:
         precision = getattr(m, "serve_note", "") or getattr(m, "precision", None)
-        return f"{getattr(m, 'name_or_path', None) or '?'}{f' ({precision})' if precision else ''}"
+        name = getattr(m, "name_or_path", None) or "?"
+        if getattr(m, "adapter_dir", None):
+            name += f" + adapter {m.adapter_dir}"
+        return f"{name}{f' ({precision})' if precision else ''}"
 
     if not isinstance(model, dict):
         return f"model {one(model)}"

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoints import adapter as _adapter
 from ..checkpoints import format as _format
 from ..checkpoints import hub as _hub
 from ..model.onepeace import OnePeaceNetwork
@@ -165,7 +166,7 @@ class OnePeace(OnePeaceNetwork):
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                         device: str | torch.device = "cpu", revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
-                        compile: bool = False) -> OnePeace:
+                        compile: bool = False, adapter: str | os.PathLike | None = None) -> OnePeace:
         """Load a model directory, or a Hugging Face Hub id ``org/name`` (``org/name@rev`` or
         ``revision=`` pins a branch, tag or commit), snapshotted into the standard Hub cache
         (``cache_dir``); with ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` the cache alone.
@@ -173,11 +174,23 @@ class OnePeace(OnePeaceNetwork):
         ``dtype``: ``None`` (as stored), ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"`` (fp32 weights,
         the encoder's linear layers quantised to int8; CPU only, see :mod:`onepeace.model.quant`) or
         ``"auto"`` (what the device computes natively, see :mod:`onepeace.model.precision`).
-        ``compile=True``: :meth:`compile_layers` (opt-in; the first call of each new shape compiles)."""
+        ``compile=True``: :meth:`compile_layers` (opt-in; the first call of each new shape compiles).
+
+        ``adapter``: a LoRA adapter directory (``onepeace adapt --out DIR``) trained on this model,
+        merged into its weights (see :mod:`onepeace.checkpoints.adapter`; needs ``pip install
+        'onepeace[adapt]'``). The weights are loaded in fp32, the adapter merged, and only then cast
+        to ``dtype`` or quantised to int8; the result is a plain model (no peft at inference) whose
+        fingerprint and name (``BASE+adapter DIR``) are the adapted model's. An adapter trained on
+        another model is refused in one line naming both."""
         target = resolve_runtime(dtype, device)
-        model = _format.load_pretrained(path, dtype=torch.float32 if target == "int8" else target, device=device,
-                                        revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                                        model_class=cls)
+        load_as = torch.float32 if target == "int8" or adapter is not None else target
+        model = _format.load_pretrained(path, dtype=load_as, device=device, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=local_files_only, model_class=cls)
+        if adapter is not None:
+            _adapter.load_adapter(model, adapter)
+            final = _adapter.stored_dtype(model.source_dir) if target is None else target
+            if final not in ("int8", torch.float32):
+                model.to(dtype=final)
         if target == "int8":
             quantize_int8(model)
         if compile:

@@ -3,6 +3,12 @@ so the checkpoints layer can check an adapter's base model without importing sea
 
 from __future__ import annotations
 
-from ..checkpoints.fingerprint import IN_MEMORY, fingerprint_dir, model_fingerprint, model_name
+from ..checkpoints.fingerprint import (
+    IN_MEMORY,
+    fingerprint_dir,
+    model_fingerprint,
+    model_name,
+    split_adapted_name,
+)
 
-__all__ = ["IN_MEMORY", "fingerprint_dir", "model_fingerprint", "model_name"]
+__all__ = ["IN_MEMORY", "fingerprint_dir", "model_fingerprint", "model_name", "split_adapted_name"]

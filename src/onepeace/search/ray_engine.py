@@ -79,6 +79,8 @@ class ModelSpec:
     modalities: list[str]
     config_json: str = field(repr=False)
     dtype: str | None = None
+    #: the LoRA adapter directory the actors merge into ``load`` (the driver's model carries one)
+    adapter: str | None = None
 
 
 def import_ray() -> Any:
@@ -96,7 +98,7 @@ def model_spec(model: Any) -> tuple[ModelSpec, dict[str, Any] | None]:
     """The spec of ``model`` (an ``OnePeace``, a model directory or a Hub id) and the weights to
     ship to the actors (None when they load the model themselves). A path is not loaded here: the
     driver needs only its config and fingerprint."""
-    from .fingerprint import IN_MEMORY, fingerprint_dir, model_fingerprint, model_name
+    from .fingerprint import IN_MEMORY, fingerprint_dir, model_fingerprint, model_name, split_adapted_name
 
     if isinstance(model, (str, os.PathLike)):
         from ..checkpoints.format import load_config
@@ -110,7 +112,9 @@ def model_spec(model: Any) -> tuple[ModelSpec, dict[str, Any] | None]:
     name = model_name(model)
     source = getattr(model, "source_dir", None)
     has_files = name != IN_MEMORY and bool(source) and os.path.isdir(source)
-    spec = ModelSpec(load=name if has_files else None, name=name, fingerprint=model_fingerprint(model),
+    base, adapter = split_adapted_name(name)  # an adapted model: the actors load its base and its adapter
+    spec = ModelSpec(load=base if has_files else None, name=name, fingerprint=model_fingerprint(model),
+                     adapter=adapter if has_files else None,
                      dim=int(model.config.dim), modalities=list(model.modality_names),
                      config_json=model.config.to_json(),
                      dtype="int8" if getattr(model, "int8", False) else str(model.dtype).removeprefix("torch."))
@@ -268,7 +272,7 @@ class Embedder:
         from ..inference import OnePeace
         from .fingerprint import model_fingerprint
 
-        model = OnePeace.from_pretrained(spec.load, dtype=spec.dtype, device=device)
+        model = OnePeace.from_pretrained(spec.load, dtype=spec.dtype, device=device, adapter=spec.adapter)
         fp = model_fingerprint(model)
         if fp != spec.fingerprint:  # another node sees other files under the same name
             raise ModelMismatchError(

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError
 from ..modalities import get_modality
-from ..search.fingerprint import IN_MEMORY, model_fingerprint
+from ..search.fingerprint import IN_MEMORY, model_fingerprint, split_adapted_name
 from ..search.fingerprint import model_name as fingerprint_model_name
 from ..search.store import ModelMismatchError
 from .batching import MicroBatcher
@@ -39,9 +39,13 @@ def served_name(model: Any) -> str:
 
 def public_name(name: str) -> str:
     """What the API calls a model or index: a local path becomes its last component (the server's
-    disk layout is not the client's business); a hub id (``org/name``) stays as it is."""
+    disk layout is not the client's business); a hub id (``org/name``) stays as it is. A model with
+    a LoRA adapter is ``BASE+adapter ADAPTER``, each part so shortened."""
     if not name:
         return name
+    base, adapter = split_adapted_name(name)
+    if adapter is not None:
+        return f"{public_name(base)}+adapter {public_name(adapter)}"
     if os.path.isabs(name) or name.startswith(("." + os.sep, ".." + os.sep, "~")) or os.path.exists(name):
         return os.path.basename(os.path.normpath(os.path.expanduser(name))) or name
     return name
@@ -176,11 +180,12 @@ class ServeState:
                     f"no served model built the index {getattr(index, 'path', '')} (it was built with "
                     f"{getattr(index, 'model_name', '') or '?'}, fingerprint {index.fingerprint[:12]}); "
                     "serve that model")
+        index_names = split_adapted_name(str(getattr(index, "model_name", "") or ""))
         self.redact = redactor([*(s.known for s in served if os.path.exists(s.known)),
                                 *(str(getattr(s.model, "source_dir", "") or "") for s in served),
+                                *(str(getattr(s.model, "adapter_dir", "") or "") for s in served),
                                 str(getattr(index, "path", "") or ""),
-                                str(getattr(index, "model_name", "") or "")
-                                if os.path.isabs(str(getattr(index, "model_name", "") or "")) else ""])
+                                *(n for n in index_names if n and os.path.isabs(n))])
 
     @classmethod
     def build(cls, model: Any, index: Any = None, *, model_name: str | None = None, max_batch: int = 16,
