@@ -1,5 +1,5 @@
 """The training commands of ``onepeace``: ``demo``, ``try``, ``demo-video``, ``pretrain``,
-``finetune`` and ``eval task``.
+``finetune``, ``adapt`` (and ``adapt merge``) and ``eval task``.
 
 The library's command line (:mod:`onepeace.cli`) finds :func:`register` through the entry point
 ``train`` of the group ``onepeace.commands`` (pyproject.toml) and never imports this package. The
@@ -300,6 +300,116 @@ def _add_pretrain_and_finetune(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=cmd_finetune)
 
 
+# ---- adapt -------------------------------------------------------------------------------------
+
+_ADAPT_USAGE = ("onepeace adapt MODEL --pairs DATA --out DIR [options]\n"
+                "       onepeace adapt merge BASE ADAPTER --out DIR [--force]")
+_ADAPT_TRAINING = ("pairs", "val", "rank", "alpha", "targets", "branches", "steps", "epochs", "lr", "batch_size",
+                   "accum", "bf16", "checkpointing", "seed", "save_every")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    if args.model == "merge":
+        return _adapt_merge(args)
+    if args.paths:
+        raise ConfigError(f"unexpected argument {args.paths[0]!r}: `onepeace adapt MODEL --pairs DATA --out DIR` "
+                          "takes one model (or `onepeace adapt merge BASE ADAPTER --out DIR`)")
+    if not args.pairs or not args.out:
+        raise ConfigError(f"give {'--pairs DATA' if not args.pairs else '--out DIR'}: `onepeace adapt MODEL --pairs "
+                          "DATA --out DIR` (DATA: a JSONL manifest of pairs or a folder; DIR: the adapter to write)")
+    from .adapt import run_adapt
+    from .adapt.metrics import table
+
+    options = {k: getattr(args, k) for k in _ADAPT_TRAINING if k != "pairs" and getattr(args, k) is not None}
+    m = run_adapt(args.model, args.pairs, args.out, force=args.force, device=runtime(args), threads=args.threads,
+                  **options)
+    p = m["pairs"]
+    print(f"onepeace adapt: {m['steps']} steps on {p['train']} pairs ({m['trainable_params']:,} LoRA parameters, "
+          f"{m['seconds_per_step']:.2f} s per step)\n")
+    print(table(m["before"], m["after"]))
+    report_skipped("adapt", p["skipped"], what="pairs")
+    print(f"\nadapter: {args.out} ({m['adapter_bytes'] / 1e6:.1f} MB); metrics: {os.path.join(args.out, 'metrics.json')}")
+    print(f"use it:  onepeace embed --model {args.model} --adapter {args.out} ...")
+    return 0
+
+
+def _adapt_merge(args: argparse.Namespace) -> int:
+    given = [f"--{k.replace('_', '-')}" for k in _ADAPT_TRAINING if getattr(args, k) not in (None, False)]
+    if given:
+        raise ConfigError(f"{given[0]} is an option of training an adapter, not of `onepeace adapt merge BASE "
+                          "ADAPTER --out DIR`; drop it")
+    if len(args.paths) != 2 or not args.out:
+        raise ConfigError("usage: onepeace adapt merge BASE ADAPTER --out DIR [--force] (BASE: the model the "
+                          "adapter was trained on; DIR: the merged model to write)")
+    from onepeace.checkpoints.adapter import merge_adapter
+
+    base, adapter = args.paths
+    out = merge_adapter(base, adapter, args.out, force=args.force)
+    print(f"merged {adapter} into {base}: {out} (a full model; no peft needed to run it)")
+    return 0
+
+
+def _add_adapt_training(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--pairs", metavar="DATA",
+                   help="a JSONL manifest of pairs, e.g. {\"audio\": \"a.wav\", \"text\": \"a dog barks\"} (any two "
+                        "modalities), or a folder: each media file's caption is its sidecar .txt of the same stem, "
+                        "else its folder's name")
+    a.add_argument("--val", help="held out and scored before and after: a fraction of the pairs (default 0.1, "
+                                 "seeded) or a manifest / folder of pairs")
+    a.add_argument("--rank", type=positive_int, help="LoRA rank (default 8)")
+    a.add_argument("--alpha", type=_positive_float, help="LoRA alpha (default 2 x rank)")
+    a.add_argument("--targets", help="comma-separated layers to adapt: ffn, proj, attention (default ffn,proj: only "
+                                     "the branches trained change; attention is shared, so adapting it changes "
+                                     "every modality's embeddings)")
+    a.add_argument("--branches", help="comma-separated branches to adapt (default: the pairs' two modalities; e.g. "
+                                      "--branches audio keeps the text side, and with it every other pairing, as "
+                                      "it was)")
+    a.add_argument("--steps", type=positive_int, help="optimizer steps (default: 10 epochs, at most 1000 steps)")
+    a.add_argument("--epochs", type=_positive_float, help="epochs over the training pairs, instead of --steps")
+    a.add_argument("--lr", type=_positive_float, help="peak learning rate (default 5e-4; 10%% warmup, then cosine)")
+    a.add_argument("--batch-size", type=positive_int, help="pairs per step (default 32; the contrast's negatives)")
+    a.add_argument("--accum", type=positive_int, help="gradient accumulation: micro-batches per step (default 1)")
+    a.add_argument("--bf16", action="store_true", default=None,
+                   help="base weights in bf16 with bf16 autocast (LoRA weights stay float32): half the memory")
+    a.add_argument("--checkpointing", action="store_true", default=None,
+                   help="activation checkpointing: recompute each layer in the backward pass (less memory, ~30%% "
+                        "slower)")
+    a.add_argument("--seed", type=int, help="seed of the split, the data order and the LoRA init (default 0)")
+    a.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 50); a killed run "
+                                                           "resumes from the last one when rerun")
+
+
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("adapt", usage=_ADAPT_USAGE,
+                       help="adapt a model to your own pairs with LoRA (cheap; resumable), or merge an adapter",
+                       description="Train LoRA adapters (peft) of the branches of your pairs' two modalities with the "
+                                   "pretraining's aligning contrast; every other weight, the logit scale included, "
+                                   "stays frozen. The held-out pairs are scored before and after (R@1 both ways; "
+                                   "zero-shot accuracy when the captions are labels). Missing or corrupt files are "
+                                   "skipped and counted; the run stops once more than half of the pairs seen were "
+                                   "bad (after 20). Rerun a killed run's command to resume it. See docs/adapting.md.")
+    a.add_argument("model", metavar="MODEL", help="the model to adapt (a directory or a Hub id), or 'merge'")
+    a.add_argument("paths", nargs="*", metavar="BASE ADAPTER", help="with merge: the base model and the adapter")
+    a.add_argument("--out", metavar="DIR", help="the adapter directory to write (with merge: the merged model)")
+    _add_adapt_training(a)
+    a.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto")
+    a.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    a.add_argument("--force", action="store_true",
+                   help="replace an existing adapter in DIR (or, with merge, model), and discard an unfinished run "
+                        "with other options; default: refuse, and resume an unfinished run of the same command")
+    a.set_defaults(func=cmd_adapt)
+
+
 # ---- eval task ---------------------------------------------------------------------------------
 
 def cmd_eval_task(args: argparse.Namespace) -> int:
@@ -353,5 +463,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_demo(sub)
     _add_try_and_demo_video(sub)
     _add_pretrain_and_finetune(sub)
+    _add_adapt(sub)
     if "eval" in sub.choices:
         _add_eval_task(common.command_group(sub, "eval"))
