@@ -152,7 +152,7 @@ def check_modalities(pairs: Pairs, model_modalities: list[str], what: str = "the
 
 def split(pairs: Pairs, val: float | str | os.PathLike, seed: int) -> tuple[Pairs, Pairs]:
     """(train, held-out): a seeded fraction ``val`` of the pairs, or the pairs of ``val`` (a path)."""
-    if isinstance(val, (str, os.PathLike)) and not _is_number(val):
+    if not is_fraction(val):
         held = read_pairs(val)
         if held.modalities != pairs.modalities:
             raise InputError(f"the held-out pairs {held.source} pair {' and '.join(held.modalities)}, the training "
@@ -167,12 +167,15 @@ def split(pairs: Pairs, val: float | str | os.PathLike, seed: int) -> tuple[Pair
     return pairs.subset(sorted(order[n_val:])), pairs.subset(sorted(order[:n_val]))
 
 
-def _is_number(text: Any) -> bool:
+def is_fraction(val: Any) -> bool:
+    """Whether ``--val`` is a number (a share of the pairs), not a path (a file named "0.1" is a path)."""
+    if isinstance(val, (int, float)):
+        return True
     try:
-        float(os.fspath(text))
-    except ValueError:
+        float(os.fspath(val))
+    except (TypeError, ValueError):
         return False
-    return not os.path.exists(os.fspath(text))
+    return not os.path.exists(os.fspath(val))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from onepeace_train.optim import lr_at, set_lr
 from onepeace_train.pretrain.losses import contrastive_loss
 
 from . import state as st
-from .data import MIN_PAIRS, Decoder, Pairs, Skips, Stream, check_modalities, read_pairs, split
+from .data import MIN_PAIRS, Decoder, Pairs, Skips, Stream, check_modalities, is_fraction, read_pairs, split
 from .lora import adapter_state, add_lora, lora_config, require_peft
 from .metrics import evaluate, label_texts
 from .options import AdaptOptions
@@ -86,16 +86,8 @@ def _signature(fp: str, data: Data, opts: AdaptOptions, total: int) -> dict[str,
         h.update(json.dumps(part.rows, sort_keys=True).encode())
     sig = opts.signature()
     if not isinstance(opts.val, float):
-        sig["val"] = os.path.abspath(os.fspath(opts.val)) if not _is_fraction(opts.val) else float(opts.val)
+        sig["val"] = os.path.abspath(os.fspath(opts.val)) if not is_fraction(opts.val) else float(opts.val)
     return {"base_fingerprint": fp, "pairs_sha256": h.hexdigest(), "total_steps": total, **sig}
-
-
-def _is_fraction(val: Any) -> bool:
-    try:
-        float(os.fspath(val))
-    except (TypeError, ValueError):
-        return False
-    return not os.path.exists(os.fspath(val))
 
 
 def _autocast(model: OnePeace, opts: AdaptOptions):
@@ -184,7 +176,7 @@ def _card_options(opts: AdaptOptions, total: int, batch: int) -> dict[str, Any]:
 
 def _setup(model: Any, pairs: Any, out: str, opts: AdaptOptions):
     """Everything checked before any training: the output, the model, the data, the options."""
-    val_input = None if _is_fraction(opts.val) else opts.val
+    val_input = None if is_fraction(opts.val) else opts.val
     check_output_dir(out, opts.force, owned=adapter_files(out), what="adapter", inputs=[pairs, val_input], hint=HINT)
     require_peft()
     base, fp, name = _load_base(model, opts)
