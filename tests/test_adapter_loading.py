@@ -336,3 +336,36 @@ def test_serve_with_adapter_embeds_the_adapted_vectors(world):
 
     with pytest.raises(InputError, match="say which one"):
         load_several(None, [("base", world["base"]), ("mine", world["base"])], "fp32", "cpu", [(None, world["adapter"])])
+
+
+@pytest.mark.slow
+def test_a_ray_build_with_an_adapter_gives_the_local_builds_rows(world, tmp_path, capsys):
+    """The Ray actors load the base and merge the same adapter (their fingerprint is checked
+    against the driver's): the rows equal those of a local build."""
+    pytest.importorskip("lancedb")
+    ray = pytest.importorskip("ray")
+    import logging
+
+    from onepeace.search.store import Index
+
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    common = ["--model", world["base"], "--adapter", world["adapter"], "--dtype", "fp32", "--batch-size", "2"]
+    assert main(["index", "build", str(tmp_path / "local"), str(tmp_path / "texts.txt"), *common, "--workers", "0"]) == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        code = main(["index", "build", str(tmp_path / "ray"), str(tmp_path / "texts.txt"), *common, "--engine", "ray",
+                     "--actors", "1"])
+    finally:
+        ray.shutdown()
+    assert code == 0, capsys.readouterr().err
+    local, remote = Index.open(tmp_path / "local"), Index.open(tmp_path / "ray")
+    assert local.fingerprint == remote.fingerprint and "+adapter" in remote.model_name
+
+    def rows(index):
+        return {r["text"]: np.asarray(r["vector"]) for r in index.rows(("text", "vector"))}
+
+    a, b = rows(local), rows(remote)
+    assert sorted(a) == sorted(b) == sorted(TEXTS)
+    depth = model_depth(onepeace.OnePeace.from_pretrained(world["base"]))
+    for t in TEXTS:  # one model on both sides: float32 rounding of other batch shapes at most
+        assert np.abs(a[t] - b[t]).max() <= derived_tol(a[t], None, b[t], depth=depth), t
