@@ -59,7 +59,7 @@ BLOCKER = textwrap.dedent("""
     allowed = set(json.loads(sys.argv.pop(1)))
     blocked = {mod for mod, dists in md.packages_distributions().items()
                if not any(canonicalize_name(d) in allowed for d in dists)}
-    blocked -= set(sys.stdlib_module_names) | {"onepeace", "_distutils_hack", "setuptools", "pkg_resources"}
+    blocked -= set(sys.stdlib_module_names) | {"onepeace", "onepeace_train", "_distutils_hack", "setuptools", "pkg_resources"}
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in blocked:
