@@ -374,3 +374,16 @@ def test_bf16_checkpointing_one_branch_and_a_held_out_file(tmp_path):
     adapted = onepeace.OnePeace.from_pretrained(model, adapter=str(tmp_path / "ad"), dtype="fp32")
     t = ["a red picture", "a blue picture"]
     assert torch.equal(torch.as_tensor(base.embed(text=t)["text"]), torch.as_tensor(adapted.embed(text=t)["text"]))
+
+
+def test_denoise_adds_the_denoising_contrast_and_needs_text_pairs(tmp_path, capsys):
+    model, pairs = _model(tmp_path), _pairs(tmp_path / "data", n=8)
+    m = run_adapt(model, pairs, tmp_path / "ad", steps=2, denoise=0.5, batch_size=6, threads=2)
+    assert len(m["loss"]) == 2 and "denoising contrast | weight 0.5" in (tmp_path / "ad" / "README.md").read_text()
+    tensors = load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    assert all(".lora_" in k for k in tensors)  # the decoder trained along is not part of the adapter
+    tri = _model(tmp_path / "tri", text={}, image={"image_size": 32}, audio={})
+    rows = [{"image": f"img{i}.png", "audio": t} for i, t in enumerate(_tones(tmp_path / "data", 8))]
+    data = _manifest(tmp_path / "data" / "ia.jsonl", rows)
+    err = _cli_error(capsys, ["adapt", tri, "--pairs", data, "--out", str(tmp_path / "ad2"), "--denoise"])
+    assert "--denoise adds the pretraining's denoising contrast of media paired with text" in err

@@ -305,7 +305,7 @@ def _add_pretrain_and_finetune(sub: argparse._SubParsersAction) -> None:
 _ADAPT_USAGE = ("onepeace adapt MODEL --pairs DATA --out DIR [options]\n"
                 "       onepeace adapt merge BASE ADAPTER --out DIR [--force]")
 _ADAPT_TRAINING = ("pairs", "val", "rank", "alpha", "targets", "branches", "steps", "epochs", "lr", "batch_size",
-                   "accum", "bf16", "checkpointing", "seed", "save_every")
+                   "accum", "bf16", "checkpointing", "seed", "save_every", "denoise")
 
 
 def _positive_float(text: str) -> float:
@@ -384,6 +384,9 @@ def _add_adapt_training(a: argparse.ArgumentParser) -> None:
     a.add_argument("--checkpointing", action="store_true", default=None,
                    help="activation checkpointing: recompute each layer in the backward pass (less memory, ~30%% "
                         "slower)")
+    a.add_argument("--denoise", type=float, nargs="?", const=1.0, metavar="WEIGHT",
+                   help="add the pretraining's intra-modal denoising contrast of the media side, with this weight "
+                        "(1.0 when given alone; default off): a fresh light decoder trains along and is discarded")
     a.add_argument("--seed", type=int, help="seed of the split, the data order and the LoRA init (default 0)")
     a.add_argument("--save-every", type=positive_int, help="checkpoint every N steps (default 50); a killed run "
                                                            "resumes from the last one when rerun")

@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
 from onepeace.errors import MAX_SKIP_SHARE, ConfigError
 
 from .lora import DEFAULT_TARGETS, parse_targets
@@ -33,6 +35,7 @@ class AdaptOptions:
     bf16: bool = False  # base weights in bf16 and bf16 autocast; LoRA weights stay float32
     checkpointing: bool = False  # activation checkpointing: recompute each layer in the backward pass
     seed: int = 0
+    denoise: float = 0.0  # weight of the intra-modal denoising contrast of the media side (0: off)
     save_every: int = 50  # a checkpoint every this many steps (resumable after a kill)
     eval_batch_size: int = 64
     device: str = "cpu"
@@ -68,10 +71,14 @@ class AdaptOptions:
         for name, value in (("epochs", self.epochs), ("lr", self.lr), ("alpha", self.alpha)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name} must be a positive number, got {value!r}")
+        if not (math.isfinite(self.denoise) and self.denoise >= 0):
+            raise ConfigError(f"--denoise is a loss weight >= 0, got {self.denoise!r}")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"warmup is a share of the steps in [0, 1), got {self.warmup!r}")
         if self.alpha is None:
             self.alpha = 2.0 * self.rank
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def total_steps(self, n_train: int) -> int:
         per_epoch = n_train / (self.batch_size * self.accum)

@@ -24,6 +24,8 @@ from onepeace.progress import progress_bar
 from onepeace_train.distributed import enable_activation_checkpointing
 from onepeace_train.optim import lr_at, set_lr
 from onepeace_train.pretrain.losses import contrastive_loss
+from onepeace_train.pretrain.model import PretrainModel
+from onepeace_train.pretrain.objective import ObjectiveConfig
 
 from . import state as st
 from .data import MIN_PAIRS, Decoder, Pairs, Skips, Stream, check_modalities, is_fraction, read_pairs, split
@@ -90,9 +92,9 @@ def _signature(fp: str, data: Data, opts: AdaptOptions, total: int) -> dict[str,
     return {"base_fingerprint": fp, "pairs_sha256": h.hexdigest(), "total_steps": total, **sig}
 
 
-def _autocast(model: OnePeace, opts: AdaptOptions):
+def _autocast(opts: AdaptOptions):
     if opts.bf16:
-        return lambda: torch.autocast(model.device.type, dtype=torch.bfloat16)
+        return lambda: torch.autocast(torch.device(opts.device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -127,15 +129,29 @@ def _checkpoint(staging: str, step: int, model: OnePeace, optimizer, stream: Str
         "bad": sorted(skips.bad), "losses": losses})
 
 
-def _train(model: OnePeace, data: Data, opts: AdaptOptions, staging: str, total: int) -> tuple[list[float], float]:
-    """The optimizer steps (resumed where a checkpoint is); (loss per step, seconds per step run now)."""
+def _loss(model: torch.nn.Module, batch: dict, modalities: tuple[str, str], denoise: float,
+          gen: torch.Generator) -> torch.Tensor:
+    """The aligning contrast of the pair (the model's logit scale frozen); with ``denoise``, the
+    pretraining objective's (:mod:`onepeace_train.pretrain.objective`) plus ``denoise`` x the
+    intra-modal denoising contrast of the media side (``model`` is then a PretrainModel)."""
+    a, b = modalities
+    if isinstance(model, PretrainModel):
+        cfg = ObjectiveConfig(other=a, weights={"align": 1.0, "dcl_other": denoise})
+        return model("loss", batch, cfg, gen)["loss"]
+    za, zb = model.embed_batch(a, batch[a]), model.embed_batch(b, batch[b])
+    return contrastive_loss(za, zb, model.logit_scale.detach())
+
+
+def _train(model: torch.nn.Module, data: Data, opts: AdaptOptions, staging: str, total: int) -> tuple[list[float], float]:
+    """The optimizer steps (resumed where a checkpoint is); (loss per step, seconds per step run now).
+    ``model``: the LoRA'd network, or the PretrainModel around it (``--denoise``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     stream = Stream(data.train, data.decoder, opts.seed)
     start, losses = _restore(staging, model, optimizer, stream, data.skips)
     a, b = data.train.modalities
     size = min(opts.batch_size, len(data.train))
-    warmup, autocast = int(opts.warmup * total), _autocast(model, opts)
+    warmup, autocast = int(opts.warmup * total), _autocast(opts)
     model.train()
     t0 = time.perf_counter()
     with progress_bar(opts.progress, total=total, desc="adapt", unit="step") as bar:
@@ -145,10 +161,10 @@ def _train(model: OnePeace, data: Data, opts: AdaptOptions, staging: str, total:
             loss_sum = 0.0
             for micro in range(opts.accum):
                 batch = stream.next_batch(size)
-                torch.manual_seed(_step_seed(opts.seed, step * opts.accum + micro))
+                seed = _step_seed(opts.seed, step * opts.accum + micro)
+                torch.manual_seed(seed)
                 with autocast():
-                    za, zb = model.embed_batch(a, batch[a]), model.embed_batch(b, batch[b])
-                    loss = contrastive_loss(za, zb, model.logit_scale.detach())
+                    loss = _loss(model, batch, (a, b), opts.denoise, torch.Generator().manual_seed(seed))
                 (loss / opts.accum).backward()
                 loss_sum += float(loss.detach()) / opts.accum
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,6 +178,18 @@ def _train(model: OnePeace, data: Data, opts: AdaptOptions, staging: str, total:
     return losses, (time.perf_counter() - t0) / max(1, total - start)
 
 
+def _with_decoder(base: OnePeace, opts: AdaptOptions) -> PretrainModel:
+    """``--denoise``: the pretraining wrapper's light decoder (fresh, seeded, trained with the LoRA
+    weights and discarded afterwards) around the LoRA'd network."""
+    torch.manual_seed(opts.seed + 1)
+    pm = PretrainModel(base)
+    pm.reset_decoder_parameters()
+    pm.to(opts.device)
+    if opts.checkpointing:
+        enable_activation_checkpointing(pm.decoder)
+    return pm
+
+
 def _meta(fp: str, name: str, data: Data, opts: AdaptOptions, branches: tuple[str, ...], total: int) -> dict:
     return {"format": FORMAT, "base_fingerprint": fp, "base_name": name, "modalities": list(data.train.modalities),
             "branches": list(branches), "targets": list(opts.targets), "rank": opts.rank, "alpha": opts.alpha,
@@ -171,7 +199,8 @@ def _meta(fp: str, name: str, data: Data, opts: AdaptOptions, branches: tuple[st
 def _card_options(opts: AdaptOptions, total: int, batch: int) -> dict[str, Any]:
     return {"rank": opts.rank, "alpha": opts.alpha, "targets": ",".join(opts.targets), "steps": total,
             "batch size": batch, "accumulation": opts.accum, "learning rate": opts.lr, "bf16": opts.bf16,
-            "seed": opts.seed, "logit scale": "frozen (the base model's)"}
+            "seed": opts.seed, "logit scale": "frozen (the base model's)",
+            "denoising contrast": f"weight {opts.denoise}" if opts.denoise else "off"}
 
 
 def _setup(model: Any, pairs: Any, out: str, opts: AdaptOptions):
@@ -181,6 +210,9 @@ def _setup(model: Any, pairs: Any, out: str, opts: AdaptOptions):
     require_peft()
     base, fp, name = _load_base(model, opts)
     data = _prepare_data(pairs, base, opts)
+    if opts.denoise and "text" not in data.train.modalities:
+        raise ConfigError("--denoise adds the pretraining's denoising contrast of media paired with text; these "
+                          f"pairs are {' and '.join(data.train.modalities)}: drop --denoise")
     branches = tuple(opts.branches or data.train.modalities)
     lacking = [m for m in branches if m not in base.modality_names]
     if lacking:
@@ -210,13 +242,13 @@ def run_adapt(model: Any, pairs: Any, out: str | os.PathLike, **options: Any) ->
     base.to(opts.device)
     if opts.checkpointing:
         enable_activation_checkpointing(base.encoder)
-    autocast = _autocast(base, opts)
+    autocast = _autocast(opts)
     score = dict(batch_size=opts.eval_batch_size, classes=data.classes, autocast=autocast)
     before = st.read_json(os.path.join(staging, "before.json"))
     if before is None:
         before = evaluate(base, data.decoder, data.held, **score)
         write_text_atomic(os.path.join(staging, "before.json"), json.dumps(before) + "\n")
-    losses, per_step = _train(base, data, opts, staging, total)
+    losses, per_step = _train(_with_decoder(base, opts) if opts.denoise else base, data, opts, staging, total)
     after = evaluate(base, data.decoder, data.held, **score)
     params = dict(base.named_parameters())
     metrics = {"before": before, "after": after, "steps": total,
