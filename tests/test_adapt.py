@@ -387,3 +387,10 @@ def test_denoise_adds_the_denoising_contrast_and_needs_text_pairs(tmp_path, caps
     data = _manifest(tmp_path / "data" / "ia.jsonl", rows)
     err = _cli_error(capsys, ["adapt", tri, "--pairs", data, "--out", str(tmp_path / "ad2"), "--denoise"])
     assert "--denoise adds the pretraining's denoising contrast of media paired with text" in err
+
+
+def test_without_peft_adapt_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    model, pairs = _model(tmp_path), _pairs(tmp_path / "data", n=8)
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
+    err = _cli_error(capsys, ["adapt", model, "--pairs", pairs, "--out", str(tmp_path / "ad")])
+    assert "pip install 'onepeace[adapt]'" in err
