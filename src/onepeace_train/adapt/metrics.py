@@ -2,9 +2,10 @@
 
 * ``R@1 a->b`` and ``R@1 b->a``: retrieval over distinct items (:mod:`onepeace.tasks.retrieval`,
   the instance protocol: an item matches the items it is paired with in some held-out row);
-* ``zero-shot``: when the texts are labels (at most half as many distinct captions as pairs, and
-  at least two), the accuracy of naming each held-out media item's caption among every distinct
-  caption of the data (training and held-out), in percent, with ``zero-shot chance``.
+* ``zero-shot``: when the held-out texts are labels (at most half as many distinct captions as
+  pairs, and at least two), the accuracy of naming each held-out media item's caption among the
+  distinct held-out captions (the classes), in percent, with ``zero-shot chance`` (1 / classes).
+  Training captions may differ from them (templates, paraphrases): only the held-out ones are classes.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from onepeace.tasks.retrieval import Rows, retrieval_metrics
 from .data import Decoder, Pairs, identity
 
 
-def label_texts(*sets: Pairs) -> list[str] | None:
+def label_texts(pairs: Pairs) -> list[str] | None:
     """The distinct captions when they are labels (few, repeated), else None."""
-    if "text" not in sets[0].modalities:
+    if "text" not in pairs.modalities:
         return None
-    texts = [r["text"] for p in sets for r in p.rows]
+    texts = [r["text"] for r in pairs.rows]
     distinct = sorted(set(texts))
     return distinct if 2 <= len(distinct) <= len(texts) / 2 else None
 
