@@ -309,6 +309,12 @@ def test_an_index_built_with_an_adapter_refuses_the_base_model(world, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "+adapter" in err and "fingerprint" in err, err
     assert main(["index", "build", db, str(tmp_path / "texts.txt"), "--model", world["base"], "--workers", "0"]) == 2
+    # `onepeace serve DB` loads the model the index records: the base with its adapter
+    pytest.importorskip("fastapi")
+    from onepeace.cli.serve import load_served
+
+    served, _ = load_served(db, None, "fp32", "cpu")
+    assert model_fingerprint(served) == model_fingerprint(adapted)
 
 
 def test_serve_with_adapter_embeds_the_adapted_vectors(world):
@@ -369,3 +375,20 @@ def test_a_ray_build_with_an_adapter_gives_the_local_builds_rows(world, tmp_path
     depth = model_depth(onepeace.OnePeace.from_pretrained(world["base"]))
     for t in TEXTS:  # one model on both sides: float32 rounding of other batch shapes at most
         assert np.abs(a[t] - b[t]).max() <= derived_tol(a[t], None, b[t], depth=depth), t
+
+
+@pytest.mark.slow
+def test_export_onnx_with_an_adapter_exports_the_adapted_text_graph(world, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onepeace.export.onnx import PARITY_ATOL, session
+
+    out = tmp_path / "onnx"
+    assert main(["export", "onnx", world["base"], str(out), "--modalities", "text", "--adapter", world["adapter"]]) == 0
+    adapted = onepeace.OnePeace.from_pretrained(world["base"], dtype="fp32", adapter=world["adapter"])
+    batch = adapted.processor.get("text")(TEXTS)
+    emb = session(out / "text.onnx").run(None, {"tokens": batch["tokens"].numpy()})[0]
+    with torch.no_grad():
+        ref = adapted.embed_batch("text", {"tokens": batch["tokens"]}).numpy()
+    assert np.abs(emb - ref).max() <= PARITY_ATOL  # export's own parity bound against PyTorch
+    assert np.abs(emb - world["ref"]["text"].numpy()).max() <= PARITY_ATOL
