@@ -211,6 +211,7 @@ def load_adapter(model: Any, path: str | os.PathLike, *, merge: bool = True) -> 
     state = _lora_state(path, next(model.parameters()).device)
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     _inject(peft, model, config, state, path)
+    model.train(model.training)  # the new LoRA layers (their dropout) in the model's mode
     if merge:
         merge_lora_layers(model)
         for name, p in model.named_parameters():
