@@ -2,10 +2,11 @@
 
 * ``R@1 a->b`` and ``R@1 b->a``: retrieval over distinct items (:mod:`onepeace.tasks.retrieval`,
   the instance protocol: an item matches the items it is paired with in some held-out row);
-* ``zero-shot``: when the held-out texts are labels (at most half as many distinct captions as
-  pairs, and at least two), the accuracy of naming each held-out media item's caption among the
-  distinct held-out captions (the classes), in percent, with ``zero-shot chance`` (1 / classes).
-  Training captions may differ from them (templates, paraphrases): only the held-out ones are classes.
+* ``zero-shot``: when the texts are labels (at most half as many distinct captions as pairs, over
+  the training and held-out pairs together; at least two held out), the accuracy of naming each
+  held-out media item's caption among the distinct held-out captions (the classes), in percent,
+  with ``zero-shot chance`` (1 / classes). Training captions may differ from them (templates,
+  paraphrases): only the held-out ones are classes.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from onepeace.tasks.retrieval import Rows, retrieval_metrics
 from .data import Decoder, Pairs, identity
 
 
-def label_texts(pairs: Pairs) -> list[str] | None:
-    """The distinct captions when they are labels (few, repeated), else None."""
-    if "text" not in pairs.modalities:
+def label_texts(held: Pairs, train: Pairs) -> list[str] | None:
+    """The distinct held-out captions when the captions are labels (few and repeated over the
+    training and held-out pairs together, so that a small held-out set is judged as its data), else None."""
+    if "text" not in held.modalities:
         return None
-    texts = [r["text"] for r in pairs.rows]
-    distinct = sorted(set(texts))
-    return distinct if 2 <= len(distinct) <= len(texts) / 2 else None
+    texts = [r["text"] for p in (train, held) for r in p.rows]
+    classes = sorted({r["text"] for r in held.rows})
+    return classes if len(classes) >= 2 and len(set(texts)) <= len(texts) / 2 else None
 
 
 @torch.no_grad()

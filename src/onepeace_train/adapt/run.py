@@ -78,7 +78,7 @@ def _prepare_data(source: Any, model: OnePeace, opts: AdaptOptions) -> Data:
         raise InputError(f"{pairs.source} holds {found}: adapt needs at least {MIN_PAIRS} usable pairs to train on "
                          f"and {MIN_PAIRS} held out ({len(train)} and {len(held)} here); give more pairs")
     decoder = Decoder(model.config, pairs.modalities, skips)
-    return Data(train, held, skips, decoder, label_texts(held))
+    return Data(train, held, skips, decoder, label_texts(held, train))
 
 
 def _signature(fp: str, data: Data, opts: AdaptOptions, total: int) -> dict[str, Any]:
