@@ -27,6 +27,7 @@ import os
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, MissingDependencyError
@@ -141,8 +142,6 @@ def _lora_config(peft: Any, path: str) -> Any:
 
 
 def _lora_state(path: str, device: torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     file = os.path.join(path, WEIGHTS_FILE)
     try:
         state = load_file(file, device=str(device))
