@@ -282,6 +282,8 @@ def test_embed_with_adapter_gives_the_adapted_vectors(world, tmp_path):
     ["search", "db", "--text", "x"],
     ["export", "onnx", "M", "out"],
     ["serve", "--model", "M"],
+    ["try", "--audio", "seven.wav"],
+    ["eval", "task", "classify", "--model", "M", "--data", "d.jsonl"],
 ])
 def test_every_inference_command_takes_adapter(command):
     from onepeace.cli import build_parser
@@ -392,3 +394,20 @@ def test_export_onnx_with_an_adapter_exports_the_adapted_text_graph(world, tmp_p
         ref = adapted.embed_batch("text", {"tokens": batch["tokens"]}).numpy()
     assert np.abs(emb - ref).max() <= PARITY_ATOL  # export's own parity bound against PyTorch
     assert np.abs(emb - world["ref"]["text"].numpy()).max() <= PARITY_ATOL
+
+
+def test_try_with_an_adapter_of_another_base_is_one_line(world, tmp_path, capsys):
+    """``onepeace try --adapter`` (the demo's command, in onepeace_train) loads through the same path:
+    an adapter of another model is refused in one line naming both, exit 2."""
+    from PIL import Image
+
+    from onepeace.cli import main
+
+    other = str(tmp_path / "other")
+    _save_base(other, 5)
+    digit = np.full((64, 48), 230, np.uint8)
+    digit[10:54, 20:28] = 30
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    assert main(["try", "--model", other, "--adapter", world["adapter"], "--image", str(tmp_path / "one.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "fingerprint" in err and "Traceback" not in err, err

@@ -20,6 +20,7 @@ from onepeace import create_model
 from onepeace.checkpoints.format import model_files, write_text_atomic
 from onepeace.cli import common
 from onepeace.cli.common import (
+    add_adapter_option,
     add_max_pixels,
     add_runtime_options,
     check_out,
@@ -162,7 +163,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     # every input is read and checked before the model loads: a bad file fails at once
     inputs = [("audio", f, prepare_audio(f)) for f in args.audio] + [("image", f, prepare_image(f)) for f in args.image]
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, args.adapter)
     for modality, name, media in inputs:
         p = classify_digit(model, modality, media)
         top = p.topk(3)
@@ -203,6 +204,7 @@ def _add_try_and_demo_video(sub: argparse._SubParsersAction) -> None:
                     help="a photo or scan of one handwritten digit (centred and contrast-normalised like the "
                          "training digits); repeatable")
     tr.add_argument("--model", default="runs/demo/model", help="the demo model (default runs/demo/model)")
+    add_adapter_option(tr)
     add_runtime_options(tr)
     tr.set_defaults(func=cmd_try)
     dv = sub.add_parser("demo-video", help="align a video branch to the demo model on generated digit clips "
@@ -426,7 +428,7 @@ def cmd_eval_task(args: argparse.Namespace) -> int:
         raise InputError(f"labels file {'is not a file' if os.path.exists(args.labels) else 'not found'}: "
                          f"{args.labels}")
     device = runtime(args)
-    model = common.load_model(args.model, args.dtype, device)
+    model = common.load_model(args.model, args.dtype, device, args.adapter)
     opts = {"multi_label": args.multi_label} if args.multi_label else {}
     if args.labels:
         opts["labels"] = args.labels
@@ -454,6 +456,7 @@ def _add_eval_task(evs: argparse._SubParsersAction) -> None:
     et.add_argument("--multi-label", action="store_true", help="classify: multi-label (mAP)")
     et.add_argument("--labels", help="vqa: the answer vocabulary file (default: the head's labels)")
     et.add_argument("--batch-size", type=positive_int, default=16)
+    add_adapter_option(et)
     add_runtime_options(et)
     et.add_argument("--out", help="write the metrics as JSON")
     et.add_argument("--force", action="store_true", help="overwrite an existing --out file (default: refuse it, before any work)")
