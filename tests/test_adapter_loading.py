@@ -394,6 +394,10 @@ def test_export_onnx_with_an_adapter_exports_the_adapted_text_graph(world, tmp_p
         ref = adapted.embed_batch("text", {"tokens": batch["tokens"]}).numpy()
     assert np.abs(emb - ref).max() <= PARITY_ATOL  # export's own parity bound against PyTorch
     assert np.abs(emb - world["ref"]["text"].numpy()).max() <= PARITY_ATOL
+    from onepeace.checkpoints.fingerprint import model_fingerprint
+
+    record = json.loads((out / "export.json").read_text())
+    assert "+adapter" in record["name"] and record["fingerprint"] == model_fingerprint(adapted)
 
 
 def test_try_with_an_adapter_of_another_base_is_one_line(world, tmp_path, capsys):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints.fingerprint import model_fingerprint, model_name
 from ..errors import ConfigError, InputError, OnePeaceError
 
 #: the outputs of every exported graph, in order
@@ -203,7 +204,9 @@ def export_onnx(model: nn.Module | str | os.PathLike, out_dir: str | os.PathLike
                           f"{model.device}: load it with dtype='fp32'")
     was = model.training
     model.eval()
-    record: dict[str, Any] = {"model": getattr(model, "name_or_path", None), "opset": opset,
+    # the model as an index records it: its name (with "+adapter DIR" when one was merged in) and fingerprint
+    record: dict[str, Any] = {"model": getattr(model, "name_or_path", None), "name": model_name(model),
+                              "fingerprint": model_fingerprint(model), "opset": opset,
                               "torch": torch.__version__, "parity_atol": PARITY_ATOL, "graphs": {}}
     try:
         with staged_dir(out_dir, force, owned=owned, what="onnx export") as tmp:
