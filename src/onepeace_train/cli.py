@@ -195,6 +195,14 @@ def cmd_demo_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_adapt(args: argparse.Namespace) -> int:
+    from .demo.adapt import print_intro, print_results, run_demo_adapt
+
+    print_intro()
+    print_results(run_demo_adapt(args.out, args.demo_model, seed=args.seed, force=args.force))
+    return 0
+
+
 def _add_try_and_demo_video(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("try", help="say or write a digit: the demo model names it, with its probability")
     tr.add_argument("--audio", action="append", default=[], metavar="REC",
@@ -219,6 +227,13 @@ def _add_try_and_demo_video(sub: argparse._SubParsersAction) -> None:
     dv.add_argument("--keep-checkpoints", action="store_true", help="keep the training checkpoints")
     dv.add_argument("--force", action="store_true", help="run again over a finished video demo in --out")
     dv.set_defaults(func=cmd_demo_video)
+    da = sub.add_parser("demo-adapt", help="adapt the demo model to real recorded speech with LoRA (after "
+                                           "`onepeace demo`; a few minutes)")
+    da.add_argument("--demo-model", default="runs/demo/model", help="the trained demo model (default runs/demo/model)")
+    da.add_argument("--out", default="runs/demo-adapt", help="run directory (default runs/demo-adapt); resumable")
+    da.add_argument("--seed", type=int, default=0)
+    da.add_argument("--force", action="store_true", help="run again over a finished adapting demo in --out")
+    da.set_defaults(func=_cmd_demo_adapt)
 
 
 # ---- pretrain and finetune ---------------------------------------------------------------------
