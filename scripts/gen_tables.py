@@ -486,12 +486,58 @@ def robustness() -> str:
                    "image→text %, default", "plain"], "lrrlrr", rows)
 
 
+# ------------------------------------------------------------------------------------ adapting
+def demo_adapt() -> str:
+    """`make demo-adapt` over its seeds, before and after: benchmarks/results/demo-adapt.json
+    (benchmarks/demo_adapt_seeds.py)."""
+    res = _load("demo-adapt.json")
+    s, first = res["summary"], next(iter(res["per_seed"].values()))
+    z, f = s["heldout_zero_shot"], s["forgetting"]
+    speakers = ", ".join(first["heldout_zero_shot"]["speakers"])
+    rows = [[f"zero-shot accuracy, held-out real speakers ({speakers}; chance {_r(first['heldout_zero_shot']['chance'], 0)}%)",
+             _spread(z["before"]), _spread(z["after"], True), _spread(z["change"])],
+            ["audio→text R@1, the demo's own test voices (forgetting)", _spread(f["before"]), _spread(f["after"]),
+             _spread(f["change"])]]
+    seeds = ", ".join(str(k) for k in res["per_seed"])
+    return _table([f"% (median, min – max over seeds {seeds})", "before", "after", "change"], "lrrr", rows)
+
+
+def adapt_step() -> str:
+    """One adapt step by size: benchmarks/results/adapt.json's step section (benchmarks/bench_adapt.py)."""
+    res = _load("adapt.json")
+    st, mach = res["step"], res["machine"]
+    rows = []
+    for size, m in st["sizes"].items():
+        if "error" in m:
+            rows.append([f"`{size}`", "–", "–", "–", "–", m["error"]])
+            continue
+        rows.append([f"`{size}`", f"{_n(m['params'] / 1e6)} M", f"{_r(m['weight_gb'], 2)} GB",
+                     f"{_r(m['seconds_per_step'], 2)} s", f"{_r(m['peak_rss_gb'], 2)} GB",
+                     f"{_r(m['adapter_bytes'] / 1e6, 2)} MB"])
+    return _table([f"preset (random weights; {mach['cpu_model']}, {mach['threads']} threads)", "parameters", "bf16 weights", "seconds per step", "peak RSS",
+                   "adapter file"], "lrrrrr", rows)
+
+
+def adapt_compare() -> str:
+    """LoRA against full fine-tuning of the same layers: benchmarks/results/adapt.json's compare section."""
+    c = _load("adapt.json")["compare"]
+    names = {"lora": "LoRA (the demo's adapter)", "full": "full fine-tuning, same learning rate",
+             "full_low_lr": "full fine-tuning, 10× lower learning rate",
+             "lora_no_rehearsal": "LoRA without the rehearsed synthetic clips"}
+    rows = [[f"{names[k]} (lr {c[k]['lr']:g})", _n(c[k]["trainable_params"]), f"{_r(c[k]['stored_bytes'] / 1e6, 2)} MB",
+             _r(c[k]["zero-shot"]), _r(c[k]["demo audio->text R@1"]), f"{_r(c[k]['peak_rss_training_gb'], 2)} GB",
+             f"{_r(c[k]['seconds_per_step'], 2)} s"] for k in names if k in c]
+    return _table(["arm", "trained parameters", "to store", "held-out zero-shot %", "demo audio→text R@1",
+                   "peak RSS", "s per step"], "lrrrrrr", rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo": demo, "demo-video": demo_video, "seeds": seeds, "precision": precision, "speed": speed,
     "downstream": downstream, "harness": harness,
     "peak": peak, "load": load, "memory": memory, "train": train, "video": video, "int8": int8, "padding": padding,
     "search": search, "index": index, "search-ray": search_ray, "serve": serve, "serve-load": serve_load,
     "ablation": ablation, "stage2": stage2, "robustness": robustness,
+    "demo-adapt": demo_adapt, "adapt-step": adapt_step, "adapt-compare": adapt_compare,
 }
 
 

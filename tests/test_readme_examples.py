@@ -111,6 +111,14 @@ NOT_RUN = {
         "a grammar, not code (the JSON example below it is run by test_serve_examples)",
     "docs/checkpoints.md: onepeace download ONE-PEACE --out weights    # one-peace.pt: 3.9 B parameters, 15.5 GB":
         "the network and the 15.5 GB official checkpoint",
+    "docs/adapting.md: make demo            # once: runs/demo/model":
+        "minutes of training (make demo, then make demo-adapt); tests/test_demo_adapt.py runs demo-adapt on a tiny model",
+    "docs/adapting.md: onepeace adapt runs/demo/model --pairs my_pairs.jsonl --out my_adapter":
+        "your own pairs; tests/test_adapt.py runs adapt, --adapter and adapt merge on a tiny model",
+    'docs/adapting.md: {"audio": "clips/0_george_0.wav", "text": "a voice speaking the number zero"}':
+        "one line of a manifest, not code (tests/test_demo_adapt.py checks the manifests demo-adapt writes)",
+    "docs/adapting.md: from onepeace import OnePeace":
+        "your own pairs; tests/test_adapt.py runs run_adapt and tests/test_demo_adapt.py loads with adapter=",
 }
 
 
