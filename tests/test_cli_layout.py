@@ -15,7 +15,7 @@ import onepeace.cli as cli
 from onepeace.cli import build_parser, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAINING = {"demo", "try", "demo-video", "pretrain", "finetune"}
+TRAINING = {"demo", "try", "demo-video", "demo-adapt", "pretrain", "finetune", "adapt"}
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -209,7 +209,7 @@ def test_try_computes_in_the_dtype_given(tmp_path, capsys, monkeypatch, model_di
 
     seen = []
     real = cli.load_model
-    monkeypatch.setattr(cli, "load_model", lambda path, dtype, device="cpu": seen.append(dtype) or real(path, dtype))
+    monkeypatch.setattr(cli, "load_model", lambda path, dtype, device="cpu", adapter=None: seen.append(dtype) or real(path, dtype))
     import soundfile as sf
 
     from onepeace_train.demo.data import load_speech

@@ -31,7 +31,7 @@ __all__ = ["build_parser", "main"]
 PLUGIN_GROUP = "onepeace.commands"
 
 #: the order of ``onepeace --help`` (plug-ins' commands included); other commands follow, as added
-COMMAND_ORDER = ("convert", "embed", "info", "demo", "try", "demo-video", "pretrain", "finetune", "adapt",
+COMMAND_ORDER = ("convert", "embed", "info", "demo", "try", "demo-video", "demo-adapt", "pretrain", "finetune", "adapt",
                  "zeroshot", "eval", "ground", "classify", "segment", "data", "index", "search", "download", "serve",
                  "export")
 
