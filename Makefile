@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo demo-video demo-adapt demo-adapt-seeds bench-adapt demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-storage bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
+.PHONY: parity install demo demo-video demo-adapt demo-adapt-seeds bench-adapt demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-storage bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ check-extras: $(BIN)/python
 # throughput, a serve smoke test: benchmarks/results/gpu-check.json. Without CUDA: one line, exit 0
 gpu-check: install
 	$(BIN)/python benchmarks/gpu_check.py
+
+# fp32 parity with the official outputs on this CPU (pytest -m official_fixtures): benchmarks/results/parity.json
+parity: install
+	$(BIN)/python benchmarks/parity.py
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py

@@ -531,13 +531,38 @@ def adapt_compare() -> str:
                    "peak RSS", "s per step"], "lrrrrrr", rows)
 
 
+# ------------------------------------------------------------------------------------ parity
+def _g(x: float) -> str:
+    return "0" if x == 0 else f"{x:.2g}"
+
+
+def parity() -> str:
+    """fp32 parity with the official outputs per row, one column per CPU measured:
+    benchmarks/results/parity.json (benchmarks/parity.py, ``make parity``)."""
+    cpus = _load("parity.json")["cpus"]
+    names = sorted(cpus)
+    first = cpus[names[0]]["rows"]
+    rows = []
+    for row in first:
+        if row.endswith("(ours)"):  # internal consistency checks, not against the official outputs
+            continue
+        r = first[row]
+        lo, hi = _g(r["tol_min"]), _g(r["tol_max"])
+        tol = lo if lo == hi else f"{lo} – {hi}"
+        diffs = [f"{_g(cpus[c]['rows'][row]['max_diff'])} ({cpus[c]['rows'][row]['worst_ratio']:.2f})"
+                 if row in cpus[c]["rows"] else "–" for c in names]
+        rows.append([row, *diffs, tol, str(r["checks"])])
+    head = ["what", *[f"max diff on {c} (worst diff/tol)" for c in names], f"derived tolerance ({names[0]})", "checks"]
+    return _table(head, "l" + "r" * (len(names) + 2), rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo": demo, "demo-video": demo_video, "seeds": seeds, "precision": precision, "speed": speed,
     "downstream": downstream, "harness": harness,
     "peak": peak, "load": load, "memory": memory, "train": train, "video": video, "int8": int8, "padding": padding,
     "search": search, "index": index, "search-ray": search_ray, "serve": serve, "serve-load": serve_load,
     "ablation": ablation, "stage2": stage2, "robustness": robustness,
-    "demo-adapt": demo_adapt, "adapt-step": adapt_step, "adapt-compare": adapt_compare,
+    "demo-adapt": demo_adapt, "adapt-step": adapt_step, "adapt-compare": adapt_compare, "parity": parity,
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -149,9 +150,23 @@ def cpu_name() -> str:
     return f"{name} ({simd})" if simd else name
 
 
+def parity_summary() -> dict:
+    """Per row of the parity table: the max diff, the derived tolerances' range, the worst
+    diff/tolerance ratio and the number of checks recorded in this run."""
+    out = {}
+    for row, figures in PARITY_ROWS.items():
+        tols = [t for _, t in figures]
+        out[row] = {"max_diff": max(d for d, _ in figures), "tol_min": min(tols), "tol_max": max(tols),
+                    "worst_ratio": max((d / t for d, t in figures if t > 0), default=0.0), "checks": len(figures)}
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     if not PARITY_ROWS:
         return
+    if os.environ.get("ONEPEACE_PARITY_JSON"):  # benchmarks/parity.py: the figures of this CPU, as JSON
+        Path(os.environ["ONEPEACE_PARITY_JSON"]).write_text(
+            json.dumps({"cpu": cpu_name(), "rows": parity_summary()}, indent=1) + "\n", encoding="utf-8")
     terminalreporter.section(f"parity with the official fixtures on {cpu_name()}")
     for row, figures in PARITY_ROWS.items():
         diff = max(d for d, _ in figures)

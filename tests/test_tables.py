@@ -54,7 +54,7 @@ def _is_figures(cell: str) -> bool:
 #: a line of a code block with two figures or more (a printed table's row)
 FIGURE_LINE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]).*(?<![\w.])\d+\.\d+(?![\w.])")
 #: hand tables whose figures no results file holds; their page says where they come from
-HAND_TABLES = {"docs/checkpoints.md": ["| what | Intel Xeon (AVX-512, no native bf16) |"]}
+HAND_TABLES: dict[str, list[str]] = {}
 
 
 def _figure_tables(text: str) -> list[str]:
