@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 from typing import Any
 
@@ -260,34 +259,9 @@ def _metrics(out: str, demo_model: str, data: dict[str, Any], s: dict[str, Any],
 def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]:
     """An unfinished run with the same settings is resumed; a finished one, or one with other
     settings, is refused unless ``force`` (which starts over); a directory holding anything else
-    is refused."""
-    from onepeace.outputs import check_creatable, is_staging_name
-
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"--out {out} is a file, not a directory; give the adapting demo a directory")
-    check_creatable(out)
-    entries = sorted(e for e in (os.listdir(out) if os.path.isdir(out) else [])
-                     if not is_staging_name(e) and not e.startswith("."))
-    other = [e for e in entries if e not in ENTRIES]
-    if other:
-        raise OutputError(f"--out {out} is not an adapting demo directory (it holds {', '.join(other[:3])}); "
-                          "choose a new or empty directory")
-    state = demo._load_state(out, STATE) if STATE in entries else None
-    if not force and state is not None and not state.get("finished") and state.get("settings") == settings:
-        log.info("resuming the adapting demo in %s", out)
-        return state
-    if entries and not force:
-        if state is not None and state.get("finished") and state.get("settings") == settings:
-            raise OutputError(f"--out {out} holds a finished adapting demo (metrics.json); pass --force to run it "
-                              "again from scratch, or choose another --out")
-        raise OutputError(f"--out {out} holds an adapting demo with other settings or an unfinished older one; "
-                          "rerun with its settings to resume, pass --force to start over, or choose another --out")
-    for name in ("data", "adapter", ".adapter.onepeace-adapt"):  # the last: an unfinished adapt run's staging
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
-    state = {"settings": settings}
-    _save_state(out, state)
-    return state
+    is refused. The last entry discarded is an unfinished adapt run's staging area."""
+    return demo.open_side_run(out, settings, force, what="adapting demo", state_name=STATE, entries=ENTRIES,
+                              discard=("data", "adapter", ".adapter.onepeace-adapt"), skip_hidden=True)
 
 
 def _save_state(out: str, state: dict[str, Any]) -> None:

@@ -359,6 +359,43 @@ def _save_state(out: str, state: dict[str, Any], name: str = STATE) -> None:
     write_text_atomic(os.path.join(out, name), json.dumps(state, indent=1))
 
 
+def open_side_run(out: str, settings: dict[str, Any], force: bool, *, what: str, state_name: str,
+                  entries: set[str], discard: tuple[str, ...], skip_hidden: bool = False) -> dict[str, Any]:
+    """The state of a follow-up demo (``what``: "video demo", "adapting demo") in ``out``, which may
+    hold only ``entries``: an unfinished run with the same settings is resumed; a finished one, or
+    one with other settings, is refused unless ``force``, which starts over after removing the
+    ``discard`` entries; a directory holding anything else is refused. ``skip_hidden``: dot entries
+    (a staging area of the run's own) do not count."""
+    from onepeace.outputs import check_creatable, is_staging_name
+
+    an = "an" if what[0] in "aeiou" else "a"
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"--out {out} is a file, not a directory; give the {what} a directory")
+    check_creatable(out)
+    found = sorted(e for e in (os.listdir(out) if os.path.isdir(out) else [])
+                   if not is_staging_name(e) and not (skip_hidden and e.startswith(".")))
+    other = [e for e in found if e not in entries]
+    if other:
+        raise OutputError(f"--out {out} is not {an} {what} directory (it holds {', '.join(other[:3])}); "
+                          "choose a new or empty directory")
+    state = _load_state(out, state_name) if state_name in found else None
+    if not force and state is not None and not state.get("finished") and state.get("settings") == settings:
+        log.info("resuming the %s in %s", what, out)
+        return state
+    if found and not force:
+        if state is not None and state.get("finished") and state.get("settings") == settings:
+            raise OutputError(f"--out {out} holds a finished {what} (metrics.json); pass --force to run it again "
+                              "from scratch, or choose another --out")
+        raise OutputError(f"--out {out} holds {an} {what} with other settings or an unfinished older one; "
+                          "rerun with its settings to resume, pass --force to start over, or choose another --out")
+    for name in discard:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
+    state = {"settings": settings}
+    _save_state(out, state, state_name)
+    return state
+
+
 def _check_demo_dir(out: str) -> None:
     """The demo resumes or reruns in its own directory, but never writes into another one."""
     from onepeace.checkpoints.format import model_files

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from onepeace.checkpoints.format import write_text_atomic
-from onepeace.errors import ConfigError, InputError, OutputError
+from onepeace.errors import ConfigError, InputError
 from onepeace_train.demo import run as demo
 
 log = logging.getLogger(__name__)
@@ -253,32 +253,8 @@ def _open_run(out: str, settings: dict[str, Any], force: bool) -> dict[str, Any]
     """An unfinished run with the same settings is resumed; a finished one, or one with other
     settings, is refused unless ``force`` (which starts over, the old model staying until the new
     one replaces it); a directory holding anything else is refused."""
-    from onepeace.outputs import check_creatable, is_staging_name
-
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"--out {out} is a file, not a directory; give the video demo a directory")
-    check_creatable(out)
-    entries = sorted(e for e in (os.listdir(out) if os.path.isdir(out) else []) if not is_staging_name(e))
-    other = [e for e in entries if e not in ENTRIES]
-    if other:
-        raise OutputError(f"--out {out} is not a video demo directory (it holds {', '.join(other[:3])}); "
-                          "choose a new or empty directory")
-    state = _load_state(out) if STATE in entries else None
-    if not force and state is not None and not state.get("finished") and state.get("settings") == settings:
-        log.info("resuming the video demo in %s", out)
-        return state
-    if entries and not force:
-        if state is not None and state.get("finished") and state.get("settings") == settings:
-            raise OutputError(f"--out {out} holds a finished video demo (metrics.json); pass --force to run it again "
-                              "from scratch, or choose another --out")
-        raise OutputError(f"--out {out} holds a video demo with other settings or an unfinished older one; "
-                          "rerun with its settings to resume, pass --force to start over, or choose another --out")
-    for name in ("data", "train"):
-        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
-    state = {"settings": settings}
-    _save_state(out, state)
-    return state
+    return demo.open_side_run(out, settings, force, what="video demo", state_name=STATE, entries=ENTRIES,
+                              discard=("data", "train"))
 
 
 def _load_state(out: str) -> dict[str, Any] | None:
