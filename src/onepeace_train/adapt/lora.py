@@ -21,19 +21,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from onepeace.errors import ConfigError, MissingDependencyError
+from onepeace.checkpoints.adapter import require_peft  # the library's: one line naming the adapt extra
+from onepeace.errors import ConfigError
 
 TARGETS = ("ffn", "proj", "attention")
 DEFAULT_TARGETS = ("ffn", "proj")
-
-
-def require_peft():
-    """The peft module, or one line naming the extra that installs it."""
-    try:
-        import peft
-    except ImportError:
-        raise MissingDependencyError("onepeace adapt needs the peft library: pip install 'onepeace[adapt]'") from None
-    return peft
 
 
 def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
