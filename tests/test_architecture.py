@@ -198,7 +198,7 @@ def test_import_onepeace_loads_no_training_module_and_no_heavy_extra():
     assert out.strip() == "[]", f"import onepeace loads {out.strip()}"
 
 
-def _long_functions(src: Path) -> list[str]:
+def _long_functions(src: Path, root: Path = ROOT) -> list[str]:
     out = []
     for path in sorted(src.rglob("*.py")):
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -209,19 +209,14 @@ def _long_functions(src: Path) -> list[str]:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             above = lines[first - 2] if first >= 2 else ""
             if length > MAX_LINES and LONG_REASON not in above:
-                out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
     return out
 
 
 def test_the_length_check_sees_a_long_function_and_its_reason(tmp_path):
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES + 1))
     (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n# {LONG_REASON} a table\ndef ok():\n{body}")
-    global ROOT
-    saved, ROOT = ROOT, tmp_path
-    try:
-        assert _long_functions(tmp_path) == [f"m.py:1 long ({MAX_LINES + 2} lines)"]
-    finally:
-        ROOT = saved
+    assert _long_functions(tmp_path, root=tmp_path) == [f"m.py:1 long ({MAX_LINES + 2} lines)"]
 
 
 @pytest.mark.parametrize("package", ["onepeace", "onepeace_train"])
