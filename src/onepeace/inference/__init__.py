@@ -8,6 +8,8 @@
   :mod:`onepeace.checkpoints`;
 * :mod:`~onepeace.inference.embedding`: :func:`embed`, :func:`embed_fused`, :func:`encode_media`
   (bucketing, long texts and audio in windows, fused segments), taking the model as an argument;
+* :mod:`~onepeace.inference.moments`: :func:`embed_windows`, :func:`iter_window_batches` (timestamped
+  window embeddings of long audio and video, streamed);
 * :mod:`~onepeace.inference.predict`: :func:`classify`, :func:`ground`, :func:`segment`;
 * :mod:`~onepeace.inference.factory`: :func:`create_model`, :func:`get_processor`, :func:`get_tokenizer`.
 
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 from .embedding import embed, embed_fused, encode_media
 from .factory import DEFAULT_PROCESSOR_MODEL, create_model, get_processor, get_tokenizer
+from .moments import WindowEmbeddings, embed_windows, iter_window_batches
 from .onepeace import OnePeace
 from .predict import classify, ground, segment
 
-__all__ = ["DEFAULT_PROCESSOR_MODEL", "OnePeace", "classify", "create_model", "embed", "embed_fused", "encode_media",
-           "get_processor", "get_tokenizer", "ground", "segment"]
+__all__ = ["DEFAULT_PROCESSOR_MODEL", "OnePeace", "WindowEmbeddings", "classify", "create_model", "embed", "embed_fused",
+           "embed_windows", "encode_media", "get_processor", "get_tokenizer", "ground", "iter_window_batches", "segment"]

@@ -62,7 +62,7 @@ def embed(model: OnePeaceNetwork, *positional: Any, batch_size: int = 16, normal
             proc = model.processor.get(name)
             scheduled = bucket and model._schedulable(name)
             if (name == "audio" and long_audio == "chunk") or (name == "text" and long_text == "chunk"):
-                result[name] = embed_windows(model, proc, items, batch_size, normalize, scheduled, max_tokens, name=name)
+                result[name] = embed_chunked(model, proc, items, batch_size, normalize, scheduled, max_tokens, name=name)
                 bar.update(len(items))
                 continue
             rows = []
@@ -133,12 +133,14 @@ def _check_texts(model: OnePeaceNetwork, texts: list[Any], long_text: str) -> No
                       "--long-text chunk (Python: long_text='chunk')", OnePeaceWarning, stacklevel=4)
 
 
-def embed_windows(model: OnePeaceNetwork, proc, items: list[Any], batch_size: int, normalize: bool,
+def embed_chunked(model: OnePeaceNetwork, proc, items: list[Any], batch_size: int, normalize: bool,
                   bucket: bool = False, max_tokens: int | None = None, name: str = "audio") -> torch.Tensor:
     """Audio in 15 s windows (texts in windows of the token limit, ``name="text"``): up to
     ``batch_size`` windows (from any items) per forward pass (with ``bucket``, up to
     ``SORT_WINDOW * batch_size`` windows sorted by length, see :meth:`onepeace.OnePeace.embed`), each
-    item's window embeddings averaged with their weights (seconds, tokens), then renormalised."""
+    item's window embeddings averaged with their weights (seconds, tokens), then renormalised: one
+    row per item (``long_audio="chunk"``). Timestamped windows, one row each, are
+    :func:`onepeace.inference.moments.embed_windows`."""
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
     if not items:
@@ -224,5 +226,5 @@ def embed_fused(model: OnePeaceNetwork, *, batch_size: int = 16, normalize: bool
     return torch.cat(rows)
 
 
-__all__ = ["SORT_WINDOW", "as_list", "batches", "embed", "embed_fused", "embed_sorted", "embed_windows",
+__all__ = ["SORT_WINDOW", "as_list", "batches", "embed", "embed_chunked", "embed_fused", "embed_sorted",
            "encode_media"]

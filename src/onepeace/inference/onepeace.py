@@ -3,7 +3,8 @@
 Design: the network is :class:`onepeace.model.onepeace.OnePeaceNetwork` (the ``nn.Module`` alone).
 :class:`OnePeace` subclasses it and adds the entry points, each a thin call into the layer that
 does the work: ``embed``/``encode_*``/``embed_fused`` into :mod:`onepeace.inference.embedding`,
-``classify``/``ground``/``segment`` into :mod:`onepeace.inference.predict`, and
+``embed_windows`` into :mod:`onepeace.inference.moments`, ``classify``/``ground``/``segment`` into
+:mod:`onepeace.inference.predict`, and
 ``from_pretrained``/``save_pretrained``/``push_to_hub`` into :mod:`onepeace.checkpoints` (which
 builds whatever class it is given: ``from_pretrained`` passes ``cls``). So
 :func:`onepeace.create_model`, :meth:`OnePeace.from_pretrained` and :meth:`~OnePeaceNetwork.grown`
@@ -27,6 +28,7 @@ from ..model.onepeace import OnePeaceNetwork
 from ..model.precision import resolve_runtime
 from ..model.quant import quantize_int8
 from . import embedding as _embed
+from . import moments as _moments
 from . import predict as _predict
 
 
@@ -63,7 +65,9 @@ class OnePeace(OnePeaceNetwork):
         ``long_audio`` decides what happens to clips over the 15 s cap: ``"truncate"`` (the
         official behaviour) embeds the first 15 s and warns; ``"chunk"`` embeds consecutive 15 s
         windows (a last remainder of at least 1 s included) and returns their duration-weighted
-        mean of L2-normalised window embeddings, renormalised. Both are batch-invariant.
+        mean of L2-normalised window embeddings, renormalised. Both are batch-invariant. To know
+        *where* in a long recording (or video) something happens, embed it in timestamped windows
+        instead: :meth:`embed_windows`.
 
         ``long_text`` does the same for texts over the model's token limit (70 tokens):
         ``"truncate"`` (the official behaviour) embeds the first 70 and warns, naming the text and
@@ -107,6 +111,37 @@ class OnePeace(OnePeaceNetwork):
         """
         return _embed.embed_fused(self, batch_size=batch_size, normalize=normalize, companions=companions,
                                   fusion=fusion, progress=progress, **inputs)
+
+    def embed_windows(self, *, audio: Sequence[Any] | Any = None, video: Sequence[Any] | Any = None,
+                      window: float | None = None, hop: float | None = None, segment: str = "fixed",
+                      batch_size: int = 16, normalize: bool = True, progress: bool | None = False,
+                      ) -> dict[str, list[_moments.WindowEmbeddings]]:
+        """Timestamped embeddings of long audio and video: per modality given, one
+        :class:`~onepeace.inference.moments.WindowEmbeddings` per file (in input order), whose
+        ``embeddings[i]`` covers ``start[i]`` to ``end[i]`` seconds of the file::
+
+            w = model.embed_windows(audio=["meeting.wav"], window=2.0, hop=1.0)["audio"][0]
+            best = (w.embeddings @ model.encode_text(["a door slams"])[0]).argmax()
+            print(w.start[best], w.end[best])
+
+        A window's embedding is exactly what :meth:`embed` gives for the clip cut out over its
+        range (normalised with its own statistics, tiled under a second as a short clip is; for
+        video, the window's frames sampled and resized as a short video's), so it is comparable
+        with any text, image or clip embedding.
+
+        ``window``/``hop`` (seconds; defaults 2/1 for audio, 4/2 for video; a ``window`` alone
+        hops half of it): fixed windows from 0, the last one ending at the file's end; a file
+        shorter than a window is one window, the whole file. A window is at most what the branch
+        takes in one pass (audio: 15 s for the official models), the hop at most the window.
+        ``segment="onsets"``: windows that follow the sound instead, one per stretch of activity
+        found by :mod:`onepeace.processing.activity` (long stretches cut into windows; video: of
+        its sound track); ``"both"``: the two sets. Files are decoded as streams (a 1-hour file
+        in bounded memory), and the windows of all files are batched as :meth:`embed` batches
+        clips (no padding computed). A damaged file keeps the windows before the damage, and
+        ``problems`` says where decoding stopped. See :mod:`onepeace.inference.moments`.
+        """
+        return _moments.embed_windows(self, audio=audio, video=video, window=window, hop=hop, segment=segment,
+                                      batch_size=batch_size, normalize=normalize, progress=progress)
 
     def classify(self, *, batch_size: int = 16, **inputs: Sequence[Any] | None) -> torch.Tensor:
         """Head logits for raw inputs; several modalities given together are fused pairwise."""

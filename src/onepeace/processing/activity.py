@@ -1,0 +1,204 @@
+"""Where the sound is: onsets and offsets of activity in a recording (words, events), so that
+windows can follow them (:mod:`onepeace.inference.moments`, ``segment="onsets"``).
+
+Two steps, so that a long file is read as a stream and only its small envelope is kept:
+
+1. :func:`envelope`: from a stream of mono blocks, one row per ``hop`` (10 ms) of the energy in
+   ``bands`` log-spaced frequency bands (dB, over a ``frame`` of 20 ms with a Hann window): 16
+   values per 10 ms, float16 (an hour is about 11 MB).
+2. :func:`detect_activity`: the segments where the sound stands out of the recording's own
+   background.
+
+   * **Adaptive noise floor**: per band, the 10th percentile of its (lightly smoothed) energy in
+     blocks of ``floor_block`` seconds, the lowest of the neighbouring ``floor_reach`` blocks on
+     either side: the floor follows a background that changes along an hour, and a steady hum or a
+     noise bed is the floor in its own bands. Never below ``floor_range`` dB under the loudest
+     band energy (digital silence).
+   * **Scores** per frame: *broad*, the mean over bands of the energy above the floor (a noise
+     burst, a voice: every band rises a little), *peak*, the largest band's (a tone or a whistle over
+     a broadband bed: one band rises a lot), and the *spectral flux*, the mean positive change of
+     the band energies from one frame to the next (a sudden event).
+   * **Thresholds** from the scores' own background level and spread (their 25th and 5th
+     percentiles): ``on`` and ``off`` are that level plus ``max(*_db, k * spread)``.
+   * **Hysteresis**: a segment is a run of frames over an ``off`` threshold that holds at least one
+     frame over an ``on`` threshold (or a flux onset over its ``off``); so it starts and ends
+     where the sound leaves the background, not where it is loudest.
+   * Segments closer than ``min_gap`` are merged, shorter than ``min_duration`` dropped, then
+     widened by ``pad`` on each side (within the recording).
+
+Times are in seconds from the recording's start; a frame ``t`` covers ``[t * hop, t * hop +
+frame)`` and stands for its centre, so an onset or offset is placed within about ``frame / 2 +
+hop`` of the truth (plus the ``pad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class ActivityOptions:
+    """The detector's settings (see the module docstring); the defaults suit speech and sound events."""
+
+    hop: float = 0.01  # seconds between envelope rows
+    frame: float = 0.02  # seconds of sound each row measures
+    bands: int = 16  # log-spaced frequency bands
+    low_hz: float = 60.0  # lowest band edge
+    smooth: int = 3  # rows averaged (centred) before scoring
+    floor_block: float = 10.0  # seconds per noise-floor block
+    floor_reach: int = 3  # blocks on either side whose lowest floor counts
+    floor_percentile: float = 10.0
+    floor_range: float = 90.0  # dB: the floor is never lower than the loudest band minus this
+    broad_on_db: float = 4.0
+    broad_off_db: float = 2.0
+    peak_on_db: float = 10.0
+    peak_off_db: float = 5.0
+    flux_on_db: float = 3.0
+    spread_on: float = 6.0  # thresholds are at least this many spreads over the background level
+    spread_off: float = 3.0
+    min_gap: float = 0.1  # seconds: closer segments merge
+    min_duration: float = 0.05  # seconds: shorter segments are dropped
+    pad: float = 0.05  # seconds added on each side
+
+
+@dataclass
+class Envelope:
+    """Band energies in dB, ``db[t, b]`` for the frame starting at ``t * hop`` seconds."""
+
+    db: np.ndarray  # [frames, bands] float16
+    hop: float
+    frame: float
+    duration: float  # seconds of sound the envelope was made from
+
+
+def _band_edges(n_fft: int, sample_rate: int, bands: int, low_hz: float) -> np.ndarray:
+    """FFT-bin edges of ``bands`` log-spaced bands from ``low_hz`` to Nyquist, each at least one bin."""
+    top = n_fft // 2 + 1
+    lo = max(1, int(round(low_hz * n_fft / sample_rate)))
+    edges = np.round(np.geomspace(lo, top, bands + 1)).astype(int)
+    for i in range(1, len(edges)):
+        edges[i] = max(edges[i], edges[i - 1] + 1)
+    return np.minimum(edges, top + bands)  # (past Nyquist only when there are more bands than bins)
+
+
+def envelope(blocks: Iterable[np.ndarray], sample_rate: int, options: ActivityOptions | None = None) -> Envelope:
+    """The band-energy envelope of a stream of mono float blocks at ``sample_rate`` (see the module
+    docstring); only one frame of sound is carried from one block to the next."""
+    o = options or ActivityOptions()
+    hop, frame = int(round(o.hop * sample_rate)), int(round(o.frame * sample_rate))
+    if hop < 1 or frame < hop:
+        raise InputError(f"activity hop {o.hop} s and frame {o.frame} s do not fit a {sample_rate} Hz recording")
+    n_fft = 1 << max(frame - 1, 1).bit_length()
+    edges = _band_edges(n_fft, sample_rate, o.bands, o.low_hz)
+    window = np.hanning(frame + 2)[1:-1].astype(np.float32)
+    carry = np.zeros(0, np.float32)
+    rows, total = [], 0
+    for block in blocks:
+        total += block.size
+        x = np.concatenate([carry, np.asarray(block, np.float32)])
+        count = (x.size - frame) // hop + 1 if x.size >= frame else 0
+        if count:
+            idx = np.arange(frame)[None, :] + hop * np.arange(count)[:, None]
+            spec = np.abs(np.fft.rfft(x[idx] * window, n_fft)) ** 2
+            padded = np.pad(spec, ((0, 0), (0, max(0, edges[-1] - spec.shape[1]))))
+            power = np.add.reduceat(padded, edges[:-1], axis=1) / np.diff(edges)
+            rows.append((10 * np.log10(power + 1e-20)).astype(np.float16))
+        carry = x[count * hop :]
+    if total and not rows:  # shorter than one frame: the frame zero-padded
+        x = np.pad(carry, (0, frame - carry.size)) * window
+        power = np.add.reduceat(np.abs(np.fft.rfft(x, n_fft)) ** 2, edges[:-1]) / np.diff(edges)
+        rows.append((10 * np.log10(power + 1e-20)).astype(np.float16)[None])
+    db = np.concatenate(rows) if rows else np.zeros((0, o.bands), np.float16)
+    return Envelope(db, hop / sample_rate, frame / sample_rate, total / sample_rate)
+
+
+def _smooth(x: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average of ``size`` rows (edges repeated), along axis 0."""
+    if size <= 1:
+        return x
+    left = (size - 1) // 2
+    padded = np.concatenate([np.repeat(x[:1], left, axis=0), x, np.repeat(x[-1:], size - 1 - left, axis=0)])
+    c = np.cumsum(np.concatenate([np.zeros_like(x[:1]), padded]), axis=0, dtype=np.float64)
+    return ((c[size:] - c[:-size]) / size).astype(x.dtype)
+
+
+def _floor(s: np.ndarray, o: ActivityOptions, hop: float) -> np.ndarray:
+    """The per-band noise floor [frames, bands] (see the module docstring)."""
+    block = max(1, int(round(o.floor_block / hop)))
+    n = s.shape[0]
+    starts = range(0, n, block)
+    per = np.stack([np.percentile(s[i : i + block], o.floor_percentile, axis=0) for i in starts])
+    low = np.stack([per[max(0, k - o.floor_reach) : k + o.floor_reach + 1].min(axis=0) for k in range(len(per))])
+    floor = np.repeat(low, block, axis=0)[:n]
+    return np.maximum(floor, s.max() - o.floor_range)
+
+
+def _thresholds(x: np.ndarray, on_db: float, off_db: float, o: ActivityOptions) -> tuple[float, float]:
+    """(on, off) for a score: its background level (25th percentile) plus the larger of the
+    fixed margin and a multiple of its spread (25th minus 5th percentile, about one standard
+    deviation of a Gaussian background)."""
+    p5, p25 = np.percentile(x, [5, 25])
+    spread = max(float(p25 - p5), 1e-3)
+    return float(p25 + max(on_db, o.spread_on * spread)), float(p25 + max(off_db, o.spread_off * spread))
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) index ranges where ``mask`` holds."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def activity_frames(env: Envelope, options: ActivityOptions | None = None) -> list[tuple[int, int]]:
+    """The runs of active envelope rows ``[first, stop)`` (hysteresis, before merging and padding)."""
+    o = options or ActivityOptions()
+    if env.db.shape[0] == 0:
+        return []
+    power = _smooth(10 ** (env.db.astype(np.float32) / 10), max(1, o.smooth))
+    s = 10 * np.log10(power + 1e-20)
+    excess = np.maximum(s - _floor(s, o, env.hop), 0.0)
+    broad, peak = excess.mean(axis=1), excess.max(axis=1)
+    flux = np.concatenate([[0.0], np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)])
+    b_on, b_off = _thresholds(broad, o.broad_on_db, o.broad_off_db, o)
+    p_on, p_off = _thresholds(peak, o.peak_on_db, o.peak_off_db, o)
+    f_on, _ = _thresholds(flux, o.flux_on_db, 0.0, o)
+    sustain = (broad >= b_off) | (peak >= p_off)
+    core = (broad >= b_on) | (peak >= p_on) | ((flux >= f_on) & sustain)
+    return [(a, b) for a, b in _runs(sustain) if core[a:b].any()]
+
+
+def detect_activity(env: Envelope, options: ActivityOptions | None = None, *,
+                    pad: float | None = None) -> list[tuple[float, float]]:
+    """Segments ``(start, end)`` in seconds where the recording is active, in order (see the module
+    docstring); ``pad`` overrides the options' padding."""
+    o = options or ActivityOptions()
+    pad = o.pad if pad is None else pad
+    segs: list[list[float]] = []
+    for a, b in activity_frames(env, o):
+        start = max(0.0, a * env.hop + env.frame / 2 - env.hop / 2)
+        end = min(env.duration, (b - 1) * env.hop + env.frame / 2 + env.hop / 2)
+        if segs and start - segs[-1][1] < o.min_gap:
+            segs[-1][1] = max(segs[-1][1], end)
+        else:
+            segs.append([start, end])
+    out = []
+    for start, end in segs:
+        if end - start >= o.min_duration:
+            out.append((max(0.0, start - pad), min(env.duration, end + pad)))
+    return out
+
+
+def find_activity(wave: np.ndarray, sample_rate: int, options: ActivityOptions | None = None, *,
+                  pad: float | None = None) -> list[tuple[float, float]]:
+    """:func:`detect_activity` of a waveform held in memory (mono float)."""
+    a = np.asarray(wave, np.float32)
+    if a.ndim != 1:
+        raise InputError(f"find_activity takes a mono waveform [samples], got shape {a.shape}")
+    return detect_activity(envelope([a], sample_rate, options), options, pad=pad)
+
+
+__all__ = ["ActivityOptions", "Envelope", "activity_frames", "detect_activity", "envelope", "find_activity"]
