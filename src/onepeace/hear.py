@@ -17,7 +17,9 @@ the model's 16 kHz as :func:`onepeace.processing.audio.resample` does).
   features (after the final norm) of the audio branch, one per frame of its conv stem (a hop of
   the product of the stem's strides, 320 samples = 20 ms for the official stem), CLS left out. A clip
   is normalised as a whole (as for embed) and cut into the same consecutive 15 s windows as
-  ``long_audio="chunk"``; each window is encoded alone and its frames follow one another. A frame's
+  ``long_audio="chunk"`` (:func:`onepeace.processing.stream.plan_windows`, the window plan of
+  :mod:`onepeace.inference.moments`, with ``last="cut"``); each window is encoded alone and its
+  frames follow one another. A frame's
   timestamp is the centre of the samples it reads (its receptive field, 400 samples = 25 ms for the
   official stem), in milliseconds from the clip's start; frames whose centre lies past the end of the
   clip (from tiling a clip under 1 s) are left out. Every clip of a call has the same length, so the
@@ -39,6 +41,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .processing.audio import stem_frames, stem_samples
+from .processing.stream import plan_windows
 
 #: the sampling rates HEAR allows a model to take
 HEAR_SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)
@@ -65,8 +69,6 @@ class HearModel(nn.Module):
         self.model_rate = proc.sample_rate
         #: samples (at the model's rate) between consecutive frames, and the samples one frame reads
         self.hop = math.prod(s for _, _, s in proc.stem)
-        from .processing.audio import stem_samples
-
         self.receptive_field = stem_samples(1, proc.stem)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -139,15 +141,13 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel, *,
         return (torch.zeros(0, 0, model.timestamp_embedding_size, device=dev), torch.zeros(0, 0, device=dev))
     om = model.model
     proc = om.processor.get("audio")
-    from .processing.audio import stem_frames
-
     cap = proc.max_samples
     windows, owner, starts, keep = [], [], [], []
     for i, row in enumerate(a):
         wav = proc.normalized((row, model.sample_rate))  # at the model's rate, normalised as a whole
-        n = wav.numel()
-        for s in range(0, n, cap):
-            part = wav[s : s + cap]
+        # consecutive cap-long windows, the last cut at the clip's end (the rule of timestamped windows)
+        for s, e in plan_windows(wav.numel(), cap, cap, last="cut"):
+            part = wav[s:e]
             fitted = proc._fit(part, f"clip {i}")
             frames = stem_frames(fitted.numel(), proc.stem)
             # frames whose centre lies within the clip's real samples (a tiled short window reads copies)
