@@ -17,9 +17,19 @@ from ..checkpoints.adapter import read_adapter_card
 from ..checkpoints.format import load_config
 from ..checkpoints.hub import looks_like_hub_id
 from ..errors import InputError
+from ..inference.moments import DEFAULT_WINDOWS, SEGMENTS
 from ..outputs import check_output_file
 from ..search.fingerprint import IN_MEMORY, model_fingerprint, model_name, split_adapted_name
 from ..search.ingest import build, check_sources, default_report_path, prepare_db_dir
+from ..search.moment_build import DEFAULT_OVER, MomentOptions, moment_options
+from ..search.moments import (
+    DEFAULT_PER_FILE,
+    MAX_PER_FILE,
+    MomentsNotBuiltError,
+    MomentTable,
+    has_moments,
+    no_moments_message,
+)
 from ..search.query import query_inputs, resolve_weights, search
 from ..search.store import Index, is_index, is_remote
 from . import common
@@ -59,8 +69,24 @@ def _counts(modalities: dict[str, int]) -> str:
 
 
 # ---------------------------------------------------------------------------------- index build
+def _moments(args: argparse.Namespace) -> MomentOptions | None:
+    """The moment options of ``index build`` (checked before any work), or None (--no-moments)."""
+    if args.no_moments:
+        given = [f for f, v in (("--moments-over", args.moments_over), ("--window", args.window), ("--hop", args.hop),
+                                ("--segment", args.segment)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} and --no-moments contradict each other; give one or the other")
+        return None
+    opts = MomentOptions(over=DEFAULT_OVER if args.moments_over is None else args.moments_over, window=args.window,
+                         hop=args.hop, segment=args.segment or "fixed")
+    modalities = (list(load_config(args.model).modalities) if os.path.isfile(os.path.join(args.model, "config.json"))
+                  else ["audio", "video"])
+    return moment_options(opts, modalities)
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     ray_options = _ray_options(args)
+    moments = _moments(args)
     srcs = check_sources(args.sources)
     if args.report:
         check_output_file(args.report, args.force, hint="--force")
@@ -77,7 +103,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         model = common.load_model(args.model, args.dtype, runtime(args), adapter=args.adapter)  # -v: what --dtype auto chose
     result = build(args.db, model, srcs, batch_size=args.batch_size, workers=args.workers, prune=args.prune,
                    report_path=args.report, progress=None, engine=args.engine, address=args.address,
-                   ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options)
+                   ann_threshold=args.ann_threshold, commit_rows=args.commit_every, ray_options=ray_options,
+                   moments=moments if moments is not None else False)
     elapsed = time.monotonic() - t0
     idx = Index.open(args.db)
     report = result.get("report")
@@ -92,6 +119,11 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if result.get("left_out"):
         print(f"onepeace index: note: left out {result['left_out']} file(s) in the folders that this model does "
               f"not read (by extension; examples in {report})", file=sys.stderr)
+    if result.get("moments_note"):
+        print(f"onepeace index: note: {result['moments_note']}", file=sys.stderr)
+    if result.get("partial"):
+        print(f"onepeace index: warning: {result['partial']} long file(s) could be decoded only in part: their windows "
+              f"up to the damage are indexed (listed under 'partial' in {report})", file=sys.stderr)
     # every kind of input that gave no new row is named, with its count
     out = [f"{result['unchanged']:,} unchanged", f"{result['skipped']:,} skipped",
            f"{result.get('duplicates', 0):,} duplicate(s) left out"]
@@ -101,6 +133,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         out.append(f"{result['metadata_only']:,} with new captions or fields only")
     if args.prune:
         out.append(f"pruned {result['pruned']}")
+    if result.get("moment_files"):
+        out.append(f"{result['moment_windows']:,} window(s) of {result['moment_files']:,} long file(s) as moments")
     print(f"indexed {result['added']:,} new and {result.get('changed', 0):,} changed item(s) "
           f"({', '.join(out)}) in {elapsed:.1f} s; "
           f"{args.db} holds {idx.count():,} rows ({_counts(idx.modality_counts())}), search: {result.get('index', 'exact')}")
@@ -156,6 +190,9 @@ def _last_report(db: str) -> tuple[str, dict[str, Any]] | None:
 def cmd_index_info(args: argparse.Namespace) -> int:
     idx = Index.open(args.db)
     info = idx.info()
+    table = MomentTable.open(idx)
+    if table is not None:
+        info["moments"] = {"windows": table.count(), "files": table.file_count()}
     last = _last_report(args.db)
     if args.json:
         if last:
@@ -171,6 +208,9 @@ def cmd_index_info(args: argparse.Namespace) -> int:
     print(f"model:   {info['model']} (fingerprint {info['fingerprint'][:12]}, {info['dim']} dimensions)")
     print(f"rows:    {info['rows']:,} ({_counts(info['modalities'])})")
     print(f"search:  {search}")
+    if table is not None:
+        print(f"moments: {info['moments']['windows']:,} windows of {info['moments']['files']:,} long audio/video "
+              "file(s) (onepeace search --moments)")
     if last:
         c = last[1].get("counts", {})
         state = "" if c.get("finished", True) else " (interrupted)"
@@ -218,6 +258,12 @@ def _check_modality(modality: str | None, known: list[str]) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     idx = Index.open(args.db)
+    if args.per_file is not None and not args.moments:
+        raise InputError("--per-file applies to --moments (time ranges of long audio and video)")
+    if args.per_file is not None and args.per_file > MAX_PER_FILE:
+        raise InputError(f"--per-file {args.per_file}: give 1 to {MAX_PER_FILE} ranges per file")
+    if args.moments and not has_moments(idx):  # before the model loads
+        raise MomentsNotBuiltError(no_moments_message(idx))
     text = args.text or None
     files = {m: [_query_file(p, m) for p in getattr(args, m, None) or []] or None for m in file_modalities()}
     image, audio = files.pop("image", None), files.pop("audio", None)
@@ -242,18 +288,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise InputError(f"the model the index {args.db} was built with is gone ({path}); give it with --model")
     model = common.load_model(path, args.dtype, runtime(args), adapter=adapter)  # -v says what --dtype auto chose
     _check_modality(args.modality, model.modality_names)
+    moments = {"moments": True, "per_file": args.per_file or DEFAULT_PER_FILE} if args.moments else {}
     hits = search(idx, model, text=text, image=image, audio=audio, weights=weights, modality=args.modality,
-                  k=args.k, where=args.where, exact=True if args.exact else None, **others)
+                  k=args.k, where=args.where, exact=True if args.exact else None, **moments, **others)
     if args.json:
         query = [{"modality": m, "input": str(x), "weight": w} for (m, x), w in zip(inputs, weights)]
         print(json.dumps({"schema_version": 1, "index": idx.path if is_remote(idx.path) else os.path.abspath(args.db), "model": idx.model_name, "query": query,
-                          "dtype": precision(model), "hits": hits}, indent=1, ensure_ascii=False))
+                          "dtype": precision(model), **({"moments": True} if moments else {}), "hits": hits},
+                         indent=1, ensure_ascii=False))
         return 0
     terms = [f"{w:g} x {m} {_short(repr(x) if m == 'text' else x, 40)}" for (m, x), w in zip(inputs, weights)]
     print(f"query: {' + '.join(terms)}")
     if not hits:
         print("no rows match" + (f" --where {args.where!r}" if args.where else "") +
               (f" --modality {args.modality}" if args.modality else ""))
+        return 0
+    if moments:
+        _print_moments(hits)
         return 0
     print(f"{'#':>3}  {'score':>6}  {'prob':>6}  {'modality':<8}  item")
     for i, h in enumerate(hits, 1):
@@ -262,6 +313,25 @@ def cmd_search(args: argparse.Namespace) -> int:
         extra = f"  ({_short(h['text'], 50)})" if h["uri"] and h["text"] else ""
         print(f"{i:>3}  {h['score']:>6.3f}  {prob:>6}  {h['modality']:<8}  {what}{extra}")
     return 0
+
+
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole: 41 -> 0:41, 3725.5 -> 1:02:05.5."""
+    tenths = int(round(float(seconds) * 10))
+    whole, frac = divmod(tenths, 10)
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    text = f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+    return text + (f".{frac}" if frac else "")
+
+
+def _print_moments(hits: list[dict[str, Any]]) -> None:
+    print(f"{'#':>3}  {'score':>6}  {'prob':>6}  {'modality':<8}  {'time':<15}  file")
+    for i, h in enumerate(hits, 1):
+        prob = f"{h['prob']:.3f}" if h.get("prob") is not None else "-"
+        span = f"{clock(h['start'])}–{clock(h['end'])}"
+        extra = f"  ({_short(h['text'], 50)})" if h["text"] else ""
+        print(f"{i:>3}  {h['score']:>6.3f}  {prob:>6}  {h['modality']:<8}  {span:<15}  {h['uri']}{extra}")
 
 
 # ---------------------------------------------------------------------------------- parsers
@@ -304,6 +374,17 @@ def _add_index(subparsers: argparse._SubParsersAction) -> None:
                         "the cluster has GPUs, else 0)")
     b.add_argument("--ann-threshold", type=nonnegative_int, default=50_000, metavar="N",
                    help="build an ANN index (IVF-PQ) once the index holds N rows (default 50000; 0: never)")
+    defaults = ", ".join(f"{m} {w:g}/{h:g} s" for m, (w, h) in DEFAULT_WINDOWS.items())
+    b.add_argument("--moments-over", type=nonnegative_float, metavar="SECONDS",
+                   help=f"audio and video longer than this also get one row per window, their moments, for "
+                        f"`search --moments` (default {DEFAULT_OVER:g})")
+    b.add_argument("--no-moments", action="store_true", help="no moments: long files get one row each")
+    b.add_argument("--window", type=nonnegative_float, metavar="SECONDS",
+                   help=f"moment window length (default per modality: {defaults} window/hop)")
+    b.add_argument("--hop", type=nonnegative_float, metavar="SECONDS", help="moment window stride (see --window)")
+    b.add_argument("--segment", choices=SEGMENTS,
+                   help="moment windows: fixed (every --hop seconds; default), onsets (one per stretch of "
+                        "sound activity) or both")
     add_runtime_options(b)
     add_adapter_option(b)
     add_max_pixels(b)
@@ -330,6 +411,12 @@ def _add_search(subparsers: argparse._SubParsersAction) -> None:
                         "\"uri LIKE '%%/cats/%%'\"")
     s.add_argument("--exact", action="store_true", help="compare every row even where an ANN index exists")
     s.add_argument("--json", action="store_true", help="print the hits as JSON (score, prob, metadata)")
+    s.add_argument("--moments", action="store_true",
+                   help="find time ranges in long audio and video (built by `index build`): each hit has the "
+                        "file's uri, start and end (seconds) and score")
+    s.add_argument("--per-file", type=positive_int, metavar="N",
+                   help=f"with --moments: at most N ranges of one file (default {DEFAULT_PER_FILE}, at most "
+                        f"{MAX_PER_FILE})")
     s.add_argument("--model", help="the model to embed the query with (default: the one the index was built "
                                    "with; another one is refused)")
     add_runtime_options(s)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["Index", "IndexNotFoundError", "ModelMismatchError", "SearchIndexError", "build", "compose",
-           "scores_to_probs", "search"]
+           "scores_to_probs", "search", "search_moments"]
 
 _LAZY = {
     "Index": "store", "SearchIndexError": "store", "IndexNotFoundError": "store", "ModelMismatchError": "store",
     "build": "ingest", "compose": "query", "scores_to_probs": "query", "search": "query",
+    "search_moments": "query",
 }
 
 

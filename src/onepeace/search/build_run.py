@@ -25,6 +25,17 @@ import numpy as np
 
 from ..errors import InputError, OnePeaceError, SkipGuard
 from .decode import Batch, Result, make_row
+from .moment_build import (
+    BUILD_KEYS,
+    MOMENT_MODALITIES,
+    MomentBuilder,
+    MomentOptions,
+    drop_stale_windows,
+    probe_duration,
+    prune_windows,
+    stored_marks,
+)
+from .moments import MomentTable
 from .reader import Item, iter_items
 from .store import Index, SearchIndexError, is_remote
 
@@ -54,6 +65,8 @@ class IndexWriter:
         self.added = 0
         self.changed = 0
         self.commits = 0
+        #: told of the rows that replaced others, once committed (their old windows go)
+        self.on_changed: Callable[[list[dict[str, Any]]], None] = lambda rows: None
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for r in rows:
@@ -71,6 +84,7 @@ class IndexWriter:
             self.index.add(self._changed, replace=True)  # replaces the old rows in the same commit
             self.changed += len(self._changed)
             self.commits += 1
+            self.on_changed(self._changed)
         self._new, self._changed = [], []
         self._last = time.monotonic()
 
@@ -125,19 +139,21 @@ _HELD_LOCK = threading.Lock()
 
 
 _STAT_KEYS = ("file_size", "file_mtime_ns")
+#: metadata the build writes itself, kept when a row is relabelled, left out of :func:`described`
+_OWN_KEYS = (*_STAT_KEYS, *BUILD_KEYS)
 
 
 def described(text: str, metadata: dict[str, Any]) -> str:
     """A digest of what a row says about its item (text and metadata, file stat left out): a
     manifest edit that changes only these updates the row without embedding the file again."""
-    meta = {k: v for k, v in metadata.items() if k not in _STAT_KEYS}
+    meta = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}
     return hashlib.sha1(json.dumps([text, meta], sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
-def _stored_state(index: Index) -> dict[str, tuple[str, int, int, str]]:
+def _stored_state(index: Index, rows: list[dict[str, Any]] | None = None) -> dict[str, tuple[str, int, int, str]]:
     """id -> (content_hash, file size, file mtime_ns, digest of text and metadata) of every row."""
     out = {}
-    for r in index.rows(["id", "content_hash", "text", "metadata"]):
+    for r in rows if rows is not None else index.rows(["id", "content_hash", "text", "metadata"]):
         try:
             meta = json.loads(r["metadata"]) if r["metadata"] else {}
         except ValueError:
@@ -161,7 +177,7 @@ class BuildRun:
 
     def __init__(self, index: Index, modalities: Sequence[str], sources: Sequence[str], *, batch_size: int = 32,
                  commit_rows: int | None = None, report_path: str | None = None, model_name: str = "",
-                 engine: str = "local"):
+                 engine: str = "local", model: Any = None, moments: MomentOptions | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
         self.index = index
@@ -169,8 +185,18 @@ class BuildRun:
         self.sources = list(sources)
         self.batch_size = batch_size
         self.report_path = report_path or default_report_path(index.path)
-        self.state = _stored_state(index)
+        stored = index.rows(["id", "content_hash", "text", "metadata"])
+        self.state = _stored_state(index, stored)
+        #: id -> the duration and window settings recorded in a file row (moments)
+        self.marks = stored_marks(stored) if moments is not None else {}
+        del stored
         self.writer = IndexWriter(index, self.state, commit_rows=max(batch_size, commit_rows or DEFAULT_COMMIT_ROWS))
+        self.writer.on_changed = self._changed_rows
+        self.moments = moments
+        self.long_items: list[Item] = []  # files that get moments, indexed after the others
+        self.moment_builder = MomentBuilder(self, model, moments) if moments is not None else None
+        self.stale_windows = 0
+        self.pruned_windows = 0
         self.seen: set[str] = set()
         self.read_sources: set[str] = set()  # sources read to the end without a read error
         self.failed_sources: set[str] = set()
@@ -222,6 +248,9 @@ class BuildRun:
                 continue
             self.seen.add(iid)
             old = self.state.get(iid)
+            if self._is_long(item, old):
+                self.long_items.append(item)
+                continue
             if old is not None and self._unchanged(item, old):
                 if described(item.text, item.metadata) == old[3]:
                     self.unchanged += 1
@@ -239,6 +268,25 @@ class BuildRun:
         for b in buffers.values():
             self.planned += len(b.items)
             yield b
+
+    def _is_long(self, item: Item, old: tuple[str, int, int, str] | None) -> bool:
+        """Whether a file gets moments (audio or video over ``moments.over`` seconds) and needs
+        its windows built: new, changed, or indexed with other window settings. Its duration is
+        probed from its header, and recorded in its row."""
+        if self.moments is None or not item.uri or item.modality not in MOMENT_MODALITIES or item.error:
+            return False
+        mark = self.marks.get(item.id, {})
+        if old is not None and self._unchanged(item, old):
+            if "moments" in mark:  # rebuilt only when the window settings changed
+                settings = self.moments.settings(item.modality)
+                return {k: mark["moments"].get(k) for k in settings} != settings
+            if "duration" in mark:
+                return float(mark["duration"]) > self.moments.over
+        duration = probe_duration(item.uri, item.modality)
+        if duration is None:
+            return False  # unreadable: the decoding workers say why, as for any file
+        item.metadata["duration"] = round(duration, 3)
+        return duration > self.moments.over
 
     @staticmethod
     def _unchanged(item: Item, old: tuple[str, int, int, str]) -> bool:
@@ -275,6 +323,38 @@ class BuildRun:
                 self.warnings.append(w)
         self.on_progress(len(result.rows) + len(result.skipped) + len(result.unchanged))
 
+    # ---- moments
+    def index_long(self) -> None:
+        """Windows and file rows of the long files (in this process: streamed decoding)."""
+        for item in self.long_items:
+            self.moment_builder.index_file(item)  # type: ignore[union-attr]
+            self.on_progress(1)
+
+    def writer_for(self, table: Any) -> IndexWriter:
+        """A writer of new rows into another table, committing as often as the build's own."""
+        return IndexWriter(table, set(), commit_rows=self.writer.commit_rows,  # type: ignore[arg-type]
+                           commit_seconds=self.writer.commit_seconds)
+
+    def finish_moments(self, ann_threshold: int | None) -> None:
+        """Compact the moments table after this build's windows, and give it an ANN index from
+        ``ann_threshold`` windows (as the items table)."""
+        mb = self.moment_builder
+        changed = (mb.windows + mb.deleted if mb else 0) + self.stale_windows + self.pruned_windows
+        table = MomentTable.open(self.index) if changed or ann_threshold else None
+        if table is None:
+            return
+        if changed:
+            table.optimize()
+        if ann_threshold:
+            table.ensure_ann(ann_threshold)
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def _changed_rows(self, rows: list[dict[str, Any]]) -> None:
+        self.stale_windows += drop_stale_windows(self.index, rows)
+
     # ---- finishing
     def apply_relabels(self) -> int:
         """Rewrite the rows of ``relabel`` with their new text and metadata and their stored
@@ -285,7 +365,7 @@ class BuildRun:
             for r in self.index.rows(["id", "content_hash", "metadata", "vector"], where=where):
                 item = chunk[r["id"]]
                 stored = json.loads(r["metadata"]) if r["metadata"] else {}
-                item.metadata.update({k: stored[k] for k in _STAT_KEYS if k in stored})
+                item.metadata.update({k: stored[k] for k in _OWN_KEYS if k in stored})
                 self.writer.add([make_row(item, r["content_hash"], np.asarray(r["vector"], np.float32))])
         self.writer.flush()
         return len(self.relabel)
@@ -304,13 +384,18 @@ class BuildRun:
                     or (source in self.read_sources and r["id"] not in self.seen)):
                 gone.append(r["id"])
         self.pruned = self.index.delete(gone) if gone else 0
+        self.pruned_windows = prune_windows(self.index)  # windows of files without a row
         return self.pruned
 
     def summary(self, finished: bool = True) -> dict[str, Any]:
+        mb = self.moment_builder
         return {"added": self.writer.added, "changed": self.writer.changed, "unchanged": self.unchanged,
                 "metadata_only": len(self.relabel),
                 "skipped": len(self.skipped), "pruned": self.pruned, "duplicates": self.duplicates,
                 "left_out": self.left_out_count, "warnings": len(self.warnings), "commits": self.writer.commits,
+                "moment_files": mb.files if mb else 0, "moment_windows": mb.windows if mb else 0,
+                "partial": len(mb.partial) if mb else 0,
+                "windows_deleted": (mb.deleted if mb else 0) + self.stale_windows + self.pruned_windows,
                 "finished": finished}
 
     def write_report(self, finished: bool, extra: dict[str, Any] | None = None) -> str:
@@ -323,6 +408,7 @@ class BuildRun:
             "elapsed_s": round(time.time() - self.started, 3),
             "counts": self.summary(finished), **(extra or {}),
             "skipped": self.skipped, "warnings": self.warnings,
+            "partial": self.moment_builder.partial if self.moment_builder else [],
             "left_out_examples": self.left_out, "duplicate_examples": self.duplicate_examples,
         }
         os.makedirs(os.path.dirname(self.report_path) or ".", exist_ok=True)
@@ -345,15 +431,17 @@ def run_build(index: Index, model: Any, sources: Sequence[str], *,
               embed: Callable[[Iterable[Batch]], Iterable[Result]], batch_size: int = 32, prune: bool = False,
               report_path: str | None = None, progress: bool | None = None, commit_rows: int | None = None,
               ann_threshold: int | None = DEFAULT_ANN_THRESHOLD, model_name: str = "",
-              modalities: Sequence[str] | None = None, engine: str = "local") -> dict[str, Any]:
-    """Plan, embed (``embed``: planned batches -> results, in any engine), write, prune, report.
-    Holds the build lock of the index for the whole run."""
+              modalities: Sequence[str] | None = None, engine: str = "local",
+              moments: MomentOptions | None = None) -> dict[str, Any]:
+    """Plan, embed (``embed``: planned batches -> results, in any engine), write, index the long
+    files' moments (``moments``: which files and windows; None: none, the long files are rows as
+    any other), prune, report. Holds the build lock of the index for the whole run."""
     from ..progress import progress_bar
 
     modalities = list(modalities if modalities is not None else model.modality_names)
     with build_lock(index.path):
         run = BuildRun(index, modalities, sources, batch_size=batch_size, commit_rows=commit_rows,
-                       report_path=report_path, model_name=model_name, engine=engine)
+                       report_path=report_path, model_name=model_name, engine=engine, model=model, moments=moments)
         total = _count_items(sources, modalities) if _bar_shown(progress) else None
         finished = False
         try:
@@ -364,12 +452,14 @@ def run_build(index: Index, model: Any, sources: Sequence[str], *,
                     bar.set_postfix(new=run.writer.added + len(run.writer._new), changed=run.writer.changed,
                                     skipped=len(run.skipped), refresh=False)
                 run.writer.flush()
+                run.index_long()
             run.apply_relabels()
             if prune:
                 run.prune()
             if run.writer.commits or run.pruned:
                 index.optimize()  # compacts the small commits (readers keep working meanwhile)
             ann = index.ensure_ann(ann_threshold) if ann_threshold else None
+            run.finish_moments(ann_threshold)
             finished = True
         finally:
             path = run.write_report(finished)

@@ -33,6 +33,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..checkpoints.format import load_config
 from ..errors import InputError
 from .build_run import (  # noqa: F401  (the build's stages, importable from here as before)
     DEFAULT_ANN_THRESHOLD,
@@ -58,6 +59,7 @@ from .decode import (  # noqa: F401
     make_row,
     sha256_text,
 )
+from .moment_build import MOMENT_MODALITIES, MomentOptions, check_model_windows, moment_options  # noqa: F401
 from .reader import (  # noqa: F401
     MANIFEST_EXTENSIONS,
     TEXT_EXTENSIONS,
@@ -69,13 +71,16 @@ from .reader import (  # noqa: F401
 from .store import Index, SearchIndexError, is_index, is_remote
 
 log = logging.getLogger(__name__)
+#: said when the Ray engine builds an index (its long files get file rows only)
+RAY_NO_MOMENTS = ("--engine ray builds no moments (time ranges in long audio and video): their files get one row "
+                  "each; build the moments with --engine local")
 
 
 def build(db: str | os.PathLike, model: Any, sources: Sequence[str | os.PathLike], *, batch_size: int = 32,
           workers: int | None = None, prune: bool = False, report_path: str | None = None,
           progress: bool | None = None, engine: str = "local", address: str | None = None,
           commit_rows: int | None = None, ann_threshold: int | None = DEFAULT_ANN_THRESHOLD,
-          ray_options: dict[str, Any] | None = None) -> dict[str, Any]:
+          ray_options: dict[str, Any] | None = None, moments: Any = True) -> dict[str, Any]:
     """Index ``sources`` into the index ``db`` (created if absent) with ``model`` (an ``OnePeace``
     or a model directory). Returns counts: added (new rows), changed (replaced rows), unchanged,
     skipped (listed in the report), pruned, plus ``report`` (its path), ``rows`` and ``index``.
@@ -83,7 +88,13 @@ def build(db: str | os.PathLike, model: Any, sources: Sequence[str | os.PathLike
     ``workers``: decoding processes (default: 2, at most the CPU count - 1; 0 decodes in this
     process). ``engine="ray"`` runs the embedding on Ray Data (``address``: a cluster to join;
     ``ray_options``: actors, cpus_per_actor, gpus_per_actor, dtype, see
-    :func:`onepeace.search.ray_engine.build_ray`)."""
+    :func:`onepeace.search.ray_engine.build_ray`).
+
+    ``moments``: audio and video longer than 20 s also get one row per window in the index's
+    ``moments`` table (see :mod:`onepeace.search.moment_build`); False: none; a
+    :class:`~onepeace.search.moment_build.MomentOptions` (or a dict of its fields: ``over``,
+    ``window``, ``hop``, ``segment``) for other settings. The Ray engine builds no moments (the
+    result's ``moments_note`` says so)."""
     from .fingerprint import model_fingerprint, model_name
 
     if engine not in ("local", "ray"):
@@ -95,14 +106,18 @@ def build(db: str | os.PathLike, model: Any, sources: Sequence[str | os.PathLike
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"workers must be a non-negative integer, got {workers!r}")
     srcs = check_sources(sources)
+    opts = moment_options(moments, _modalities_of(model))  # a bad window or hop: one line, before any work
     db = os.fspath(db)
     prepare_db_dir(db)
     if engine == "ray":
         from .ray_engine import build_ray
 
-        return build_ray(db, model, srcs, batch_size=batch_size, workers=workers, prune=prune,
-                         report_path=report_path, progress=progress, address=address, commit_rows=commit_rows,
-                         ann_threshold=ann_threshold, **(ray_options or {}))
+        out = build_ray(db, model, srcs, batch_size=batch_size, workers=workers, prune=prune,
+                        report_path=report_path, progress=progress, address=address, commit_rows=commit_rows,
+                        ann_threshold=ann_threshold, **(ray_options or {}))
+        if opts is not None:
+            out["moments_note"] = RAY_NO_MOMENTS
+        return out
     name = model_name(model)
     if isinstance(model, (str, os.PathLike)):  # refuse a mismatch before loading the model
         from ..inference import OnePeace
@@ -110,11 +125,19 @@ def build(db: str | os.PathLike, model: Any, sources: Sequence[str | os.PathLike
         if os.path.isdir(os.fspath(model)) and is_index(db):
             Index.open(db).check_model(model_fingerprint(model), name)
         model = OnePeace.from_pretrained(model)
+    check_model_windows(model, opts)  # a window the model's branch cannot take: one line, before any work
     index = Index.open_or_create(db, model, model_name=name)
     return run_build(index, model, srcs, embed=lambda batches: embed_local(model, batches, workers=workers),
                      batch_size=batch_size, prune=prune, report_path=report_path, progress=progress,
-                     commit_rows=commit_rows, ann_threshold=ann_threshold, model_name=name)
+                     commit_rows=commit_rows, ann_threshold=ann_threshold, model_name=name, moments=opts)
 
+
+
+def _modalities_of(model: Any) -> list[str]:
+    """The modalities of a model (loaded, or a model directory; else all that get moments)."""
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), "config.json")):
+        return list(load_config(os.fspath(model)).modalities)
+    return list(getattr(model, "modality_names", MOMENT_MODALITIES))
 
 
 def prepare_db_dir(db: str) -> None:

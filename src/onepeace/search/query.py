@@ -22,6 +22,15 @@ import numpy as np
 
 from ..errors import InputError
 from .fingerprint import model_fingerprint, model_name
+from .moments import (
+    DEFAULT_MARGIN,
+    DEFAULT_PER_FILE,
+    MomentsNotBuiltError,
+    check_per_file,
+    find_moments,
+    has_moments,
+)
+from .moments import no_moments_message as _no_moments
 
 ORDER = ("text", "image", "audio")
 
@@ -129,17 +138,52 @@ def scores_to_probs(scores: Sequence[float], logit_scale: float) -> list[float]:
 def search(index: Any, model: Any, *, text: Any = None, image: Any = None, audio: Any = None,
            weights: Mapping[str, float] | Sequence[float] | None = None, modality: str | None = None,
            k: int = 10, where: str | None = None, exact: bool | None = None, filter: Any = None,
-           **other_modalities: Any) -> list[dict[str, Any]]:
+           moments: bool = False, per_file: int | None = None, **other_modalities: Any) -> list[dict[str, Any]]:
     """Embed and compose the query with ``model`` and search ``index``: hits best first, each a
     row (id, modality, uri, text, metadata) with ``score`` (cosine) and ``prob`` (softmax of the
     temperature-scaled scores over the hits; None when the model has no temperature). ``where``
-    is a raw SQL filter (local use), ``filter`` a structured one (see ``store.compile_filter``)."""
+    is a raw SQL filter (local use), ``filter`` a structured one (see ``store.compile_filter``).
+
+    ``moments=True`` searches the time ranges of long audio and video instead (see
+    :func:`search_moments`; ``per_file``: ranges per file, default 1)."""
+    if moments:
+        return search_moments(index, model, text=text, image=image, audio=audio, weights=weights, modality=modality,
+                              k=k, where=where, exact=exact, filter=filter,
+                              per_file=DEFAULT_PER_FILE if per_file is None else per_file, **other_modalities)
+    if per_file is not None:
+        raise InputError("per_file applies to a moment search (moments=True)")
     index.check_model(model_fingerprint(model), model_name(model))
     vector = compose(model, text=text, image=image, audio=audio, weights=weights, **other_modalities)
     hits = index.search(vector, k=k, modality=modality, where=where, exact=exact,
                         **({"filter": filter} if filter is not None else {}))
+    _add_probs(model, hits)
+    return hits
+
+
+def search_moments(index: Any, model: Any, *, text: Any = None, image: Any = None, audio: Any = None,
+                   weights: Mapping[str, float] | Sequence[float] | None = None, modality: str | None = None,
+                   k: int = 10, per_file: int = DEFAULT_PER_FILE, margin: float = DEFAULT_MARGIN,
+                   where: str | None = None, exact: bool | None = None, filter: Any = None,
+                   **other_modalities: Any) -> list[dict[str, Any]]:
+    """The best time ranges in the long audio and video of ``index`` for the composed query
+    (:func:`onepeace.search.moments.find_moments`): hits best first, each with ``uri``, ``start``,
+    ``end`` (seconds), ``score``, ``prob``, the file's ``id`` (= ``file_id``), ``modality``,
+    ``name``, ``text``, ``metadata``; at most ``per_file`` ranges of one file. An index without
+    moments raises :class:`~onepeace.search.moments.MomentsNotBuiltError` (an InputError) saying
+    how to build them."""
+    index.check_model(model_fingerprint(model), model_name(model))
+    check_per_file(per_file)
+    if not has_moments(index):  # said before anything is embedded
+        raise MomentsNotBuiltError(_no_moments(index))
+    vector = compose(model, text=text, image=image, audio=audio, weights=weights, **other_modalities)
+    hits = find_moments(index, vector, k=k, per_file=per_file, margin=margin, modality=modality, where=where,
+                        filter=filter, exact=exact)
+    _add_probs(model, hits)
+    return hits
+
+
+def _add_probs(model: Any, hits: list[dict[str, Any]]) -> None:
     scale = model_scale(model)
     probs = scores_to_probs([h["score"] for h in hits], scale) if scale is not None else [None] * len(hits)
     for h, p in zip(hits, probs):
         h["prob"] = p
-    return hits

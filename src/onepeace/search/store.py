@@ -30,6 +30,8 @@ import numpy as np
 from ..errors import InputError, OnePeaceError
 
 TABLE = "items"
+#: the table of the windows of long audio and video (:mod:`onepeace.search.moments`)
+MOMENTS_TABLE = "moments"
 META_FINGERPRINT = "onepeace.fingerprint"
 META_MODEL = "onepeace.model"
 META_DIM = "onepeace.dim"
@@ -561,13 +563,7 @@ class Index:
 
     def vector_index(self) -> dict[str, Any] | None:
         """The ANN index on ``vector`` (type, rows indexed / not yet), or None (exact search)."""
-        for cfg in self._table.list_indices():
-            if "vector" in list(getattr(cfg, "columns", [])):
-                stats = self._table.index_stats(cfg.name)
-                return {"name": cfg.name, "type": _TYPE_NAMES.get(str(cfg.index_type), str(cfg.index_type)),
-                        "indexed_rows": int(getattr(stats, "num_indexed_rows", 0) or 0),
-                        "unindexed_rows": int(getattr(stats, "num_unindexed_rows", 0) or 0)}
-        return None
+        return table_vector_index(self._table)
 
     def info(self) -> dict[str, Any]:
         """Counts per modality, the model, the search type and the size on disk."""
@@ -641,28 +637,7 @@ class Index:
         """Build LanceDB's ANN index on ``vector`` once the table holds ``min_rows`` rows (an
         existing one is brought up to date with the rows added since); returns the search type
         now in use: "exact" below the threshold, else the index type ("IVF_PQ", "IVF_HNSW_SQ")."""
-        from lancedb.index import IvfHnswSq, IvfPq
-
-        n = self.count()
-        ann = self.vector_index()
-        if ann is None and n < min_rows:
-            return "exact"
-        if ann is not None:
-            if ann["unindexed_rows"]:
-                self._table.optimize()  # folds new rows into the index (and compacts fragments)
-            return ann["type"]
-        parts = max(1, min(4096, int(round(math.sqrt(n)))))
-        if index_type == "IVF_PQ":
-            sub_vectors, bits = _pq_layout(self.dim)
-            config: Any = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=sub_vectors,
-                                num_bits=bits, sample_rate=PQ_SAMPLE_RATE, max_iterations=PQ_MAX_ITERATIONS)
-        elif index_type == "IVF_HNSW_SQ":
-            config = IvfHnswSq(distance_type="cosine", num_partitions=max(1, parts // 16))
-        else:
-            raise InputError(f"index_type must be IVF_PQ or IVF_HNSW_SQ, got {index_type!r}")
-        self._table.create_index("vector", config=config, replace=True)
-        ann = self.vector_index()
-        return ann["type"] if ann else index_type
+        return table_ensure_ann(self._table, self.dim, self.count(), min_rows, index_type=index_type)
 
     def optimize(self) -> None:
         """Compact the table's fragments (many small commits) and update its indexes."""
@@ -670,6 +645,44 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.path!r}, model={self.model_name!r}, dim={self.dim})"
+
+
+def table_vector_index(table: Any) -> dict[str, Any] | None:
+    """The ANN index on the ``vector`` column of a LanceDB table (type, rows indexed / not yet),
+    or None (exact search)."""
+    for cfg in table.list_indices():
+        if "vector" in list(getattr(cfg, "columns", [])):
+            stats = table.index_stats(cfg.name)
+            return {"name": cfg.name, "type": _TYPE_NAMES.get(str(cfg.index_type), str(cfg.index_type)),
+                    "indexed_rows": int(getattr(stats, "num_indexed_rows", 0) or 0),
+                    "unindexed_rows": int(getattr(stats, "num_unindexed_rows", 0) or 0)}
+    return None
+
+
+def table_ensure_ann(table: Any, dim: int, n: int, min_rows: int = 50_000, *, index_type: str = "IVF_PQ") -> str:
+    """:meth:`Index.ensure_ann` on any LanceDB table of ``n`` rows of ``dim``-dimensional vectors
+    (the items table, or the moments table of :mod:`onepeace.search.moments`)."""
+    from lancedb.index import IvfHnswSq, IvfPq
+
+    ann = table_vector_index(table)
+    if ann is None and n < min_rows:
+        return "exact"
+    if ann is not None:
+        if ann["unindexed_rows"]:
+            table.optimize()  # folds new rows into the index (and compacts fragments)
+        return ann["type"]
+    parts = max(1, min(4096, int(round(math.sqrt(n)))))
+    if index_type == "IVF_PQ":
+        sub_vectors, bits = _pq_layout(dim)
+        config: Any = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=sub_vectors,
+                            num_bits=bits, sample_rate=PQ_SAMPLE_RATE, max_iterations=PQ_MAX_ITERATIONS)
+    elif index_type == "IVF_HNSW_SQ":
+        config = IvfHnswSq(distance_type="cosine", num_partitions=max(1, parts // 16))
+    else:
+        raise InputError(f"index_type must be IVF_PQ or IVF_HNSW_SQ, got {index_type!r}")
+    table.create_index("vector", config=config, replace=True)
+    ann = table_vector_index(table)
+    return ann["type"] if ann else index_type
 
 
 def _pq_layout(dim: int) -> tuple[int, int]:
@@ -714,6 +727,9 @@ def remove_index(path: str) -> None:
     if not is_index(path):
         raise SearchIndexError(f"{path} is not an onepeace index; not removed")
     if is_remote(path):
-        Index._connect(path).drop_table(TABLE)
+        db = Index._connect(path)
+        with contextlib.suppress(Exception):  # an index without moments has no such table
+            db.drop_table(MOMENTS_TABLE)
+        db.drop_table(TABLE)
         return
     shutil.rmtree(path)

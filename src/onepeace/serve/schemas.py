@@ -42,6 +42,9 @@ class SearchRequest(BaseModel):
                           "{\"and\": [...]}, {\"or\": [...]}, {\"not\": {...}}. Raw SQL (a \"where\" key) is refused.",
         examples=[{"and": [{"column": "text", "op": "contains", "value": "dog"},
                            {"column": "name", "op": "ends_with", "value": ".jpg"}]}])
+    moments: bool = Field(False, description="find time ranges in the long audio and video of the index (built by "
+                                             "`onepeace index build`): each hit then has start and end (seconds)")
+    per_file: int | None = Field(None, description="with moments: at most this many ranges of one file (default 1)")
 
 
 #: the version of the search result schema (``{"schema_version", "hits": [...]}``), shared with
@@ -63,6 +66,8 @@ class SearchHit(BaseModel):
     media_url: str | None = None
     media_type: str | None = None
     thumb_url: str | None = None
+    start: float | None = Field(None, description="a moment's start in the file, in seconds (moments only)")
+    end: float | None = Field(None, description="a moment's end in the file, in seconds (moments only)")
 
 
 class SearchResponse(BaseModel):
@@ -77,6 +82,7 @@ class SearchResponse(BaseModel):
     inputs: list[str]
     took_ms: float
     model: str | None = Field(None, description="the served model that embedded the query")
+    moments: bool = Field(False, description="whether the hits are time ranges (moments)")
 
 
 def search_body_schema(file_modalities: set[str]) -> dict:

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import InputError
 from ...search import query as search_query
+from ...search.moments import MAX_PER_FILE, has_moments
 from ...search.store import compile_filter
 from ..batching import MicroBatcher
 from ..errors import ServeError
@@ -164,7 +165,20 @@ def query_texts(state: ServeState, s: ServedModel, req: SearchRequest, files: di
             raise ServeError(400, f"{where}: {len(t):,} characters; at most {max_text_chars:,}", param="text")
     for key in files:
         check_modality(key, key, s.modalities)
+    check_moments(state, req)
     return texts
+
+
+def check_moments(state: ServeState, req: SearchRequest) -> None:
+    """``moments`` and ``per_file``: a 400 for per_file without moments, out of range, or moments
+    asked of an index that has none (naming how to build them)."""
+    if req.per_file is not None and not req.moments:
+        raise ServeError(400, "per_file applies to a moment search (\"moments\": true)", param="per_file")
+    if req.per_file is not None and not 1 <= req.per_file <= MAX_PER_FILE:
+        raise ServeError(400, f"per_file: {req.per_file} is out of range; give 1 to {MAX_PER_FILE}", param="per_file")
+    if req.moments and not has_moments(state.need_index()):
+        raise ServeError(400, "moments: this index has no moments (time ranges in long audio and video); rebuild it "
+                              "with `onepeace index build` (audio and video over 20 s get them)", param="moments")
 
 
 async def run_search(state: ServeState, req: SearchRequest, files: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -197,21 +211,25 @@ async def run_search(state: ServeState, req: SearchRequest, files: dict[str, byt
     # awaited here, not in a thread: the deadline (408) or a disconnect cancels the queued jobs
     rows = await embed_all(s.batcher, grouped)
 
+    moments = {"moments": True, "per_file": req.per_file} if req.moments else {}
+
     def run() -> list[dict]:
         return search_query.search(idx, _Embedded(s.model, rows), weights=req.weights, modality=req.modality,
-                                   k=req.k, filter=req.filter, **inputs)
+                                   k=req.k, filter=req.filter, **moments, **inputs)
 
     hits = await run_in_threadpool(run)
     took = round((loop.time() - t0) * 1000, 1)
     found = [public_hit(h, s.thumbs) for h in hits]
     return {"schema_version": SEARCH_SCHEMA_VERSION, "hits": found, "results": found, "k": req.k,
-            "modality": req.modality, "inputs": sorted(inputs), "took_ms": took, "model": s.name}
+            "modality": req.modality, "inputs": sorted(inputs), "took_ms": took, "model": s.name,
+            "moments": bool(req.moments)}
 
 
 # -------------------------------------------------------------------------------- the hits
 def public_hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict:
     """A search hit as the API returns it: no vector and no server path, a media URL instead (and
-    its MIME type, and a thumbnail URL for the modalities in ``thumbs``)."""
+    its MIME type, and a thumbnail URL for the modalities in ``thumbs``); a moment's ``start`` and
+    ``end`` (seconds in the file)."""
     meta = h.get("metadata") or {}
     if isinstance(meta, str):
         try:
@@ -220,12 +238,14 @@ def public_hit(h: dict, thumbs: set[str] | frozenset[str] = frozenset()) -> dict
             meta = {"raw": meta}
     meta = public_metadata(meta) if isinstance(meta, dict) else meta
     uri = h.get("uri") or ""
+    moment = {"start": float(h["start"]), "end": float(h["end"])} if h.get("start") is not None else {}
     return {"id": h.get("id"), "modality": h.get("modality"), "text": h.get("text") or "",
             "name": os.path.basename(uri) if uri else "", "metadata": meta,
             "score": float(h["score"]), "prob": None if h.get("prob") is None else float(h["prob"]),
             "media_url": f"/media/{h.get('id')}" if uri else None,
             "media_type": (mimetypes.guess_type(uri)[0] or "application/octet-stream") if uri else None,
-            "thumb_url": f"/media/{h.get('id')}?thumb=256" if uri and h.get("modality") in thumbs else None}
+            "thumb_url": f"/media/{h.get('id')}?thumb=256" if uri and h.get("modality") in thumbs else None,
+            **moment}
 
 
 def public_metadata(meta: dict) -> dict:
