@@ -49,6 +49,12 @@ AUDIO_OPS: dict[str, _Op] = {
     "envelope": _Op("db", (-12.0, -3.0), (-60.0, 0.0), 0.3),  # a slowly varying gain: each 80 ms point in [db, 0]
     "tilt": _Op("db_per_octave", (-4.0, 2.0), (-24.0, 24.0), 0.3),  # spectral slope about 1 kHz (voice, mic, room)
     "pad": _Op("seconds", (0.0, 0.8), (0.0, 10.0), 0.5),  # total silence added, split at random before/after
+    # the word inside a longer recording: this much silence in all, split at random before/after;
+    # half the time not digital zeros but a faint noise floor (40-70 dB under the word) over the whole clip
+    "silence": _Op("seconds", (0.2, 1.2), (0.0, 10.0), 0.5),
+    # a procedural background (BED_KINDS: noise, hum, rain, wind, engine, fan) under the whole clip,
+    # at a random SNR to the word (its power before any silence was added)
+    "bed": _Op("snr_db", (5.0, 30.0), (-20.0, 100.0), 0.3),
     "telephone": _Op("", (0.0, 0.0), (0.0, 0.0), 0.2),  # through 8 kHz and back, 300 Hz high-pass
     "noise": _Op("snr_db", (5.0, 35.0), (-20.0, 100.0), 0.5),  # white or pink noise at a random SNR
     "gain": _Op("db", (-12.0, 6.0), (-60.0, 40.0), 0.5),
@@ -239,6 +245,128 @@ def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (w / (w.std() + 1e-12)).astype(np.float32)
 
 
+def surround_with_silence(x: np.ndarray, before: int, after: int, rng: np.random.Generator,
+                          power: float | None = None, floor_db: float | None = None) -> np.ndarray:
+    """``x`` with ``before`` and ``after`` samples of silence: digital zeros, or with ``floor_db``
+    a noise floor (white or pink, :func:`_noise`) that many dB under ``power`` (default: the power
+    of ``x``) over the whole result, the word included, as a microphone's own noise lies under it."""
+    x = np.asarray(x, np.float32)
+    y = np.concatenate([np.zeros(before, np.float32), x, np.zeros(after, np.float32)])
+    if floor_db is not None and len(y):
+        ref = float(np.mean(x**2)) if power is None else power
+        y = y + _noise(len(y), rng) * np.float32(math.sqrt(ref / 10 ** (floor_db / 10)))
+    return y.astype(np.float32)
+
+
+# ---- procedural background beds: environmental sound made from the seed (no recordings) ------------
+
+def _shaped(n: int, rng: np.random.Generator, exponent: float, lo_hz: float, sr: int) -> np.ndarray:
+    """Noise with power falling as 1/f**exponent above ``lo_hz`` (flat below, no DC)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.maximum(np.fft.rfftfreq(n, 1.0 / sr), lo_hz)
+    spec *= f ** (-exponent / 2)
+    spec[0] = 0
+    return np.fft.irfft(spec, n=n)
+
+
+def _smooth_curve(n: int, every: int, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:
+    """A slowly varying curve over ``n`` samples: random points in [lo, hi] ``every`` samples
+    apart, joined by cosine steps."""
+    pts = rng.uniform(lo, hi, size=n // max(1, every) + 2)
+    t = np.arange(n) / max(1, every)
+    i = t.astype(int)
+    w = 0.5 - 0.5 * np.cos(np.pi * (t - i))
+    return (1 - w) * pts[i] + w * pts[i + 1]
+
+
+def _harmonics(n: int, f0: np.ndarray | float, amps: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """The sum of ``amps[k] * sin(k+1 times the phase of f0)`` (``f0`` constant or per sample), random
+    phases, harmonics at or above the Nyquist frequency left out."""
+    phase = 2 * np.pi * np.cumsum(np.broadcast_to(np.asarray(f0, np.float64), (n,))) / sr
+    top = float(np.max(f0))
+    out = np.zeros(n)
+    for k, a in enumerate(amps, start=1):
+        if k * top < sr / 2:
+            out += a * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _bed_hum(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Mains hum: 50 or 60 Hz, drifting slightly, with a buzz of odd and even harmonics."""
+    f0 = (50.0 if rng.random() < 0.5 else 60.0) * (1 + 0.002 * _smooth_curve(n, sr // 2, -1, 1, rng))
+    amps = rng.uniform(0.1, 1.0, 12) / np.arange(1, 13) ** rng.uniform(0.3, 1.5)
+    y, hiss = _harmonics(n, f0, amps, sr, rng), _shaped(n, rng, 1.0, 20.0, sr)
+    return y / (y.std() + 1e-12) + rng.uniform(0.01, 0.1) * hiss / (hiss.std() + 1e-12)
+
+
+def _bed_rain(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Rain-like: many short decaying noise clicks (drops) at random times and strengths, high-passed,
+    over a soft hiss."""
+    from scipy.signal import butter, fftconvolve, sosfilt
+
+    count = int(rng.uniform(300, 3000) * n / sr)
+    drops = np.zeros(n)
+    np.add.at(drops, rng.integers(0, n, count), rng.lognormal(0.0, 0.8, count) * rng.choice([-1.0, 1.0], count))
+    k = max(8, int(rng.uniform(0.001, 0.005) * sr))
+    kernel = rng.standard_normal(k) * np.exp(-np.arange(k) / (k / 4))
+    y = sosfilt(butter(2, rng.uniform(400, 2000), "highpass", fs=sr, output="sos"), fftconvolve(drops, kernel)[:n])
+    hiss = _shaped(n, rng, 1.0, 20.0, sr)
+    return y / (y.std() + 1e-12) + rng.uniform(0.1, 0.5) * hiss / (hiss.std() + 1e-12)
+
+
+def _bed_wind(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Wind: low-passed noise whose loudness swells and falls over a fraction of a second to seconds."""
+    from scipy.signal import butter, sosfilt
+
+    y = sosfilt(butter(2, rng.uniform(150, 800), "lowpass", fs=sr, output="sos"), _shaped(n, rng, 1.0, 20.0, sr))
+    return y * _smooth_curve(n, int(rng.uniform(0.3, 1.5) * sr), 0.1, 1.0, rng)
+
+
+def _bed_engine(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """An engine's low drone: a 20-70 Hz firing rate with many harmonics, wavering a little, and a
+    pulsing low rumble."""
+    from scipy.signal import butter, sosfilt
+
+    f0 = rng.uniform(20, 70) * (1 + 0.03 * _smooth_curve(n, sr // 3, -1, 1, rng))
+    y = _harmonics(n, f0, 1.0 / np.arange(1, 41) ** rng.uniform(0.8, 1.6), sr, rng)
+    rumble = sosfilt(butter(2, rng.uniform(200, 600), "lowpass", fs=sr, output="sos"), rng.standard_normal(n))
+    pulse = 1 + 0.5 * np.sin(2 * np.pi * np.cumsum(f0) / sr)
+    return y / (y.std() + 1e-12) + rng.uniform(0.2, 1.0) * rumble * pulse / (rumble.std() + 1e-12)
+
+
+def _bed_fan(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A fan or air conditioner: broadband band-passed noise with a steady blade-pass tone."""
+    from scipy.signal import butter, sosfilt
+
+    lo = rng.uniform(100, 600)
+    y = sosfilt(butter(2, [lo, lo * rng.uniform(4, 12)], "bandpass", fs=sr, output="sos"), rng.standard_normal(n))
+    tone = _harmonics(n, rng.uniform(80, 300), rng.uniform(0.2, 1.0, 3) / np.arange(1, 4), sr, rng)
+    return y / (y.std() + 1e-12) + rng.uniform(0.1, 0.6) * tone / (tone.std() + 1e-12)
+
+
+#: the procedural beds of the ``bed`` option, drawn with equal chance
+BED_KINDS: dict[str, Any] = {
+    "pink": lambda n, sr, rng: _shaped(n, rng, 1.0, 20.0, sr),  # broadband 1/f noise
+    "brown": lambda n, sr, rng: _shaped(n, rng, 2.0, 20.0, sr),  # rumbling 1/f^2 noise
+    "hum": _bed_hum,
+    "rain": _bed_rain,
+    "wind": _bed_wind,
+    "engine": _bed_engine,
+    "fan": _bed_fan,
+}
+
+
+def procedural_bed(n: int, sr: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """``n`` samples of a background sound made from ``rng`` alone (``kind``: one of
+    :data:`BED_KINDS`, default drawn), float32 with unit RMS."""
+    if kind is None:
+        kind = list(BED_KINDS)[int(rng.integers(len(BED_KINDS)))]
+    if n < 1:
+        return np.zeros(max(0, n), np.float32)
+    y = np.asarray(BED_KINDS[kind](max(n, 64), sr, rng), np.float64)[:n]
+    return (y / (np.sqrt(np.mean(y**2)) + 1e-12)).astype(np.float32)
+
+
 def augment_audio(x: np.ndarray, aug: Augment, rng: random.Random, sr: int = 16000) -> np.ndarray:
     """Apply the drawn audio options to a mono float waveform at ``sr`` (a new array)."""
     from scipy.signal import butter, fftconvolve, sosfilt
@@ -273,6 +401,15 @@ def augment_audio(x: np.ndarray, aug: Augment, rng: random.Random, sr: int = 160
             total = int(v * sr)
             before = rng.randint(0, total)
             x = np.concatenate([np.zeros(before, np.float32), x, np.zeros(total - before, np.float32)])
+        elif name == "silence":
+            power = float(np.mean(x**2)) if power is None else power
+            total = int(v * sr)
+            before = rng.randint(0, total)
+            floor_db = rng.uniform(40.0, 70.0) if rng.random() < 0.5 else None  # drawn alike every time
+            x = surround_with_silence(x, before, total - before, nrng, power, floor_db)
+        elif name == "bed":
+            ref = float(np.mean(x**2)) if power is None else power
+            x = x + procedural_bed(len(x), sr, nrng) * np.float32(math.sqrt(ref / 10 ** (v / 10)))
         elif name == "telephone":
             y = _resample(_resample(x, sr, 8000), 8000, sr)
             y = np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
