@@ -156,12 +156,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def cmd_try(args: argparse.Namespace) -> int:
     from .demo.data import DIGIT_WORDS
-    from .demo.try_it import classify_digit, prepare_audio, prepare_image
+    from .demo.try_it import TRIM, classify_digit, prepare_audio, prepare_image
 
     if not args.audio and not args.image:
         raise InputError("give a recording with --audio REC.wav or a photo of a digit with --image PHOTO.jpg")
     # every input is read and checked before the model loads: a bad file fails at once
-    inputs = [("audio", f, prepare_audio(f)) for f in args.audio] + [("image", f, prepare_image(f)) for f in args.image]
+    trim = TRIM if args.trim is None else args.trim
+    inputs = ([("audio", f, prepare_audio(f, trim=trim)) for f in args.audio]
+              + [("image", f, prepare_image(f)) for f in args.image])
     device = runtime(args)
     model = common.load_model(args.model, args.dtype, device, args.adapter)
     for modality, name, media in inputs:
@@ -211,6 +213,8 @@ def _add_try_and_demo_video(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--image", action="append", default=[], metavar="PHOTO",
                     help="a photo or scan of one handwritten digit (centred and contrast-normalised like the "
                          "training digits); repeatable")
+    tr.add_argument("--trim", action=argparse.BooleanOptionalAction, default=None,
+                    help="trim the silence before and after the word (default: onepeace_train.demo.try_it.TRIM)")
     tr.add_argument("--model", default="runs/demo/model", help="the demo model (default runs/demo/model)")
     add_adapter_option(tr)
     add_runtime_options(tr)

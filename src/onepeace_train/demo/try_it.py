@@ -18,8 +18,10 @@ import torch
 
 from onepeace.errors import InputError
 
-__all__ = ["MAX_SECONDS", "classify_digit", "prepare_audio", "prepare_image", "trim_silence"]
+__all__ = ["MAX_SECONDS", "TRIM", "classify_digit", "prepare_audio", "prepare_image", "trim_silence"]
 
+#: whether :func:`prepare_audio` (and ``onepeace try``) trims the silence around the word by default
+TRIM = True
 #: the longest recording taken (before trimming); the demo's words are under a second
 MAX_SECONDS = 10.0
 #: the longest speech kept after trimming: one digit word
@@ -94,14 +96,21 @@ def trim_silence(wave: np.ndarray, sr: int = SAMPLE_RATE, *, floor_db: float = 3
     return out
 
 
-def prepare_audio(item: Any) -> np.ndarray:
-    """A recording (path, bytes, file object, or ``(array, rate)``) -> the trimmed 16 kHz mono word."""
+def prepare_audio(item: Any, trim: bool = TRIM) -> np.ndarray:
+    """A recording (path, bytes, file object, or ``(array, rate)``) -> the 16 kHz mono word, trimmed
+    of its leading and trailing silence (:func:`trim_silence`) when ``trim``; untrimmed, only a
+    silent recording is refused."""
     from onepeace.processing.audio import load_audio
 
     wave = load_audio(item, SAMPLE_RATE)
     if len(wave) > MAX_SECONDS * SAMPLE_RATE:
         raise InputError(f"the recording is {len(wave) / SAMPLE_RATE:.1f} s long; give at most {MAX_SECONDS:.0f} s "
                          "with one spoken digit")
+    if not trim:
+        peak = float(np.abs(wave).max()) if len(wave) else 0.0
+        if peak < 1e-3:  # -60 dB full scale: about where trim_silence calls a recording silent
+            raise InputError("no speech found in the recording (it is silent); record one spoken digit")
+        return wave.astype(np.float32) * np.float32(0.8 / peak)
     word = trim_silence(wave)
     if len(word) > MAX_SPEECH_SECONDS * SAMPLE_RATE:
         raise InputError(f"the recording has {len(word) / SAMPLE_RATE:.1f} s of sound between its silences; "
