@@ -11,17 +11,19 @@ import json
 import os
 import sys
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from ..checkpoints.adapter import read_adapter_card
 from ..checkpoints.format import load_config
 from ..checkpoints.hub import looks_like_hub_id
 from ..errors import InputError
+from ..inference.factory import get_processor
 from ..inference.moments import DEFAULT_WINDOWS, SEGMENTS
 from ..outputs import check_output_file
 from ..search.fingerprint import IN_MEMORY, model_fingerprint, model_name, split_adapted_name
 from ..search.ingest import build, check_sources, default_report_path, prepare_db_dir
-from ..search.moment_build import DEFAULT_OVER, MomentOptions, moment_options
+from ..search.moment_build import DEFAULT_OVER, MomentOptions, check_model_windows, moment_options
 from ..search.moments import (
     DEFAULT_PER_FILE,
     MAX_PER_FILE,
@@ -79,9 +81,13 @@ def _moments(args: argparse.Namespace) -> MomentOptions | None:
         return None
     opts = MomentOptions(over=DEFAULT_OVER if args.moments_over is None else args.moments_over, window=args.window,
                          hop=args.hop, segment=args.segment or "fixed")
-    modalities = (list(load_config(args.model).modalities) if os.path.isfile(os.path.join(args.model, "config.json"))
-                  else ["audio", "video"])
-    return moment_options(opts, modalities)
+    if not os.path.isfile(os.path.join(args.model, "config.json")):  # a Hub id: checked once it is loaded
+        return moment_options(opts, ["audio", "video"])
+    modalities = list(load_config(args.model).modalities)
+    moment_options(opts, modalities)
+    # the limits of the model's branches (the longest window one pass takes), from its config alone
+    check_model_windows(SimpleNamespace(modality_names=modalities, processor=get_processor(None, args.model)), opts)
+    return opts
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
