@@ -422,7 +422,7 @@ class VideoFrames:
                     t = float(frame.time) if frame.time is not None else None
                     if packet.stream.type == "video":
                         origin = t if origin is None and t is not None else origin
-                        t = (t - origin) if t is not None else last_t + step
+                        t = round((t - origin) * 1e6) / 1e6 if t is not None else last_t + step
                         step, last_t, seen = (max(t - last_t, 0.0) or step) if seen else step, t, True
                         yield Frame(t, self.small(frame.to_image()))
                     else:
@@ -435,7 +435,7 @@ class VideoFrames:
         if not seen:
             raise DecodeError(f"video {self.name} has no decodable frames (the file may be truncated or damaged)")
         rate = float(vs.average_rate or vs.guessed_rate or 0)
-        self.duration = last_t + (step or (1.0 / rate if rate > 0 else 0.0))
+        self.duration = round((last_t + (step or (1.0 / rate if rate > 0 else 0.0))) * 1e6) / 1e6  # whole µs
         declared = (container.duration or 0) / 1e6
         if not self.problems and declared > 0 and self.duration < 0.9 * declared - 0.1:
             self.problems.append(f"decoding stopped at {self.duration:.1f} s of {declared:.1f} s: the file is "
@@ -515,7 +515,7 @@ def cut_video(stream: Iterable[Frame | tuple[float, np.ndarray]], window: float,
         yield cutter.cut(nxt)
         cutter.last_end, nxt = nxt.end, next(plan, None)
     if cutter.frames and (cutter.last_end == 0.0 or cutter.last_end < end - 1e-6):
-        yield cutter.cut(Span(max(0.0, end - window), end))
+        yield cutter.cut(Span(max(0, round(end * us) - round(window * us)) / us, end))
 
 
 class _VideoCutter:
