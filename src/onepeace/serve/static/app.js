@@ -212,6 +212,58 @@ function describe(hit) {
   return parts.join(" · ");
 }
 
+// seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole: 41 -> "0:41"
+function clock(seconds) {
+  const tenths = Math.round(seconds * 10);
+  const whole = Math.floor(tenths / 10), frac = tenths % 10;
+  const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const mm = h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`;
+  return `${mm}:${String(s).padStart(2, "0")}${frac ? `.${frac}` : ""}`;
+}
+
+// a moment: a player that starts at the range's start (media fragment #t=start,end, and
+// currentTime set once the metadata is known), the range as text and marked on a timeline
+async function renderMoment(hit, media) {
+  const major = (hit.media_type || "").split("/")[0];
+  const player = document.createElement(major === "video" ? "video" : "audio");
+  player.controls = true;
+  player.preload = "metadata";
+  player.className = "moment-player";
+  player.dataset.start = hit.start;
+  player.dataset.end = hit.end;
+  const url = await mediaUrl(hit.media_url, 0);
+  const timeline = document.createElement("div");
+  timeline.className = "timeline";
+  timeline.title = "the matching range in the whole file";
+  const mark = document.createElement("i");
+  const cursor = document.createElement("b");
+  timeline.append(mark, cursor);
+  const range = document.createElement("div");
+  range.className = "range";
+  range.title = "play this range";
+  range.textContent = `${clock(hit.start)}–${clock(hit.end)}`;
+  const draw = () => {
+    const total = Number.isFinite(player.duration) && player.duration > 0 ? player.duration : (hit.metadata || {}).duration;
+    if (!total) return;
+    mark.style.left = `${(100 * hit.start / total).toFixed(3)}%`;
+    mark.style.width = `${(100 * (hit.end - hit.start) / total).toFixed(3)}%`;
+    cursor.style.left = `${(100 * Math.min(player.currentTime || hit.start, total) / total).toFixed(3)}%`;
+    if (!range.querySelector("small")) range.insertAdjacentHTML("beforeend", ` <small>of ${clock(total)}</small>`);
+  };
+  player.addEventListener("loadedmetadata", () => {
+    if (Math.abs(player.currentTime - hit.start) > 0.01) player.currentTime = hit.start;
+    draw();
+  }, { once: true });
+  player.addEventListener("timeupdate", draw);
+  const playRange = () => { player.currentTime = hit.start; player.play().catch(() => {}); };
+  range.addEventListener("click", playRange);
+  timeline.addEventListener("click", playRange);
+  player.src = url ? `${url}#t=${hit.start.toFixed(3)},${hit.end.toFixed(3)}` : "";
+  media.append(player, timeline);
+  draw();
+  return range;
+}
+
 async function renderHit(hit, rank) {
   const li = document.createElement("li");
   li.className = `result ${hit.modality}`;
@@ -219,7 +271,11 @@ async function renderHit(hit, rank) {
   const media = document.createElement("div");
   media.className = "media";
   const major = (hit.media_type || "").split("/")[0];
-  if (major === "video" && hit.media_url) {  // a player, with the middle frame as its poster
+  let range = null;
+  if (hit.start !== undefined && hit.start !== null && hit.media_url) {
+    li.classList.add("moment");
+    range = await renderMoment(hit, media);
+  } else if (major === "video" && hit.media_url) {  // a player, with the middle frame as its poster
     const video = document.createElement("video");
     video.controls = true;
     video.preload = "none";
@@ -255,6 +311,7 @@ async function renderHit(hit, rank) {
   head.querySelector(".modality").textContent = hit.modality;
   head.querySelector("b").textContent = hit.score.toFixed(3);
   meta.appendChild(head);
+  if (range) meta.appendChild(range);
   if (hit.prob !== null && hit.prob !== undefined) {
     const bar = document.createElement("div");
     bar.className = "prob";
@@ -271,6 +328,7 @@ async function renderHit(hit, rank) {
 }
 
 const KIND_NAMES = { image: "Images", audio: "Audio", video: "Videos", text: "Texts" };
+const MOMENT_KINDS = ["audio", "video"];
 let indexModalities = ["image", "audio", "text"];
 
 function queryForm(modality, k) {
@@ -288,6 +346,7 @@ function queryForm(modality, k) {
   form.append("weights", JSON.stringify(weights));
   if (modality) form.append("modality", modality);
   form.append("k", k);
+  if ($("#moments").checked) form.append("moments", "true");
   const filter = $("#where").value.trim();  // a structured filter (JSON); the server takes no raw SQL
   if (filter) form.append("filter", filter);
   return form;
@@ -309,8 +368,9 @@ async function search(event) {
   }
   // "each kind": one search per kind of item, side by side (scores of different kinds are not
   // comparable: a text is always closest to texts). The server runs their query embeddings in
-  // one batch.
-  const kinds = target ? [target] : indexModalities;
+  // one batch. Moments: one search over the time ranges of the long audio and video.
+  const moments = $("#moments").checked;
+  const kinds = moments ? [MOMENT_KINDS.includes(target) ? target : ""] : target ? [target] : indexModalities;
   const button = $("#search");
   button.disabled = true;
   showStatus("searching…");
@@ -322,11 +382,12 @@ async function search(event) {
     let n = 0;
     for (const [i, body] of answers.entries()) {
       const section = document.createElement("section");
-      section.className = `group ${kinds[i]}`;
+      section.className = moments ? "group moments" : `group ${kinds[i]}`;
       const h = document.createElement("h2");
-      h.textContent = `${KIND_NAMES[kinds[i]] || kinds[i]} (${body.hits.length})`;
+      const name = moments ? `Moments${kinds[i] ? ` in ${kinds[i]}` : ""}` : KIND_NAMES[kinds[i]] || kinds[i];
+      h.textContent = `${name} (${body.hits.length})`;
       const list = document.createElement("ol");
-      list.className = "grid";
+      list.className = moments ? "grid moments" : "grid";
       list.replaceChildren(...await Promise.all(body.hits.map((hit, j) => renderHit(hit, j + 1))));
       section.append(h, list);
       groups.push(section);
@@ -334,7 +395,8 @@ async function search(event) {
     }
     $("#results").replaceChildren(...groups);
     const inputs = answers.length ? answers[0].inputs.join(" + ") : "";
-    showStatus(`${n} result${n === 1 ? "" : "s"} for ${inputs} in ${Math.round(performance.now() - t0)} ms`);
+    const what = moments ? "moment" : "result";
+    showStatus(`${n} ${what}${n === 1 ? "" : "s"} for ${inputs} in ${Math.round(performance.now() - t0)} ms`);
   } catch (e) {
     showStatus(e.message || `search failed: ${e}`, true);
   } finally {
