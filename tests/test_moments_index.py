@@ -258,3 +258,27 @@ def test_sigkill_half_way_through_a_long_file_then_rerun(tmp_path, model_dir, mo
     assert Index.open(db).count() == 1
     build(tmp_path / "ref", model, [media], workers=0, progress=False)
     assert_same_windows(moments_of(db), moments_of(tmp_path / "ref"), tol)
+
+
+def test_a_long_video_gets_windows_and_moment_search_finds_them(tmp_path):
+    pytest.importorskip("av")
+    import torch
+
+    from onepeace.processing.video import write_video
+    from onepeace.search import search_moments
+
+    torch.manual_seed(0)
+    model = onepeace.create_model("tiny", layers=1, layer_scale_init=0.5,
+                                  modalities={"text": {}, "image": {"image_size": 32},
+                                              "video": {"image_size": 32, "frames": 4}}).eval()
+    frames = np.random.default_rng(0).integers(0, 255, (60, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "media").mkdir()
+    write_video(tmp_path / "media" / "clip.mp4", frames, fps=5)  # 12 s
+    r = build(tmp_path / "db", model, [tmp_path / "media"], workers=0, progress=False, moments={"over": 5})
+    assert (r["added"], r["moment_files"]) == (1, 1)
+    want = embed_windows(model, video=[str(tmp_path / "media" / "clip.mp4")])["video"][0]  # 4 s every 2 s
+    rows = moments_of(tmp_path / "db")
+    assert sorted(by_key(rows)) == sorted(window_key(s, e, k) for s, e, k in zip(want.start, want.end, want.kind))
+    assert {x["kind"] for x in rows} == {"fixed"} and len(rows) == 5
+    hits = search_moments(Index.open(tmp_path / "db"), model, text="a noisy picture", k=2)
+    assert len(hits) == 1 and hits[0]["modality"] == "video" and 0 <= hits[0]["start"] < hits[0]["end"] <= 12
