@@ -10,25 +10,28 @@ Two steps, so that a long file is read as a stream and only its small envelope i
    background.
 
    * **Adaptive noise floor**: per band, the 10th percentile of its (lightly smoothed) energy in
-     blocks of ``floor_block`` seconds, the lowest of the neighbouring ``floor_reach`` blocks on
-     either side: the floor follows a background that changes along an hour, and a steady hum or a
-     noise bed is the floor in its own bands. Never below ``floor_range`` dB under the loudest
-     band energy (digital silence).
-   * **Scores** per frame: *broad*, the mean over bands of the energy above the floor (a noise
-     burst, a voice: every band rises a little), *peak*, the largest band's (a tone or a whistle over
-     a broadband bed: one band rises a lot), and the *spectral flux*, the mean positive change of
-     the band energies from one frame to the next (a sudden event).
+     pieces of about ``floor_block`` seconds, interpolated between their centres: the floor follows
+     a background that changes along an hour, and a steady hum or a noise bed is the floor in its
+     own bands. The band's *spread* (its median minus that floor) says how much its background
+     wavers (a band of a few FFT bins wavers more). Never below ``floor_range`` dB under the
+     loudest band energy (digital silence).
+   * **Scores** per frame: *broad*, the mean over bands of the energy above the floor in dB (a
+     noise burst, a voice: every band rises a little), *peak*, the largest band's excess in spreads
+     of its background (a tone or a whistle over a broadband bed: one band rises a lot), and the
+     *spectral flux*, the mean positive change of the band energies from one frame to the next (a
+     sudden event).
    * **Thresholds** from the scores' own background level and spread (their 25th and 5th
      percentiles): ``on`` and ``off`` are that level plus ``max(*_db, k * spread)``.
    * **Hysteresis**: a segment is a run of frames over an ``off`` threshold that holds at least one
-     frame over an ``on`` threshold (or a flux onset over its ``off``); so it starts and ends
-     where the sound leaves the background, not where it is loudest.
+     frame over an ``on`` threshold (or, within the run, a flux onset or a band ``band_on_db`` over
+     its floor); so it starts and ends where the sound leaves the background, not where it is
+     loudest.
    * Segments closer than ``min_gap`` are merged, shorter than ``min_duration`` dropped, then
      widened by ``pad`` on each side (within the recording).
 
 Times are in seconds from the recording's start; a frame ``t`` covers ``[t * hop, t * hop +
 frame)`` and stands for its centre, so an onset or offset is placed within about ``frame / 2 +
-hop`` of the truth (plus the ``pad``).
+1.5 hop`` of the truth (plus the ``pad``; tests/test_activity.py checks 3 hops).
 """
 
 from __future__ import annotations
@@ -50,14 +53,15 @@ class ActivityOptions:
     bands: int = 16  # log-spaced frequency bands
     low_hz: float = 60.0  # lowest band edge
     smooth: int = 3  # rows averaged (centred) before scoring
-    floor_block: float = 10.0  # seconds per noise-floor block
-    floor_reach: int = 3  # blocks on either side whose lowest floor counts
+    floor_block: float = 5.0  # seconds per noise-floor block (the floor is interpolated between their centres)
     floor_percentile: float = 10.0
     floor_range: float = 90.0  # dB: the floor is never lower than the loudest band minus this
-    broad_on_db: float = 4.0
-    broad_off_db: float = 2.0
-    peak_on_db: float = 10.0
-    peak_off_db: float = 5.0
+    min_spread: float = 0.5  # dB: the least spread a band's background is given
+    broad_on_db: float = 2.5  # the mean over bands of the energy over the floor (dB)
+    broad_off_db: float = 1.25
+    peak_on: float = 4.0  # the largest band's energy over its floor, in spreads of its background
+    peak_off: float = 2.0
+    band_on_db: float = 15.0  # a band this far over its floor starts a segment (a few bins' noise never is)
     flux_on_db: float = 3.0
     spread_on: float = 6.0  # thresholds are at least this many spreads over the background level
     spread_off: float = 3.0
@@ -127,15 +131,16 @@ def _smooth(x: np.ndarray, size: int) -> np.ndarray:
     return ((c[size:] - c[:-size]) / size).astype(x.dtype)
 
 
-def _floor(s: np.ndarray, o: ActivityOptions, hop: float) -> np.ndarray:
-    """The per-band noise floor [frames, bands] (see the module docstring)."""
-    block = max(1, int(round(o.floor_block / hop)))
+def _floor(s: np.ndarray, o: ActivityOptions, hop: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-band noise floor and spread, each [frames, bands] (see the module docstring)."""
     n = s.shape[0]
-    starts = range(0, n, block)
-    per = np.stack([np.percentile(s[i : i + block], o.floor_percentile, axis=0) for i in starts])
-    low = np.stack([per[max(0, k - o.floor_reach) : k + o.floor_reach + 1].min(axis=0) for k in range(len(per))])
-    floor = np.repeat(low, block, axis=0)[:n]
-    return np.maximum(floor, s.max() - o.floor_range)
+    pieces = np.array_split(np.arange(n), max(1, int(round(n * hop / o.floor_block))))  # about floor_block each
+    per = np.stack([np.percentile(s[p], [o.floor_percentile, 50], axis=0) for p in pieces])
+    centres = np.array([(p[0] + p[-1]) / 2 for p in pieces])
+    frames = np.arange(n)
+    floor = np.stack([np.interp(frames, centres, per[:, 0, b]) for b in range(s.shape[1])], axis=1)
+    spread = np.stack([np.interp(frames, centres, per[:, 1, b] - per[:, 0, b]) for b in range(s.shape[1])], axis=1)
+    return np.maximum(floor, s.max() - o.floor_range), np.maximum(spread, o.min_spread)
 
 
 def _thresholds(x: np.ndarray, on_db: float, off_db: float, o: ActivityOptions) -> tuple[float, float]:
@@ -160,14 +165,16 @@ def activity_frames(env: Envelope, options: ActivityOptions | None = None) -> li
         return []
     power = _smooth(10 ** (env.db.astype(np.float32) / 10), max(1, o.smooth))
     s = 10 * np.log10(power + 1e-20)
-    excess = np.maximum(s - _floor(s, o, env.hop), 0.0)
-    broad, peak = excess.mean(axis=1), excess.max(axis=1)
+    floor, spread = _floor(s, o, env.hop)
+    excess = np.maximum(s - floor, 0.0)
+    broad, peak = excess.mean(axis=1), (excess / spread).max(axis=1)
     flux = np.concatenate([[0.0], np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)])
     b_on, b_off = _thresholds(broad, o.broad_on_db, o.broad_off_db, o)
-    p_on, p_off = _thresholds(peak, o.peak_on_db, o.peak_off_db, o)
+    p_on, p_off = _thresholds(peak, o.peak_on, o.peak_off, o)
     f_on, _ = _thresholds(flux, o.flux_on_db, 0.0, o)
     sustain = (broad >= b_off) | (peak >= p_off)
-    core = (broad >= b_on) | (peak >= p_on) | ((flux >= f_on) & sustain)
+    loud = excess.max(axis=1) >= o.band_on_db  # a band far over its floor, however noisy the band
+    core = (broad >= b_on) | (peak >= p_on) | ((loud | (flux >= f_on)) & sustain)
     return [(a, b) for a, b in _runs(sustain) if core[a:b].any()]
 
 
