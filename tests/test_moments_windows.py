@@ -339,6 +339,66 @@ def test_a_truncated_long_wav_keeps_its_windows_up_to_the_damage(model, tmp_path
     assert w.problems == ["decoding stopped at 25.3 s of 60.0 s: the file is truncated or corrupt"]
 
 
+def test_a_truncated_webm_keeps_its_windows_up_to_the_damage(tmp_path):
+    from onepeace.processing.video import write_video
+
+    path = tmp_path / "long.webm"
+    write_video(path, frames_of(80, 3), fps=8, codec="libvpx-vp9")  # 10 s
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    w = video_model().embed_windows(video=[path], window=2.0, hop=1.0)["video"][0]
+    assert 2.0 < w.duration < 8.0 and w.end[-1] == pytest.approx(w.duration) and len(w) >= 2
+    assert len(w.problems) == 1 and w.problems[0].startswith(f"decoding stopped at {w.duration:.1f} s of 10.0 s")
+
+
+def test_other_inputs_bytes_file_objects_and_sound_in_other_containers(model, tmp_path):
+    """Bytes and binary file objects are read as paths are; what libsndfile does not read (m4a,
+    the sound of an mp4) goes through PyAV."""
+    from onepeace.processing.video import write_video
+
+    x = wave(3.0, 6)
+    path = tmp_path / "a.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    ref = model.embed_windows(audio=[path])["audio"][0].embeddings
+    with open(path, "rb") as f:
+        got = model.embed_windows(audio=[path.read_bytes(), f])["audio"]
+    assert all((g.embeddings - ref).abs().max() <= tol(ref) for g in got)
+    assert got[0].name == f"<{path.stat().st_size} bytes>"
+    with av.open(str(tmp_path / "a.m4a"), "w") as out:
+        s = out.add_stream("aac", rate=SR)
+        s.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for p in [*s.encode(frame), *s.encode(None)]:
+            out.mux(p)
+    write_video(tmp_path / "v.mp4", frames_of(24), fps=8, audio=x)
+    for name in ("a.m4a", "v.mp4"):
+        blocks = AudioBlocks(tmp_path / name, SR)
+        sound = np.concatenate(list(blocks))
+        w = model.embed_windows(audio=[tmp_path / name], window=2.0, hop=1.0)["audio"][0]
+        assert abs(w.duration - 3.0) < 0.2 and w.problems == [] and w.end[-1] == pytest.approx(sound.size / SR)
+        ref = model.embed(audio=[(sound[round(s * SR) : round(e * SR)], SR) for s, e in zip(w.start, w.end)])["audio"]
+        assert (w.embeddings - ref).abs().max() <= tol(ref)
+
+
+def test_without_pyav_what_soundfile_cannot_read_is_one_line(model, tmp_path, monkeypatch):
+    from onepeace.errors import MissingDependencyError
+    from onepeace.processing import stream
+
+    def missing():
+        raise MissingDependencyError("decoding this file needs PyAV (FFmpeg): pip install 'onepeace[video]'")
+
+    monkeypatch.setattr(stream, "_av", missing)
+    (tmp_path / "a.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + bytes(200))
+    with pytest.raises(MissingDependencyError, match=r"onepeace\[video\]") as e:
+        model.embed_windows(audio=[tmp_path / "a.m4a"])
+    one_line(e)
+    (tmp_path / "b.wav").write_bytes(b"RIFF" + bytes(100))  # a format libsndfile reads, damaged: the file's fault
+    with pytest.raises(DecodeError, match="b.wav") as e:
+        model.embed_windows(audio=[tmp_path / "b.wav"])
+    one_line(e)
+
+
 BAD = [(dict(window=0), "positive"), (dict(window=-1.0), "positive"), (dict(window=float("nan")), "positive"),
        (dict(window=float("inf")), "positive"), (dict(window="2"), "number of seconds"),
        (dict(window=True), "number of seconds"), (dict(window=2.0, hop=None), None),
