@@ -119,6 +119,12 @@ NOT_RUN = {
         "one line of a manifest, not code (tests/test_demo_adapt.py checks the manifests demo-adapt writes)",
     "docs/adapting.md: from onepeace import OnePeace":
         "your own pairs; tests/test_adapt.py runs run_adapt and tests/test_demo_adapt.py loads with adapter=",
+    "docs/moments.md: onepeace index build field.db ~/Recordings --model one-peace-dir":
+        "your own recordings; tests/test_moments_index.py runs index build with moments on generated ones",
+    'docs/moments.md: onepeace search field.db --text "a dog barking" --moments':
+        "your own recordings; tests/test_moments_search.py runs search --moments (table and --json) on generated ones",
+    "docs/moments.md: curl -s localhost:8000/search -H 'Content-Type: application/json'":
+        "a running server; tests/test_moments_search.py posts the same body to /search",
 }
 
 

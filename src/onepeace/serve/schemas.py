@@ -82,7 +82,7 @@ class SearchResponse(BaseModel):
     inputs: list[str]
     took_ms: float
     model: str | None = Field(None, description="the served model that embedded the query")
-    moments: bool = Field(False, description="whether the hits are time ranges (moments)")
+    moments: bool = Field(False, description="true when the hits are time ranges (moments; absent otherwise)")
 
 
 def search_body_schema(file_modalities: set[str]) -> dict:

@@ -222,7 +222,7 @@ async def run_search(state: ServeState, req: SearchRequest, files: dict[str, byt
     found = [public_hit(h, s.thumbs) for h in hits]
     return {"schema_version": SEARCH_SCHEMA_VERSION, "hits": found, "results": found, "k": req.k,
             "modality": req.modality, "inputs": sorted(inputs), "took_ms": took, "model": s.name,
-            "moments": bool(req.moments)}
+            **({"moments": True} if req.moments else {})}
 
 
 # -------------------------------------------------------------------------------- the hits
