@@ -282,3 +282,25 @@ def test_a_long_video_gets_windows_and_moment_search_finds_them(tmp_path):
     assert {x["kind"] for x in rows} == {"fixed"} and len(rows) == 5
     hits = search_moments(Index.open(tmp_path / "db"), model, text="a noisy picture", k=2)
     assert len(hits) == 1 and hits[0]["modality"] == "video" and 0 <= hits[0]["start"] < hits[0]["end"] <= 12
+
+
+def test_the_ray_engine_says_it_builds_no_moments(tmp_path, model_dir, monkeypatch, capsys):
+    """The note's wiring (Ray itself is tests/test_search_ray.py's): a stand-in engine indexes
+    the files as the local one does without moments."""
+    import onepeace.search.ray_engine as ray_engine
+    from onepeace.cli import main
+
+    long_wav(tmp_path / "media" / "long.wav", 25)
+
+    def stand_in(db, model, sources, **kwargs):
+        return build(db, model, sources, workers=0, progress=False, moments=False)
+
+    monkeypatch.setattr(ray_engine, "build_ray", stand_in)
+    monkeypatch.setattr(ray_engine, "import_ray", lambda: None)
+    r = build(tmp_path / "db", str(model_dir), [tmp_path / "media"], engine="ray")
+    assert r["moments_note"].startswith("--engine ray builds no moments") and r["moment_files"] == 0
+    assert main(["index", "build", str(tmp_path / "db2"), str(tmp_path / "media"), "--model", str(model_dir),
+                 "--engine", "ray"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --engine ray builds no moments" in err and "--engine local" in err
+    assert MomentTable.open(Index.open(tmp_path / "db2")) is None
