@@ -203,7 +203,9 @@ class MomentBuilder:
         if stale:
             self.deleted += table.delete_where(f"id IN ({', '.join(repr(s) for s in stale)})")
         if not planned:
-            run._skip(item, "; ".join(problems) or "no window could be decoded")
+            why = ("no sound activity found to cut windows at (--segment onsets)" if settings["segment"] == "onsets"
+                   else "no window could be decoded")
+            run._skip(item, "; ".join(problems) or why)
             return
         duration = item.metadata.get("duration")
         item.metadata["moments"] = {**settings, "windows": len(planned), **({"problems": problems} if problems else {})}
