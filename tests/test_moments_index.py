@@ -114,6 +114,7 @@ def test_long_file_gets_windows_and_a_file_row_written_from_them(tmp_path, model
     assert report["counts"]["moment_windows"] == 29 and report["partial"] == []
 
 
+@pytest.mark.slow
 def test_rerun_change_settings_change_file_and_prune(tmp_path, model):
     media = tmp_path / "media"
     big = long_wav(media / "long.wav", 24)
