@@ -26,6 +26,7 @@ from onepeace.config import OFFICIAL_AUDIO_STEM
 from onepeace.errors import DecodeError, InputError
 from onepeace.inference import moments
 from onepeace.inference.moments import check_windows, embed_windows, iter_window_batches
+from onepeace.processing.activity import find_activity
 from onepeace.processing.audio import resample
 from onepeace.processing.stream import (
     BLOCK_SECONDS,
@@ -293,6 +294,49 @@ def test_a_video_without_sound_for_a_branch_that_wants_it_is_embedded_from_its_f
     assert (w.embeddings - ref).abs().max() <= tol(ref)
     onsets = model.embed_windows(video=[path], window=2.0, hop=2.0, segment="onsets")["video"][0]
     assert len(onsets) == 2 and any("fixed windows instead" in p for p in onsets.problems)
+
+
+def write_late_sound(path, seconds: float, fps: int, late: float, beeps: list[float]) -> None:
+    """A video (H.264 + PCM in Matroska, no encoder delay) whose sound track starts ``late``
+    seconds after its first frame, with 0.5 s tones at ``beeps`` (seconds of the video)."""
+    sound = np.zeros(int((seconds - late) * SR), np.float32)
+    for b in beeps:
+        i = round((b - late) * SR)
+        sound[i : i + SR // 2] = 0.5 * np.sin(2 * np.pi * 660 * np.arange(SR // 2) / SR)
+    pcm = (sound * 32767).astype(np.int16)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width = vs.height = 32
+        vs.pix_fmt = "yuv420p"
+        aus = out.add_stream("pcm_s16le", rate=SR)
+        aus.layout = "mono"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i % 256, np.uint8), format="rgb24")
+            frame.pts = i
+            packets = list(vs.encode(frame))
+            k = round(i / fps * SR)
+            if k < pcm.size:
+                a = av.AudioFrame.from_ndarray(pcm[None, k : k + round(SR / fps)].copy(), format="s16", layout="mono")
+                a.sample_rate, a.pts, a.time_base = SR, round(late * SR) + k, Fraction(1, SR)
+                packets += aus.encode(a)
+            for p in packets:
+                out.mux(p)
+        for p in [*vs.encode(), *aus.encode()]:
+            out.mux(p)
+
+
+def test_activity_windows_of_a_video_whose_sound_starts_late_are_at_the_video_times(tmp_path):
+    """The sound track starts 1 s after the first frame: onsets are found in the sound as it plays
+    with the video (as the windows' sound is cut), not counted from the track's own start."""
+    path = tmp_path / "late.mkv"
+    write_late_sound(path, 10.0, 10, 1.0, [3.0, 7.0])
+    stream = VideoFrames(path, 32, sample_rate=SR)
+    sound = np.concatenate([x[1] for x in stream if isinstance(x, tuple)])
+    assert abs(find_activity(sound, SR)[0][0] - 2.95) < 0.03  # the reference: the tone at 3 s
+    want = np.array(find_activity(sound, SR))
+    for sound_branch in (False, True):
+        w = video_model(sound_branch).embed_windows(video=path, window=2.0, hop=1.0, segment="onsets")["video"][0]
+        assert np.abs(np.stack([w.start, w.end], 1) - want).max() <= 1e-6 and w.problems == []
 
 
 # ------------------------------------------------------------------------------ bad input

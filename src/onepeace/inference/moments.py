@@ -228,7 +228,7 @@ def _video_activity(item: Any, sr: int, window: float, hop: float, segment: str,
                               f"segment={segment!r}")
         return None
     try:
-        blocks = AudioBlocks(item, sr)
+        blocks = AudioBlocks(item, sr, video_time=True)  # the sound as it plays with the frames
         env = envelope(blocks, sr)
     except InputError as e:
         if "no audio track" not in str(e):

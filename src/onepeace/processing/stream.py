@@ -133,10 +133,14 @@ class AudioBlocks:
     :attr:`samples` is how many samples it gave and :attr:`problems` what stopped it early.
 
     ``item``: a path, bytes, a binary file object, an array/tensor (at ``sample_rate``) or
-    ``(array, rate)``."""
+    ``(array, rate)``. ``video_time``: the sound of a video file placed as it plays with the
+    video, counted from the video stream's start (silence before a track that starts late, its
+    samples before the video dropped), the sound :class:`VideoFrames` gives; otherwise counted
+    from the sound's own first sample."""
 
-    def __init__(self, item: Any, sample_rate: int = 16000, block_seconds: float = BLOCK_SECONDS):
-        self.item, self.sample_rate = item, int(sample_rate)
+    def __init__(self, item: Any, sample_rate: int = 16000, block_seconds: float = BLOCK_SECONDS, *,
+                 video_time: bool = False):
+        self.item, self.sample_rate, self.video_time = item, int(sample_rate), video_time
         self.name = describe(item[0] if _is_pair(item) else item)
         self.block = max(1, int(block_seconds * self.sample_rate))
         self.samples = 0
@@ -276,18 +280,33 @@ class AudioBlocks:
         with container:
             if not container.streams.audio:
                 raise InputError(f"{self.name} has no audio track")
-            yield from _av_sound(av, container, self.sample_rate, self.problems, self.name)
+            origin = _video_origin(container) if self.video_time else None
+            yield from _av_sound(av, container, self.sample_rate, self.problems, origin)
 
 
-def _av_sound(av, container, rate: int, problems: list[str], name: str) -> Iterator[np.ndarray]:
-    """The first audio track of an open PyAV container, mono float32 at ``rate``, frame by frame."""
+def _video_origin(container) -> float | None:
+    """Where a video's times start (its video stream's start, as :class:`VideoFrames` counts
+    them; 0 when the stream does not say), or None for a file without video."""
+    if not container.streams.video:
+        return None
+    vs = container.streams.video[0]
+    return float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else 0.0
+
+
+def _av_sound(av, container, rate: int, problems: list[str], origin: float | None = None) -> Iterator[np.ndarray]:
+    """The first audio track of an open PyAV container, mono float32 at ``rate``, frame by frame;
+    with ``origin`` (seconds), placed from that time on as :class:`_SoundAligner` places it."""
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    aligner = _SoundAligner(rate) if origin is not None else None
     done = 0
     try:
         for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                a = out.to_ndarray().reshape(-1)
+            pieces = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            if aligner is not None:
+                t = None if frame.time is None else float(frame.time) - origin
+                pieces = [a for _, a in aligner.add(t, pieces)]
+            for a in pieces:
                 done += a.size
                 yield a
         for out in resampler.resample(None):
