@@ -16,6 +16,7 @@ pytest.importorskip("lancedb")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
 import onepeace  # noqa: E402
+from onepeace.cli.index import time_range  # noqa: E402
 from onepeace.serve.app import ServerThread, create_app  # noqa: E402
 from test_moments_index import SR, long_wav  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_a_moment_plays_from_its_start_with_the_range_marked(page, world):
     assert "#t=" in page.evaluate("document.querySelector('#results li.moment .moment-player').src")
     # the range as text, and marked on the timeline where it lies in the 75 s file
     text = first.locator(".range").inner_text()
-    assert text.startswith(f"{_clock(start)}–{_clock(end)}") and "of 1:15" in text
+    assert text.startswith(time_range(start, end)) and "of 1:15" in text
     left = page.evaluate("parseFloat(document.querySelector('#results li.moment .timeline i').style.left)")
     width = page.evaluate("parseFloat(document.querySelector('#results li.moment .timeline i').style.width)")
     assert abs(left - 100 * start / 75) < 0.1 and abs(width - 100 * (end - start) / 75) < 0.1
@@ -110,10 +111,3 @@ def test_moments_of_an_index_without_them_say_so(page, world):
         sync_api.expect(page.locator("#status.error")).to_contain_text("no moments", timeout=20_000)
     finally:
         page.unroute("**/search")
-
-
-def _clock(seconds: float) -> str:
-    tenths = round(seconds * 10)
-    whole, frac = divmod(tenths, 10)
-    m, s = divmod(whole, 60)
-    return f"{m}:{s:02d}" + (f".{frac}" if frac else "")

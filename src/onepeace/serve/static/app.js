@@ -212,13 +212,20 @@ function describe(hit) {
   return parts.join(" · ");
 }
 
-// seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole: 41 -> "0:41"
-function clock(seconds) {
-  const tenths = Math.round(seconds * 10);
-  const whole = Math.floor(tenths / 10), frac = tenths % 10;
+// seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole (or as `tenths` says): 41 -> "0:41"
+function clock(seconds, tenths) {
+  const count = Math.round(seconds * 10);
+  const whole = Math.floor(count / 10), frac = count % 10;
   const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
   const mm = h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`;
-  return `${mm}:${String(s).padStart(2, "0")}${frac ? `.${frac}` : ""}`;
+  const shown = tenths === undefined ? frac !== 0 : tenths;
+  return `${mm}:${String(s).padStart(2, "0")}${shown ? `.${frac}` : ""}`;
+}
+
+// a moment's range, both ends at one precision: "0:17.2–0:18.0", "0:16–0:19"
+function timeRange(start, end) {
+  const tenths = [start, end].some((x) => Math.round(x * 10) % 10 !== 0);
+  return `${clock(start, tenths)}–${clock(end, tenths)}`;
 }
 
 // a moment: a player that starts at the range's start (media fragment #t=start,end, and
@@ -241,7 +248,7 @@ async function renderMoment(hit, media) {
   const range = document.createElement("div");
   range.className = "range";
   range.title = "play this range";
-  range.textContent = `${clock(hit.start)}–${clock(hit.end)}`;
+  range.textContent = timeRange(hit.start, hit.end);
   const draw = () => {
     const total = Number.isFinite(player.duration) && player.duration > 0 ? player.duration : (hit.metadata || {}).duration;
     if (!total) return;
