@@ -97,6 +97,30 @@ def test_fixed_windows_are_whole_cover_the_file_and_end_at_its_end(window, hop):
         assert plan_windows(n, 7, 7, last="cut") == [(s, min(s + 7, n)) for s in range(0, n, 7)]
 
 
+def test_a_tail_shorter_than_the_slack_gets_no_window_of_its_own():
+    """A file a hair longer than its whole windows (ESC-10's 5.001 s clips, a video's last frame
+    timed to the millisecond) would get a last window shifted by that hair: a near copy of the one
+    before, embedded for nothing. Within ``slack`` units the tail is left out."""
+    for n in range(6, 40):
+        fit = [(s, s + 5) for s in range(0, n - 4, 2)]
+        for slack in (0, 1, 2):
+            assert plan_windows(n, 5, 2, slack=slack) == fit + [(n - 5, n)] * (n - fit[-1][1] > slack), (n, slack)
+    assert plan_windows(3, 5, 2, slack=4) == [(0, 3)]  # a file shorter than one window is still one window
+    assert plan_windows(10_001, 2000, 1000, slack=160) == plan_windows(10_000, 2000, 1000)
+    assert plan_windows(10_161, 2000, 1000, slack=160)[-1] == (8_161, 10_161)
+    x = np.arange(10_100, dtype=np.float32)
+    got = list(cut_audio((x[i : i + 997] for i in range(0, x.size, 997)), 2000, 1000, slack=160))
+    assert [(s.start, s.end) for s, _ in got] == plan_windows(10_100, 2000, 1000, slack=160)
+    assert [(s.start, s.end) for s, _ in cut_audio([x[:150]], 2000, 1000, slack=160)] == [(0, 150)]
+
+
+def test_windows_of_a_file_a_hair_longer_than_its_windows(model, tmp_path):
+    path = tmp_path / "esc.ogg"
+    sf.write(path, wave(5.001), SR)  # 5.001 s, as ESC-10's clips
+    w = model.embed_windows(audio=path, window=2.0, hop=1.0)["audio"][0]
+    assert w.start.tolist() == [0.0, 1.0, 2.0, 3.0] and w.end[-1] == 5.0 and w.duration == pytest.approx(5.001)
+
+
 @pytest.mark.parametrize("block", [1, 97, 1000, 16000])
 def test_streamed_cuts_are_the_planned_slices_whatever_the_blocks(block):
     x = np.arange(10_007, dtype=np.float32)
@@ -277,6 +301,24 @@ def test_a_variable_frame_rate_video_is_cut_by_each_frames_timestamp(tmp_path):
         assert got == want, (c.span, got, want)
     w = video_model().embed_windows(video=path, window=1.0, hop=0.5)["video"][0]
     assert w.end[-1] == pytest.approx(3.1) and len(w) == 6
+
+
+def test_video_times_are_exact_and_a_millisecond_timed_last_frame_adds_no_window(tmp_path):
+    """30 fps: in H.264/MP4 (time base 1/15360) the duration is exactly frames / 30, not a
+    microsecond over from adding rounded times; in WebM (times in whole ms, gaps of 33 and 34 ms)
+    the last frame may end a millisecond late, which must not add a window shifted by 1 ms."""
+    from onepeace.processing.video import write_video
+
+    for n in (59, 60):
+        write_video(tmp_path / "a.mp4", frames_of(n), fps=30)
+        stream = VideoFrames(tmp_path / "a.mp4", 32)
+        assert [f.time for f in stream][-1] == round((n - 1) / 30, 6) and stream.duration == round(n / 30, 6)
+    write_video(tmp_path / "b.mp4", frames_of(60), fps=30)
+    write_video(tmp_path / "c.webm", frames_of(60), fps=30, codec="libvpx-vp9")
+    for name in ("b.mp4", "c.webm"):
+        w = video_model().embed_windows(video=tmp_path / name, window=1.0, hop=0.5)["video"][0]
+        assert list(zip(w.start, w.end)) == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0)], name
+        assert abs(w.duration - 2.0) <= 0.001
 
 
 def test_a_video_without_sound_for_a_branch_that_wants_it_is_embedded_from_its_frames(tmp_path):

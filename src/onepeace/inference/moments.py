@@ -13,8 +13,9 @@ one file's windows in batches (what an index build writes as it goes).
   video branch decodes sound (its ``audio`` option), the sound over the range. So a window's vector
   lives in the same space as any other clip's and a text query finds it.
 * **Fixed windows** (``segment="fixed"``): ``window`` seconds every ``hop`` seconds from 0 while
-  they fit, then one more ending at the file's end (``[duration - window, duration)``), so every
-  window is whole and every instant is in one (:func:`onepeace.processing.stream.plan_windows`;
+  they fit, then one more ending at the file's end (``[duration - window, duration)``) unless the
+  tail left is at most :data:`TAIL` (10 ms: no near copy of the window before), so every window
+  is whole and every instant is in one (:func:`onepeace.processing.stream.plan_windows`;
   HEAR's timestamp embeddings use the same rule with ``last="cut"``). A file shorter than one
   window is one window, the whole file. Defaults: :data:`DEFAULT_WINDOWS`; a ``window`` alone hops
   half of it.
@@ -70,6 +71,9 @@ DEFAULT_WINDOWS: dict[str, tuple[float, float]] = {"audio": (2.0, 1.0), "video":
 SEGMENTS = ("fixed", "onsets", "both")
 #: the shortest hop, seconds (one row of the activity envelope)
 MIN_HOP = 0.01
+#: seconds: a file's tail after its last whole fixed window gets a window of its own only when
+#: longer than this (5.001 s in 2 s windows every 1 s: [3, 5) is the last, not also [3.001, 5.001))
+TAIL = 0.01
 #: the longest video window, seconds: its frames at the model's size are held until it is cut
 MAX_VIDEO_WINDOW = 60.0
 #: microseconds per second: video windows are planned in whole microseconds
@@ -184,7 +188,7 @@ def _checked(model: Any, modality: str, window: float | None, hop: float | None,
 
 # --------------------------------------------------------------------------- which windows
 def _activity_spans(segments: list[tuple[float, float]], total: int, w: int, h: int, segment: str,
-                    per_second: float) -> list[tuple[int, int, str]]:
+                    per_second: float, slack: int) -> list[tuple[int, int, str]]:
     """Windows in integer units (``per_second`` a second) for the activity ``segments``: a stretch
     longer than the window is cut into windows of :func:`plan_windows`; with ``segment="both"``
     the fixed windows of the whole file too. Sorted by start."""
@@ -192,9 +196,9 @@ def _activity_spans(segments: list[tuple[float, float]], total: int, w: int, h: 
     for s, e in segments:
         a, b = round(s * per_second), min(total, round(e * per_second))
         if b > a:
-            spans += [(a + x, a + y, "onsets") for x, y in plan_windows(b - a, w, h)]
+            spans += [(a + x, a + y, "onsets") for x, y in plan_windows(b - a, w, h, slack=slack)]
     if segment == "both" and total > 0:
-        spans += [(x, y, "fixed") for x, y in plan_windows(total, w, h)]
+        spans += [(x, y, "fixed") for x, y in plan_windows(total, w, h, slack=slack)]
     return sorted(spans)
 
 
@@ -209,8 +213,8 @@ def _audio_windows(model: Any, item: Any, window: float, hop: float, segment: st
     if segment != "fixed":  # pass 1: the envelope (one row per 10 ms), then the windows it gives
         env = envelope(blocks, sr)
         spans = [Span(a, b, k) for a, b, k in _activity_spans(detect_activity(env), blocks.samples, w, h,
-                                                               segment, sr)]
-    for span, cut in cut_audio(blocks, w, h, spans):
+                                                               segment, sr, round(TAIL * sr))]
+    for span, cut in cut_audio(blocks, w, h, spans, slack=round(TAIL * sr)):
         start, end = span.start / sr, span.end / sr
         if skip is not None and skip(start, end, span.kind):
             continue
@@ -237,7 +241,8 @@ def _video_activity(item: Any, sr: int, window: float, hop: float, segment: str,
                               f"segment={segment!r}")
         return None
     total = round(blocks.seconds * _US)
-    spans = _activity_spans(detect_activity(env), total, round(window * _US), round(hop * _US), segment, _US)
+    spans = _activity_spans(detect_activity(env), total, round(window * _US), round(hop * _US), segment, _US,
+                            round(TAIL * _US))
     return [Span(a / _US, b / _US, k) for a, b, k in spans]
 
 
@@ -249,7 +254,7 @@ def _video_windows(model: Any, item: Any, window: float, hop: float, segment: st
     frames = VideoFrames(item, proc.image_size, sample_rate=sr if sound else None)
     state.name = frames.name
     spans = _video_activity(item, sr, window, hop, segment, state) if segment != "fixed" else None
-    for cut in cut_video(frames, window, hop, spans, sr if sound else None):
+    for cut in cut_video(frames, window, hop, spans, sr if sound else None, slack=TAIL):
         span = cut.span
         if skip is not None and skip(span.start, span.end, span.kind):
             continue
@@ -397,5 +402,5 @@ def embed_windows(model: Any, *, audio: Sequence[Any] | Any = None, video: Seque
     return result
 
 
-__all__ = ["DEFAULT_WINDOWS", "MAX_VIDEO_WINDOW", "MIN_HOP", "SEGMENTS", "WindowBatch", "WindowEmbeddings",
+__all__ = ["DEFAULT_WINDOWS", "MAX_VIDEO_WINDOW", "MIN_HOP", "SEGMENTS", "TAIL", "WindowBatch", "WindowEmbeddings",
            "check_windows", "embed_windows", "iter_window_batches"]

@@ -29,6 +29,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,13 @@ def _av():
 
 
 # --------------------------------------------------------------------------- window plans
-def plan_windows(n: int, window: int, hop: int, *, last: str = "shift") -> list[tuple[int, int]]:
+def plan_windows(n: int, window: int, hop: int, *, last: str = "shift", slack: int = 0) -> list[tuple[int, int]]:
     """Fixed windows ``[start, end)`` over ``n`` units (samples, or any integer time unit):
-    ``window`` long every ``hop`` from 0 while they fit. If they do not end at ``n``, one more:
-    ``last="shift"`` a whole window ending at ``n`` (``[n - window, n)``), ``last="cut"`` the next
-    one cut at ``n``. ``n <= window``: one window, ``[0, n)``. Every unit lies in a window (for
-    ``hop <= window``)."""
+    ``window`` long every ``hop`` from 0 while they fit. If they end more than ``slack`` units
+    before ``n``, one more: ``last="shift"`` a whole window ending at ``n`` (``[n - window, n)``),
+    ``last="cut"`` the next one cut at ``n``. ``n <= window``: one window, ``[0, n)``. Every unit
+    lies in a window (for ``hop <= window``) but the last ``slack`` ones at most (a tail too short
+    to be worth a window nearly the same as the one before)."""
     if window < 1 or hop < 1:
         raise InputError(f"window and hop must be at least 1 unit, got {window} and {hop}")
     if last not in ("shift", "cut"):
@@ -73,7 +75,7 @@ def plan_windows(n: int, window: int, hop: int, *, last: str = "shift") -> list[
     if n <= window:
         return [(0, max(n, 0))]
     spans = [(s, s + window) for s in range(0, n - window + 1, hop)]
-    if spans[-1][1] < n:
+    if spans[-1][1] < n - max(slack, 0):
         s = spans[-1][0] + hop
         spans.append((n - window, n) if last == "shift" else (s, n))
     return spans
@@ -328,14 +330,14 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer))
 
 
-def cut_audio(blocks: Iterable[np.ndarray], window: int, hop: int,
-              spans: Sequence[Span] | None = None) -> Iterator[tuple[Span, np.ndarray]]:
+def cut_audio(blocks: Iterable[np.ndarray], window: int, hop: int, spans: Sequence[Span] | None = None, *,
+              slack: int = 0) -> Iterator[tuple[Span, np.ndarray]]:
     """Windows cut out of a stream of blocks, in order of their start, each as soon as the stream
     has passed its end; only the samples from the first window not yet cut are held.
 
-    ``spans=None``: the fixed windows of :func:`plan_windows` (``last="shift"``) over however many
-    samples the stream turns out to have. Otherwise the given spans (sorted by start), cut at the
-    stream's end (a span starting past it is dropped)."""
+    ``spans=None``: the fixed windows of :func:`plan_windows` (``last="shift"``, ``slack``) over
+    however many samples the stream turns out to have. Otherwise the given spans (sorted by
+    start), cut at the stream's end (a span starting past it is dropped)."""
     plan = iter(spans) if spans is not None else (Span(s, e) for s, e in _fixed_spans(window, hop))
     nxt: Span | None = next(plan, None)
     buf, base, total, last_end = np.zeros(0, np.float32), 0, 0, 0
@@ -353,7 +355,7 @@ def cut_audio(blocks: Iterable[np.ndarray], window: int, hop: int,
         while nxt is not None and nxt.start < total:
             yield Span(nxt.start, total, nxt.kind), buf[nxt.start - base :].copy()
             nxt = next(plan, None)
-    elif total and (last_end < total):
+    elif total and (last_end == 0 or last_end < total - max(slack, 0)):
         s = max(0, total - window)
         yield Span(s, total), buf[s - base :].copy()
 
@@ -432,33 +434,46 @@ class VideoFrames:
     def _demux(self, av, container, vs, audio: bool) -> Iterator[Frame | tuple[float, np.ndarray]]:
         streams = [vs, container.streams.audio[0]] if audio else [vs]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate) if audio else None
-        # times count from the video stream's start (its first frame when the stream does not say)
-        origin = float(vs.start_time * vs.time_base) if vs.start_time is not None and vs.time_base else None
-        last_t, step, seen, sound = 0.0, 0.0, False, _SoundAligner(self.sample_rate or 1)
+        # times count from the video stream's start (its first frame when the stream does not say), kept
+        # exact (pts x time base) and rounded to whole µs only when given out: no rounding adds up
+        origin = Fraction(vs.start_time) * vs.time_base if vs.start_time is not None and vs.time_base else None
+        last, step, seen, sound = Fraction(0), Fraction(0), False, _SoundAligner(self.sample_rate or 1)
         try:
             for packet in container.demux(*streams):
                 for frame in packet.decode():
-                    t = float(frame.time) if frame.time is not None else None
+                    t = _exact_time(frame)
                     if packet.stream.type == "video":
                         origin = t if origin is None and t is not None else origin
-                        t = round((t - origin) * 1e6) / 1e6 if t is not None else last_t + step
-                        step, last_t, seen = (max(t - last_t, 0.0) or step) if seen else step, t, True
-                        yield Frame(t, self.small(frame.to_image()))
+                        t = t - origin if t is not None else last + step
+                        step, last, seen = (max(t - last, Fraction(0)) or step) if seen else step, t, True
+                        yield Frame(_us(t), self.small(frame.to_image()))
                     else:
-                        yield from sound.add(None if t is None else t - (origin or 0.0),
+                        yield from sound.add(None if t is None else float(t - (origin or 0)),
                                              [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)])
             if resampler is not None:
                 yield from sound.add(None, [o.to_ndarray().reshape(-1) for o in resampler.resample(None)])
         except av.error.FFmpegError as e:
-            self.problems.append(f"decoding stopped at {last_t:.1f} s: {_why(e)}")
+            self.problems.append(f"decoding stopped at {float(last):.1f} s: {_why(e)}")
         if not seen:
             raise DecodeError(f"video {self.name} has no decodable frames (the file may be truncated or damaged)")
-        rate = float(vs.average_rate or vs.guessed_rate or 0)
-        self.duration = round((last_t + (step or (1.0 / rate if rate > 0 else 0.0))) * 1e6) / 1e6  # whole µs
+        rate = Fraction(vs.average_rate or vs.guessed_rate or 0)
+        self.duration = _us(last + (step or (1 / rate if rate > 0 else Fraction(0))))
         declared = (container.duration or 0) / 1e6
         if not self.problems and declared > 0 and self.duration < 0.9 * declared - 0.1:
             self.problems.append(f"decoding stopped at {self.duration:.1f} s of {declared:.1f} s: the file is "
                                  "truncated or corrupt")
+
+
+def _exact_time(frame) -> Fraction | None:
+    """A decoded frame's presentation time in seconds, exactly (None when it has none)."""
+    if frame.pts is not None and frame.time_base:
+        return Fraction(frame.pts) * frame.time_base
+    return None if frame.time is None else Fraction(frame.time)
+
+
+def _us(t: Fraction) -> float:
+    """Seconds rounded to whole microseconds (video times and windows are planned in µs)."""
+    return round(t * 1_000_000) / 1_000_000
 
 
 class _SoundAligner:
@@ -506,12 +521,13 @@ class VideoCut:
 
 
 def cut_video(stream: Iterable[Frame | tuple[float, np.ndarray]], window: float, hop: float,
-              spans: Sequence[Span] | None = None, sample_rate: int | None = None) -> Iterator[VideoCut]:
+              spans: Sequence[Span] | None = None, sample_rate: int | None = None, *,
+              slack: float = 0.0) -> Iterator[VideoCut]:
     """Windows (seconds) cut out of a :class:`VideoFrames` stream as it passes them: a frame
     belongs to a window when its time is in ``[start, end)``. ``spans=None``: the fixed windows
     of :func:`plan_windows` over the video's duration (in microseconds, so times are exact to
-    1 µs); otherwise the given spans. Only the frames (and sound) from the first window not yet
-    cut are held."""
+    1 µs; a tail of at most ``slack`` seconds gets no window of its own); otherwise the given
+    spans. Only the frames (and sound) from the first window not yet cut are held."""
     us = 1_000_000
     plan = iter(spans) if spans is not None else (
         Span(s / us, e / us) for s, e in _fixed_spans(round(window * us), round(hop * us)))
@@ -533,7 +549,7 @@ def cut_video(stream: Iterable[Frame | tuple[float, np.ndarray]], window: float,
     while nxt is not None and nxt.end <= end + 1e-9:  # whole windows the last frames did not pass
         yield cutter.cut(nxt)
         cutter.last_end, nxt = nxt.end, next(plan, None)
-    if cutter.frames and (cutter.last_end == 0.0 or cutter.last_end < end - 1e-6):
+    if cutter.frames and (cutter.last_end == 0.0 or cutter.last_end < end - max(slack, 1e-6)):
         yield cutter.cut(Span(max(0, round(end * us) - round(window * us)) / us, end))
 
 
