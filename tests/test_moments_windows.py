@@ -413,6 +413,18 @@ def test_empty_and_undecodable_files_are_one_line(model, tmp_path):
     with pytest.raises(DecodeError) as e:
         video_model().embed_windows(video=[tmp_path / "empty.mp4"])
     assert "empty" in one_line(e)
+    (tmp_path / "clips.mp4").mkdir()
+    for kw in (dict(audio=[tmp_path / "clips.mp4"]), dict(video=[tmp_path / "clips.mp4"])):
+        with pytest.raises(InputError, match="is a directory, not a file") as e:
+            video_model().embed_windows(**kw)
+        one_line(e)
+    from onepeace.processing.video import write_video
+
+    write_video(tmp_path / "v.mp4", frames_of(40), fps=10, audio=wave(4.0))
+    (tmp_path / "cut.m4a").write_bytes((tmp_path / "v.mp4").read_bytes()[:3000])  # the index (moov) is at the end
+    with pytest.raises(DecodeError, match="cut.m4a.*truncated") as e:
+        model.embed_windows(audio=[tmp_path / "cut.m4a"])
+    one_line(e)
 
 
 def test_a_truncated_long_wav_keeps_its_windows_up_to_the_damage(model, tmp_path):
@@ -515,6 +527,12 @@ def test_what_the_model_or_the_call_lacks_is_one_line(model):
     assert check_windows("video", None, None) == (4.0, 2.0) and check_windows("audio", 3, 1) == (3.0, 1.0)
     with pytest.raises(InputError, match="fps"):
         video_model().embed_windows(video=[(frames_of(4), 0)])
+    with pytest.raises(InputError, match=r"^window 0.001 s is shorter than 0.01 s") as e:  # not a hop never given
+        video_model().embed_windows(video=[(frames_of(4), 4)], window=0.001)
+    one_line(e)
+    with pytest.raises(InputError, match=r"^hop 0.0075 s \(half the window\) is shorter than 0.01 s") as e:
+        video_model().embed_windows(video=[(frames_of(4), 4)], window=0.015)
+    one_line(e)
 
 
 # ------------------------------------------------------------------------------ bounded memory

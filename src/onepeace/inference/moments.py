@@ -162,8 +162,11 @@ def check_windows(modality: str, window: float | None, hop: float | None, segmen
                          f"give a window of at most {cap:g} s")
     if min_seconds is not None and w < min_seconds:
         raise InputError(f"window {w:g} s is shorter than the {min_seconds:g} s the {modality} branch needs")
+    if w < MIN_HOP:
+        raise InputError(f"window {w:g} s is shorter than {MIN_HOP:g} s")
     if h < MIN_HOP:
-        raise InputError(f"hop {h:g} s is shorter than {MIN_HOP:g} s")
+        half = " (half the window)" if hop is None and window is not None else ""
+        raise InputError(f"hop {h:g} s{half} is shorter than {MIN_HOP:g} s")
     if h > w + 1e-9:
         raise InputError(f"hop {h:g} s is longer than the window {w:g} s: the {h - w:g} s between windows would "
                          "never be searched; give a hop of at most the window")

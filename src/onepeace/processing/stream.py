@@ -277,8 +277,8 @@ class AudioBlocks:
         try:
             container = av.open(source, mode="r")
         except av.error.FFmpegError as e:
-            raise DecodeError(f"cannot decode audio {self.name}: not an audio file libsndfile or FFmpeg reads "
-                              f"({_why(e)})") from None
+            raise DecodeError(f"cannot decode audio {self.name}: not an audio file libsndfile or FFmpeg reads, or "
+                              f"a truncated one ({_why(e)})") from None
         with container:
             if not container.streams.audio:
                 raise InputError(f"{self.name} has no audio track")
@@ -388,6 +388,8 @@ class VideoFrames:
             path = os.fspath(item)
             if not os.path.exists(path):
                 raise InputError(f"video file not found: {path}")
+            if os.path.isdir(path):
+                raise InputError(f"video input is a directory, not a file: {path}")
             if os.path.getsize(path) == 0:
                 raise DecodeError(f"video file is empty: {path}")
         elif isinstance(item, (bytes, bytearray, memoryview)) and not len(item):
