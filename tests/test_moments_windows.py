@@ -253,6 +253,27 @@ def test_each_video_window_is_embed_of_its_frames(tmp_path):
     assert (w.embeddings - ref).abs().max() <= tol(ref)
 
 
+def test_only_the_frames_a_window_samples_are_converted_and_resized(tmp_path, monkeypatch):
+    """Converting a decoded frame to RGB and resizing it costs several times its decoding: a
+    frame is made into an image only when a window samples it (4 of the ~20 in each window
+    here), unless the decoded frames held pass RAW_BYTES; either way the windows are the same."""
+    from onepeace.processing import stream
+    from onepeace.processing.video import write_video
+
+    path = tmp_path / "v.mp4"
+    write_video(path, frames_of(100), fps=10)
+    made = []
+    small = VideoFrames.small
+    monkeypatch.setattr(VideoFrames, "small", lambda self, img: made.append(1) or small(self, img))
+    model = video_model()
+    lazy = model.embed_windows(video=path, window=2.0, hop=1.0)["video"][0]
+    assert len(lazy) == 9 and len(made) <= 4 * len(lazy) < 100
+    made.clear()
+    monkeypatch.setattr(stream, "RAW_BYTES", 0)  # no decoded frame held: each made as it arrives
+    eager = model.embed_windows(video=path, window=2.0, hop=1.0)["video"][0]
+    assert len(made) == 100 and torch.equal(eager.embeddings, lazy.embeddings)
+
+
 def test_video_windows_with_their_sound_when_the_branch_takes_sound(tmp_path):
     from onepeace.processing.video import Clip, write_video
 

@@ -50,6 +50,9 @@ HEADER_BYTES = 1 << 20
 OGG_TAIL_BYTES = 70_000
 #: seconds of video past a window's end after which its sound is no longer waited for (a track that ended)
 SOUND_LAG = 2.0
+#: bytes of decoded video frames held for the windows in flight before the oldest are reduced to
+#: the model's size at once (a 4 s window of 640x480 at 30 fps holds 55 MB; of 1080p, 370 MB)
+RAW_BYTES = 256 << 20
 
 
 def _av():
@@ -361,12 +364,54 @@ def cut_audio(blocks: Iterable[np.ndarray], window: int, hop: int, spans: Sequen
 
 
 # --------------------------------------------------------------------------- video
-@dataclass
 class Frame:
-    """A decoded frame at the model's size, and its time in seconds from the video's start."""
+    """A decoded frame and its time in seconds from the video's start; :attr:`image` is the frame
+    at the model's size. A frame straight from the decoder (``raw``, a PyAV frame) is converted
+    and resized (``small``) only when its image is first asked for: most frames of a window are
+    never among the few the video processor samples, and converting and resizing a 640x480 frame
+    costs nine times what decoding it does."""
 
-    time: float
-    image: Image.Image
+    __slots__ = ("time", "_image", "_raw", "_small")
+
+    def __init__(self, time: float, image: Image.Image | None = None, *, raw: Any = None, small: Any = None):
+        if image is None and (raw is None or small is None):
+            raise ValueError("a Frame needs its image, or a raw frame and the function that makes the image")
+        self.time, self._image, self._raw, self._small = time, image, raw, small
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            if self._raw is None:
+                raise RuntimeError(f"the frame at {self.time} s was let go before its image was made")
+            self._image, self._raw, self._small = self._small(self._raw.to_image()), None, None
+        return self._image
+
+    @property
+    def raw_bytes(self) -> int:
+        """Bytes of the decoded frame still held (0 once its image is made or it is let go)."""
+        return 0 if self._raw is None else sum(p.buffer_size for p in self._raw.planes)
+
+    def release(self) -> None:
+        """Let go of the decoded frame (its image will not be needed)."""
+        self._raw = self._small = None
+
+    def __repr__(self) -> str:
+        return f"Frame(time={self.time}, {'image' if self._image is not None else 'raw'})"
+
+
+class _Images(Sequence):
+    """The images of some frames, each made when it is first read (see :class:`Frame`)."""
+
+    def __init__(self, frames: list[Frame]):
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [f.image for f in self._frames[i]]
+        return self._frames[i].image
 
 
 class VideoFrames:
@@ -448,7 +493,7 @@ class VideoFrames:
                         origin = t if origin is None and t is not None else origin
                         t = t - origin if t is not None else last + step
                         step, last, seen = (max(t - last, Fraction(0)) or step) if seen else step, t, True
-                        yield Frame(_us(t), self.small(frame.to_image()))
+                        yield Frame(_us(t), raw=frame, small=self.small)
                     else:
                         yield from sound.add(None if t is None else float(t - (origin or 0)),
                                              [o.to_ndarray().reshape(-1) for o in resampler.resample(frame)])
@@ -515,10 +560,11 @@ def _video_stream(container, name: str):
 
 @dataclass
 class VideoCut:
-    """One window of a video: its frames (at the model's size) and, when decoded, its sound."""
+    """One window of a video: its frames (images at the model's size, each made when first read)
+    and, when decoded, its sound."""
 
     span: Span
-    frames: list[Image.Image]
+    frames: Sequence[Image.Image]
     sound: np.ndarray | None = None
 
 
@@ -566,11 +612,18 @@ class _VideoCutter:
         self.sound_total = 0
         self.newest, self.last_end = 0.0, 0.0
         self.any_sound = False
+        self.made = 0  # the first frames, whose images are made (so hold no decoded frame)
 
     def add(self, item: Frame | tuple[float, np.ndarray]) -> None:
         if isinstance(item, Frame):
             self.frames.append(item)
             self.newest = max(self.newest, item.time)
+            # decoded frames are held until a window samples them, up to RAW_BYTES (a long window of a
+            # large video): past that the oldest are made into images now (counted as if none were made since)
+            size = item.raw_bytes
+            while self.made < len(self.frames) and (len(self.frames) - self.made) * size > RAW_BYTES:
+                self.frames[self.made].image  # noqa: B018 - made now, the decoded frame let go
+                self.made += 1
             return
         _, samples = item
         self.any_sound = True
@@ -586,21 +639,22 @@ class _VideoCutter:
             or self.newest >= end + SOUND_LAG
 
     def cut(self, span: Span) -> VideoCut:
-        frames = [f.image for f in self.frames if span.start - 1e-9 <= f.time < span.end - 1e-9]
+        frames = [f for f in self.frames if span.start - 1e-9 <= f.time < span.end - 1e-9]
         if not frames:  # a window between two frames of a sparse video: the frame shown then
             before = [f for f in self.frames if f.time < span.start]
-            frames = [(before[-1] if before else self.frames[0]).image] if self.frames else []
+            frames = [before[-1] if before else self.frames[0]] if self.frames else []
         sound = None
         if self.any_sound and self.rate is not None:
             s0, s1 = round(span.start * self.rate), round(span.end * self.rate)
             sound = self.sound[max(0, s0 - self.sound_base) : max(0, s1 - self.sound_base)].copy()
-        return VideoCut(span, frames, sound)
+        return VideoCut(span, _Images(frames), sound)
 
     def trim(self, nxt: Span | None) -> None:
         keep = min(nxt.start if nxt is not None else self.newest, self.newest - self.tail if self.tail else self.newest)
         # keep the last frame before ``keep`` too: it is the one shown at ``keep``
         while len(self.frames) > 1 and self.frames[1].time <= keep:
             self.frames.popleft()
+            self.made = max(0, self.made - 1)
         if self.rate is not None and self.sound.size:
             k = round(keep * self.rate) - self.sound_base
             if k > 0:
