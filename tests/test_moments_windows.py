@@ -458,6 +458,26 @@ def test_a_truncated_long_wav_keeps_its_windows_up_to_the_damage(model, tmp_path
     assert w.problems == ["decoding stopped at 25.3 s of 60.0 s: the file is truncated or corrupt"]
 
 
+def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(model, tmp_path):
+    """A recorder stopped before it wrote the data size (0) leaves a WAV libsndfile reads as empty:
+    FFmpeg reads it to the end of the file, and a problem line says why."""
+    import struct
+
+    path = tmp_path / "rec.wav"
+    x = wave(6.5)
+    sf.write(path, x, SR, subtype="FLOAT")
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"data")
+    raw[at + 4 : at + 8] = struct.pack("<I", 0)
+    path.write_bytes(bytes(raw))
+    assert sf.info(path).frames == 0
+    w = model.embed_windows(audio=path, window=2.0, hop=1.0)["audio"][0]
+    assert w.duration == pytest.approx(6.5) and w.end[-1] == pytest.approx(6.5) and len(w) == 6
+    assert len(w.problems) == 1 and "declares no samples" in w.problems[0]
+    ref = model.embed(audio=[(x[round(s * SR) : round(e * SR)], SR) for s, e in zip(w.start, w.end)])["audio"]
+    assert (w.embeddings - ref).abs().max() <= tol(ref)
+
+
 def test_a_truncated_webm_keeps_its_windows_up_to_the_damage(tmp_path):
     from onepeace.processing.video import write_video
 

@@ -195,7 +195,22 @@ class AudioBlocks:
             yield from self._with_av(str(e))
             return
         with f:
-            yield from self._soundfile(f)
+            empty = f.frames == 0
+            if not empty:
+                yield from self._soundfile(f)
+        if empty:  # a header that declares no samples (a recording never finished): FFmpeg reads to the end
+            try:
+                _av()
+            except MissingDependencyError:
+                return  # "has no samples", as libsndfile read it
+            before = len(self.problems)
+            got = 0
+            for block in self._with_av("its header declares no samples"):
+                got += block.size
+                yield block
+            if got:
+                self.problems.insert(before, "its header declares no samples (a recording that was never finished?): "
+                                             "read to the end of the file")
 
     def _source(self) -> Any:
         item = self.item
