@@ -11,7 +11,7 @@ PIP := $(BIN)/pip install --constraint constraints.txt
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: parity install demo demo-video demo-adapt demo-adapt-seeds bench-adapt demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-storage bench-padding bench-video bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
+.PHONY: parity install demo demo-video demo-adapt demo-adapt-seeds bench-adapt demo-seeds demo-ablation test test-fast bench bench-peak bench-load bench-index bench-search bench-serve bench-serve-load bench-storage bench-padding bench-video bench-moments bench-int8 bench-onnx screenshot downstream lint clean check-extras gpu-check docs tables mteb hear-validate bench-harness
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,6 +113,13 @@ bench-padding: install
 # pool=1 alongside, PyAV decode time: benchmarks/results/video.json
 bench-video: install
 	$(BIN)/python benchmarks/bench_video.py
+
+# moments in long media with known answers (after `make demo` and `make demo-video`): recall@1 and offset
+# errors of text -> audio and text -> video moments per window setting against the whole file, indexing
+# 1 h of audio and of video (hours per CPU-hour, peak RSS), moment search latency over 100 h of windows, on
+# one thread (about 30-60 min on 2 busy cores): benchmarks/results/moments.json (`--parts audio` reruns one part)
+bench-moments: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_moments.py
 
 # int8 vs our fp32 and bf16 (base width, one run; cosine on ../shared/data with the demo model if
 # present), the matmul peaks measured alongside, a profile: benchmarks/results/int8.json

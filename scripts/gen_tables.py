@@ -556,6 +556,75 @@ def parity() -> str:
     return _table(head, "l" + "r" * (len(names) + 2), rows)
 
 
+# ------------------------------------------------------------------------------------ moments
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{_r(100 * x)}%"
+
+
+def _sec(x: float | None) -> str:
+    return "–" if x is None else f"{_r(x)} s"
+
+
+def _moment_rows(block: dict, label: str = "") -> list[list[str]]:
+    """The rows of one condition of benchmarks/results/moments.json: the whole-file baseline (and
+    plain file search), then each window setting."""
+    base, plain = block["baseline"]["whole_file"], block["baseline"]["no_moments"]["across_files"]
+    rows = [[f"{label}whole file (no moments)", "–", _pct(base["recall_at_1"]),
+             f"{_r(base['start_error_s'])} / {_r(base['end_error_s'])} s", _sec(base["range_s"]), "–", "–",
+             f"– / {_pct(plain['file_search_right_file'])} (chance {_pct(plain['right_file_chance'])})"]]
+    for st in block["settings"]:
+        w, a = st["within_file"], st["across_files"]
+        rows.append([f"{label}{st['name']}", _n(st["windows"]), _b(_pct(w["recall_at_1"]), False),
+                     f"{_r(w['start_error_s'])} / {_r(w['end_error_s'])} s", _sec(w["range_s"]),
+                     _pct(w.get("best_window_recall")), _pct(a["recall_at_1"]),
+                     f"{_pct(a['right_file'])} / {_pct(a['file_search_right_file'])}"])
+    return rows
+
+
+MOMENT_HEAD = ["setting", "windows", "recall@1 in its file", "start / end error", "range", "best window",
+               "recall@1 across files", "right file: moment / file search"]
+
+
+def moments_audio() -> str:
+    """Text -> audio moments with known answers, per sound between the words and window setting:
+    benchmarks/results/moments.json (benchmarks/bench_moments.py)."""
+    conds = _load("moments.json")["audio"]["conditions"]
+    names = {"bed": "ESC-10 bed: ", "silence": "near-silence: "}
+    rows = [row for c, block in conds.items() for row in _moment_rows(block, names.get(c, f"{c}: "))]
+    return _table(MOMENT_HEAD, "lrrrrrrr", rows)
+
+
+def moments_video() -> str:
+    """Text -> video moments with known answers per window setting: benchmarks/results/moments.json."""
+    return _table(MOMENT_HEAD, "lrrrrrrr", _moment_rows(_load("moments.json")["video"]))
+
+
+def moments_cost() -> str:
+    """Indexing one hour of audio and of video with moments: benchmarks/results/moments.json."""
+    t = _load("moments.json")["throughput"]
+    rows = []
+    for m in ("audio", "video"):
+        x = t[m]
+        rows.append([f"1 h of {m} ({x['moments']['window']:g} s windows every {x['moments']['hop']:g} s)",
+                     _n(x["windows"]), f"{_r(x['hours_per_cpu_hour'])} ({_r(x['hours_per_cpu_hour_measured_cpu'])})",
+                     f"{_n(x['rss_model_loaded_mb'])} → {_n(x['peak_rss_during_build_mb'])} MB",
+                     f"{_n(x['reference']['growth_mb'])} / {_n(x['growth_mb'])} MB",
+                     f"{_r(x['growth_over_float32_hour'], 2)}×"])
+    return _table(["indexed, one thread", "windows", "hours per CPU-hour (over CPU time)", "RSS: model loaded → peak",
+                   "growth: 1 min / 1 h", "growth / float32 hour"], "lrrrrr", rows)
+
+
+def moments_latency() -> str:
+    """Moment search over 100 hours of windows: benchmarks/results/moments.json's latency section."""
+    lat = _load("moments.json")["latency"]
+    rows = [[f"{what}, {how}", f"{_r(lat[key]['p50_ms'])} ms", f"{_r(lat[key]['p95_ms'])} ms",
+             f"{_r(lat[key]['cpu_ms_mean'])} ms"]
+            for base, what in (("exact", "exact"), ("ann", f"ANN ({lat['ann_index']})"))
+            for key, how in ((base, "query vector given"), (f"{base}_with_query_embedding", "text embedded"))]
+    return _table([f"moment search, {_n(lat['rows'])} windows ({lat['hours']} h), k = {lat['k']}", "p50", "p95",
+                   "CPU per query"], "lrrr", rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo": demo, "demo-video": demo_video, "seeds": seeds, "precision": precision, "speed": speed,
     "downstream": downstream, "harness": harness,
@@ -563,6 +632,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "search": search, "index": index, "search-ray": search_ray, "serve": serve, "serve-load": serve_load,
     "ablation": ablation, "stage2": stage2, "robustness": robustness,
     "demo-adapt": demo_adapt, "adapt-step": adapt_step, "adapt-compare": adapt_compare, "parity": parity,
+    "moments-audio": moments_audio, "moments-video": moments_video, "moments-cost": moments_cost,
+    "moments-latency": moments_latency,
 }
 
 

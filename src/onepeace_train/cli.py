@@ -90,6 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _demo_options(args)
     if args.samples:
         return _demo_samples(args)
+    from .demo.moments import demo_moment_step
     from .demo.run import PAIRS, run_demo
     from .demo.search import demo_search_step
 
@@ -100,7 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                  force=args.force, keep_checkpoints=args.keep_checkpoints, extra_voices=args.extra_voices,
                  augment=args.augment, plain=args.plain)
     _print_demo_results(args, m, PAIRS)
-    demo_search_step(args.out, m["model"])  # last: index the held-out digits, one composed query
+    demo_search_step(args.out, m["model"])  # index the held-out digits, one composed query
+    demo_moment_step(args.out, m["model"])  # last: a long recording of held-out words, one moment query
     return 0
 
 

@@ -71,7 +71,8 @@ def audio_to_image_precision(index: Any, k: int = 10) -> dict[str, float]:
     """Every indexed spoken digit as a query against the indexed digit images (its stored vector,
     exact search): the mean share of the top ``k`` images showing the spoken digit, and chance
     (the share of images of that digit)."""
-    audio = index.rows(["id", "metadata", "vector"], where="modality = 'audio'")
+    audio = [r for r in index.rows(["id", "metadata", "vector"], where="modality = 'audio'")
+             if "label" in json.loads(r["metadata"] or "{}")]  # the digits, not an unlabelled long recording
     images = index.rows(["metadata"], where="modality = 'image'")
     counts: dict[int, int] = {}
     for r in images:
