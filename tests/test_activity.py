@@ -130,6 +130,38 @@ def test_the_envelope_is_the_same_whatever_the_blocks():
         find_activity(np.zeros((2, 100)), SR)
 
 
+def test_detection_holds_a_few_values_per_envelope_row_whatever_the_length(monkeypatch):
+    """An hour of envelope is 11 MB (float16); the detector scores it a minute at a time, so it
+    holds a few float64 values per row besides (it held the per-band floors, spreads, excess and
+    differences of the whole hour in float64: twenty times the envelope). The answer does not
+    depend on how the rows are pieced."""
+    import tracemalloc
+
+    from onepeace.processing import activity
+
+    rng = np.random.default_rng(0)
+    rows = 360_000  # an hour
+    db = (rng.standard_normal((rows, OPTS.bands)) - 60).astype(np.float16)
+    for k in range(10, rows, 30_000):  # a 0.5 s burst every 5 minutes
+        db[k : k + 50] += 20
+    env = activity.Envelope(db, OPTS.hop, OPTS.frame, rows * OPTS.hop)
+    tracemalloc.start()
+    try:
+        found = activity.activity_frames(env)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    starts = [a for a, b in found if b - a >= 40]
+    assert len(starts) == 12 and all(abs(a - k) <= 2 for a, k in zip(starts, range(10, rows, 30_000)))
+    assert peak < 3 * db.nbytes, f"{peak / 1e6:.0f} MB for an envelope of {db.nbytes / 1e6:.0f} MB"
+    x, _ = with_bursts("tone", 3, "red", n=8)
+    short = envelope([x], SR)
+    whole = activity.activity_frames(short)
+    for rows_at_a_time in (1, 7, 160):
+        monkeypatch.setattr(activity, "CHUNK_ROWS", rows_at_a_time)
+        assert activity.activity_frames(short) == whole
+
+
 @pytest.fixture(scope="module")
 def words():
     data = pytest.importorskip("onepeace_train.demo.data")

@@ -7,7 +7,8 @@ Two steps, so that a long file is read as a stream and only its small envelope i
    ``bands`` log-spaced frequency bands (dB, over a ``frame`` of 20 ms with a Hann window): 16
    values per 10 ms, float16 (an hour is about 11 MB).
 2. :func:`detect_activity`: the segments where the sound stands out of the recording's own
-   background.
+   background, scored :data:`CHUNK_ROWS` envelope rows (a minute) at a time, so that besides the
+   envelope only a few values per row are held.
 
    * **Adaptive noise floor**: per band, the 10th percentile of its (lightly smoothed) energy in
      pieces of about ``floor_block`` seconds, interpolated between their centres: the floor follows
@@ -121,26 +122,65 @@ def envelope(blocks: Iterable[np.ndarray], sample_rate: int, options: ActivityOp
     return Envelope(db, hop / sample_rate, frame / sample_rate, total / sample_rate)
 
 
-def _smooth(x: np.ndarray, size: int) -> np.ndarray:
-    """Centred moving average of ``size`` rows (edges repeated), along axis 0."""
-    if size <= 1:
-        return x
+def _smoothed_db(db: np.ndarray, a: int, b: int, size: int) -> np.ndarray:
+    """Rows ``a:b`` of the band energies in dB after a centred moving average of ``size`` rows of
+    their power (edges repeated), float32, made from those rows and ``size - 1`` around them only:
+    any stretch of an hour comes out the same, to the last bit, whichever piece it is made in (a
+    running sum over the whole recording would lose a quiet stretch's power after a loud one)."""
     left = (size - 1) // 2
-    padded = np.concatenate([np.repeat(x[:1], left, axis=0), x, np.repeat(x[-1:], size - 1 - left, axis=0)])
-    c = np.cumsum(np.concatenate([np.zeros_like(x[:1]), padded]), axis=0, dtype=np.float64)
-    return ((c[size:] - c[:-size]) / size).astype(x.dtype)
+    rows = np.clip(np.arange(a - left, b + size - 1 - left), 0, db.shape[0] - 1)
+    power = 10 ** (db[rows].astype(np.float32) / 10)
+    total = np.zeros((b - a, db.shape[1]), np.float64)
+    for k in range(size):
+        total += power[k : k + b - a]
+    return 10 * np.log10((total / size).astype(np.float32) + np.float32(1e-20))
 
 
-def _floor(s: np.ndarray, o: ActivityOptions, hop: float) -> tuple[np.ndarray, np.ndarray]:
-    """The per-band noise floor and spread, each [frames, bands] (see the module docstring)."""
-    n = s.shape[0]
-    pieces = np.array_split(np.arange(n), max(1, int(round(n * hop / o.floor_block))))  # about floor_block each
-    per = np.stack([np.percentile(s[p], [o.floor_percentile, 50], axis=0) for p in pieces])
-    centres = np.array([(p[0] + p[-1]) / 2 for p in pieces])
-    frames = np.arange(n)
-    floor = np.stack([np.interp(frames, centres, per[:, 0, b]) for b in range(s.shape[1])], axis=1)
-    spread = np.stack([np.interp(frames, centres, per[:, 1, b] - per[:, 0, b]) for b in range(s.shape[1])], axis=1)
-    return np.maximum(floor, s.max() - o.floor_range), np.maximum(spread, o.min_spread)
+def _floor_points(db: np.ndarray, o: ActivityOptions, hop: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """The noise floor's points (see the module docstring): the centres of ~``floor_block`` s
+    pieces, per piece and band the ``floor_percentile`` and median of the smoothed energy
+    ([pieces, 2, bands]), and the loudest smoothed band energy. Piece by piece: a few seconds
+    of envelope held at a time."""
+    n = db.shape[0]
+    count = max(1, int(round(n * hop / o.floor_block)))
+    edges = [i * (n // count) + min(i, n % count) for i in range(count + 1)]  # as np.array_split cuts
+    centres, per, top = [], [], -np.inf
+    for a, b in zip(edges[:-1], edges[1:]):
+        s = _smoothed_db(db, a, b, max(1, o.smooth))
+        per.append(np.percentile(s, [o.floor_percentile, 50], axis=0))
+        centres.append((a + b - 1) / 2)
+        top = max(top, float(s.max()))
+    return np.array(centres), np.stack(per), top
+
+
+#: envelope rows scored at a time (60 s): what :func:`activity_frames` holds besides one value per row
+CHUNK_ROWS = 6000
+
+
+def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per envelope row: the *broad* and *peak* scores, the spectral *flux* and whether a band is
+    ``band_on_db`` over its floor (see the module docstring), computed :data:`CHUNK_ROWS` rows at
+    a time (an hour of envelope is 11 MB; its per-band floors, scores and differences in float64
+    would be twenty times that)."""
+    db, n = env.db, env.db.shape[0]
+    centres, per, top = _floor_points(db, o, env.hop)
+    lowest = top - o.floor_range
+    broad, peak, flux = np.zeros(n), np.zeros(n), np.zeros(n)
+    loud = np.zeros(n, bool)
+    for a in range(0, n, CHUNK_ROWS):
+        b = min(n, a + CHUNK_ROWS)
+        s = _smoothed_db(db, max(0, a - 1), b, max(1, o.smooth))  # and the row before, for the flux
+        rows = np.arange(a, b)
+        floor = np.stack([np.interp(rows, centres, per[:, 0, j]) for j in range(db.shape[1])], axis=1)
+        spread = np.stack([np.interp(rows, centres, per[:, 1, j] - per[:, 0, j]) for j in range(db.shape[1])],
+                          axis=1)
+        excess = np.maximum(s[s.shape[0] - (b - a) :] - np.maximum(floor, lowest), 0.0)
+        broad[a:b] = excess.mean(axis=1)
+        peak[a:b] = (excess / np.maximum(spread, o.min_spread)).max(axis=1)
+        loud[a:b] = excess.max(axis=1) >= o.band_on_db
+        diff = np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)
+        flux[b - diff.size : b] = diff  # row 0 has no row before it: 0
+    return broad, peak, flux, loud
 
 
 def _thresholds(x: np.ndarray, on_db: float, off_db: float, o: ActivityOptions) -> tuple[float, float]:
@@ -163,17 +203,12 @@ def activity_frames(env: Envelope, options: ActivityOptions | None = None) -> li
     o = options or ActivityOptions()
     if env.db.shape[0] == 0:
         return []
-    power = _smooth(10 ** (env.db.astype(np.float32) / 10), max(1, o.smooth))
-    s = 10 * np.log10(power + 1e-20)
-    floor, spread = _floor(s, o, env.hop)
-    excess = np.maximum(s - floor, 0.0)
-    broad, peak = excess.mean(axis=1), (excess / spread).max(axis=1)
-    flux = np.concatenate([[0.0], np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)])
+    broad, peak, flux, loud = _scores(env, o)
     b_on, b_off = _thresholds(broad, o.broad_on_db, o.broad_off_db, o)
     p_on, p_off = _thresholds(peak, o.peak_on, o.peak_off, o)
     f_on, _ = _thresholds(flux, o.flux_on_db, 0.0, o)
     sustain = (broad >= b_off) | (peak >= p_off)
-    loud = excess.max(axis=1) >= o.band_on_db  # a band far over its floor, however noisy the band
+    # ``loud``: a band far over its floor, however noisy the band
     core = (broad >= b_on) | (peak >= p_on) | ((loud | (flux >= f_on)) & sustain)
     return [(a, b) for a, b in _runs(sustain) if core[a:b].any()]
 
