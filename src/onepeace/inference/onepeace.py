@@ -130,7 +130,8 @@ class OnePeace(OnePeaceNetwork):
         with any text, image or clip embedding.
 
         ``window``/``hop`` (seconds; defaults 2/1 for audio, 4/2 for video; a ``window`` alone
-        hops half of it): fixed windows from 0, the last one ending at the file's end; a file
+        hops half of it): fixed windows from 0, the last one ending at the file's end (unless
+        that leaves at most 10 ms, ``moments.TAIL``, uncovered); a file
         shorter than a window is one window, the whole file. A window is at most what the branch
         takes in one pass (audio: 15 s for the official models), the hop at most the window.
         ``segment="onsets"``: windows that follow the sound instead, one per stretch of activity
