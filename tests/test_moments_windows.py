@@ -342,6 +342,26 @@ def test_video_times_are_exact_and_a_millisecond_timed_last_frame_adds_no_window
         assert abs(w.duration - 2.0) <= 0.001
 
 
+def test_frames_without_timestamps_are_timed_by_the_frame_rate(tmp_path):
+    """A raw H.264 stream (.h264) carries no timestamps: its frames are one frame period apart
+    (they were all at 0 s, so 100 frames at 25 fps made one 0.04 s window)."""
+    with av.open(str(tmp_path / "raw.h264"), "w", format="h264") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width = vs.height = 32
+        vs.pix_fmt = "yuv420p"
+        for i in range(100):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 2 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+    stream = VideoFrames(tmp_path / "raw.h264", 32)
+    assert [f.time for f in stream] == [round(i / 25, 6) for i in range(100)] and stream.duration == 4.0
+    w = video_model().embed_windows(video=tmp_path / "raw.h264", window=2.0, hop=1.0)["video"][0]
+    assert list(zip(w.start, w.end)) == [(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)]
+
+
 def test_a_video_without_sound_for_a_branch_that_wants_it_is_embedded_from_its_frames(tmp_path):
     from onepeace.processing.video import Clip, write_video
 

@@ -499,6 +499,8 @@ class VideoFrames:
         # times count from the video stream's start (its first frame when the stream does not say), kept
         # exact (pts x time base) and rounded to whole µs only when given out: no rounding adds up
         origin = Fraction(vs.start_time) * vs.time_base if vs.start_time is not None and vs.time_base else None
+        rate = Fraction(vs.average_rate or vs.guessed_rate or 0)
+        period = 1 / rate if rate > 0 else Fraction(0)  # between frames without timestamps (a raw .h264)
         last, step, seen, sound = Fraction(0), Fraction(0), False, _SoundAligner(self.sample_rate or 1)
         try:
             for packet in container.demux(*streams):
@@ -506,7 +508,7 @@ class VideoFrames:
                     t = _exact_time(frame)
                     if packet.stream.type == "video":
                         origin = t if origin is None and t is not None else origin
-                        t = t - origin if t is not None else last + step
+                        t = t - origin if t is not None else last + (step or period) if seen else Fraction(0)
                         step, last, seen = (max(t - last, Fraction(0)) or step) if seen else step, t, True
                         yield Frame(_us(t), raw=frame, small=self.small)
                     else:
@@ -518,8 +520,7 @@ class VideoFrames:
             self.problems.append(f"decoding stopped at {float(last):.1f} s: {_why(e)}")
         if not seen:
             raise DecodeError(f"video {self.name} has no decodable frames (the file may be truncated or damaged)")
-        rate = Fraction(vs.average_rate or vs.guessed_rate or 0)
-        self.duration = _us(last + (step or (1 / rate if rate > 0 else Fraction(0))))
+        self.duration = _us(last + (step or period))
         declared = (container.duration or 0) / 1e6
         if not self.problems and declared > 0 and self.duration < 0.9 * declared - 0.1:
             self.problems.append(f"decoding stopped at {self.duration:.1f} s of {declared:.1f} s: the file is "
