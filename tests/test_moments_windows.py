@@ -498,6 +498,32 @@ def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(m
     assert (w.embeddings - ref).abs().max() <= tol(ref)
 
 
+def write_mp3(path, x: np.ndarray, xing: bool) -> None:
+    """An MP3 (LAME) with or without the Xing/Info header that tells its length."""
+    with av.open(str(path), "w", options={} if xing else {"write_xing": "0"}) as out:
+        s = out.add_stream("libmp3lame", rate=SR, layout="mono")
+        frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for p in [*s.encode(frame), *s.encode(None)]:
+            out.mux(p)
+
+
+def test_an_mp3_without_a_length_header_is_not_reported_cut_short(model, tmp_path):
+    """Without a Xing/Info header libsndfile guesses an MP3's length from its size and first
+    frame's bit rate (30.4 s for 30.3, or four times too long for variable bit rates): that guess
+    is no evidence of damage. With the header, a cut file is still reported."""
+    x = np.concatenate([np.zeros(4 * SR, np.float32), wave(6.0)])
+    write_mp3(tmp_path / "plain.mp3", x, xing=False)
+    write_mp3(tmp_path / "tagged.mp3", x, xing=True)
+    raw = (tmp_path / "tagged.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(raw[: len(raw) // 2])
+    assert sf.info(tmp_path / "plain.mp3").frames != sf.info(tmp_path / "tagged.mp3").frames  # a guess
+    for name, damaged in (("plain.mp3", False), ("tagged.mp3", False), ("cut.mp3", True)):
+        w = model.embed_windows(audio=tmp_path / name, window=2.0, hop=2.0)["audio"][0]
+        assert bool(w.problems) == damaged, (name, w.problems)
+        assert w.duration == pytest.approx(10.0, abs=0.1) or damaged
+
+
 def test_a_truncated_webm_keeps_its_windows_up_to_the_damage(tmp_path):
     from onepeace.processing.video import write_video
 

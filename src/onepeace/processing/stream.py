@@ -255,6 +255,8 @@ class AudioBlocks:
         head, tail = self._ends()
         if container == "WAV":
             declared = max(declared, _wav_declared_frames(head) or 0)
+        if container == "MP3" and not _mp3_tells_length(head):
+            declared = 0  # libsndfile's length is a guess from the size and the first frame's bit rate
         if read < declared:
             self.problems.append(f"decoding stopped at {read / rate:.1f} s of {declared / rate:.1f} s: "
                                  "the file is truncated or corrupt")
@@ -337,6 +339,21 @@ def _av_sound(av, container, rate: int, problems: list[str], origin: float | Non
     declared = (container.duration or 0) / 1e6
     if declared > 0 and done / rate < 0.9 * declared - 0.1:
         problems.append(f"decoding stopped at {done / rate:.1f} s of {declared:.1f} s: the file is truncated or corrupt")
+
+
+def _mp3_tells_length(head: bytes) -> bool:
+    """Whether an MP3 says how long it is: a Xing/Info (LAME) or VBRI header in its first frame,
+    after any ID3v2 tag (False when the tag is longer than ``head``)."""
+    i = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+        i = 10 + size + (10 if head[5] & 0x10 else 0)
+    while 0 <= i < len(head) - 1 and not (head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0):  # the frame sync
+        i = head.find(b"\xff", i + 1)
+    if i < 0 or i >= len(head) - 1:
+        return False
+    first = head[i : i + 200]  # the tag sits after the side information (at most 36 bytes in)
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _why(e: Exception) -> str:
