@@ -498,6 +498,24 @@ def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(m
     assert (w.embeddings - ref).abs().max() <= tol(ref)
 
 
+def test_a_flac_of_unknown_length_is_read_whole(model, tmp_path):
+    """A FLAC written to a pipe leaves its total sample count 0, 'unknown' (allowed by the
+    format): libsndfile then reports an endless length and its reads fail part way (24 s of a
+    30 s file, reported as damage); FFmpeg reads it whole, and nothing is wrong with it."""
+    x = wave(30.0)
+    path = tmp_path / "piped.flac"
+    sf.write(path, x, SR)
+    raw = bytearray(path.read_bytes())
+    raw[8 + 13] &= 0xF0  # STREAMINFO's total samples (36 bits from its 13th byte's low half): 0
+    raw[8 + 14 : 8 + 18] = bytes(4)
+    path.write_bytes(bytes(raw))
+    assert sf.info(path).frames > 2**62
+    w = model.embed_windows(audio=path, window=2.0, hop=2.0)["audio"][0]
+    assert w.duration == pytest.approx(30.0) and len(w) == 15 and w.problems == []
+    ref = model.embed(audio=[(x[round(s * SR) : round(e * SR)], SR) for s, e in zip(w.start, w.end)])["audio"]
+    assert (w.embeddings - ref).abs().max() <= 1e-3  # FLAC is 16-bit: x as decoded differs by its rounding
+
+
 def write_mp3(path, x: np.ndarray, xing: bool) -> None:
     """An MP3 (LAME) with or without the Xing/Info header that tells its length."""
     with av.open(str(path), "w", options={} if xing else {"write_xing": "0"}) as out:

@@ -48,11 +48,22 @@ BLOCK_SECONDS = 8.0
 #: bytes of a file's start read to find a WAV's declared length, and of its end for Ogg's last page
 HEADER_BYTES = 1 << 20
 OGG_TAIL_BYTES = 70_000
+#: libsndfile's frame count for a file whose length it does not know (SF_COUNT_MAX, e.g. a FLAC
+#: whose header leaves its total samples 0, as one written to a pipe does)
+_UNKNOWN_FRAMES = 1 << 62
 #: seconds of video past a window's end after which its sound is no longer waited for (a track that ended)
 SOUND_LAG = 2.0
 #: bytes of decoded video frames held for the windows in flight before the oldest are reduced to
 #: the model's size at once (a 4 s window of 640x480 at 30 fps holds 55 MB; of 1080p, 370 MB)
 RAW_BYTES = 256 << 20
+
+
+def _has_av() -> bool:
+    try:
+        _av()
+    except MissingDependencyError:
+        return False
+    return True
 
 
 def _av():
@@ -195,22 +206,20 @@ class AudioBlocks:
             yield from self._with_av(str(e))
             return
         with f:
-            empty = f.frames == 0
-            if not empty:
+            declared = f.frames
+            unsized = declared == 0 or declared >= _UNKNOWN_FRAMES
+            if not unsized or not _has_av():
                 yield from self._soundfile(f)
-        if empty:  # a header that declares no samples (a recording never finished): FFmpeg reads to the end
-            try:
-                _av()
-            except MissingDependencyError:
-                return  # "has no samples", as libsndfile read it
-            before = len(self.problems)
-            got = 0
-            for block in self._with_av("its header declares no samples"):
-                got += block.size
-                yield block
-            if got:
-                self.problems.insert(before, "its header declares no samples (a recording that was never finished?): "
-                                             "read to the end of the file")
+                return
+        # a header that declares no samples (a recording never finished) or an unknown length (a FLAC
+        # written to a pipe; libsndfile's reads then fail part way): FFmpeg reads to the end of the file
+        before, got = len(self.problems), 0
+        for block in self._with_av("its header declares no samples"):
+            got += block.size
+            yield block
+        if got and declared == 0:
+            self.problems.insert(before, "its header declares no samples (a recording that was never finished?): "
+                                         "read to the end of the file")
 
     def _source(self) -> Any:
         item = self.item
