@@ -813,6 +813,32 @@ def test_demo_search_command(here):
     assert len(out.splitlines()) == 2 + 4 and all(" image " in ln for ln in out.splitlines()[2:]), out  # 4 images
 
 
+@runs("docs/moments.md: import onepeace",
+      'docs/moments.md: w = model.embed_windows(audio=["street.wav"], segment="onsets",')
+def test_window_embeddings(here):
+    """docs/moments.md's window embeddings: the files it names made of a held-out spoken word at a
+    known time (field.wav: 25 s, the word at 10 s; meeting.flac and street.wav shorter), then its two
+    blocks run: a window per hop with its times, and activity windows around the word."""
+    import soundfile as sf
+
+    from onepeace_train.demo.data import load_speech
+
+    waves, _labels, _voices = load_speech("test")
+    rng = np.random.default_rng(0)
+    for name, seconds in (("field.wav", 25.0), ("meeting.flac", 6.0), ("street.wav", 8.0)):
+        wave = (rng.standard_normal(int(seconds * 16000)) * 1e-3).astype(np.float32)
+        at = int(min(10.0, seconds / 2) * 16000)
+        wave[at : at + len(waves[0])] += waves[0]
+        sf.write(here / name, wave, 16000)
+    ns = run_python(block(test_window_embeddings._runs[0]), here)
+    w = ns["w"]
+    assert len(w) == 24 and w.embeddings.shape == (24, ns["model"].config.dim)  # 2 s windows every 1 s over 25 s
+    assert w.start[0] == 0.0 and w.end[-1] == 25.0 and 0 <= ns["best"] < 24
+    onsets = run_python(block(test_window_embeddings._runs[1]), here, model=ns["model"])["w"]
+    assert set(onsets.kind) == {"onsets"} and len(onsets) >= 1
+    assert any(s <= 4.0 + 0.1 and e >= 4.0 + len(waves[0]) / 16000 - 0.1 for s, e in zip(onsets.start, onsets.end))
+
+
 @runs("docs/search.md: from onepeace import OnePeace")
 def test_search_from_python(here):
     pytest.importorskip("lancedb")
