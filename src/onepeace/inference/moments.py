@@ -21,8 +21,9 @@ one file's windows in batches (what an index build writes as it goes).
   half of it.
 * **Activity windows** (``segment="onsets"``): one window per stretch of activity found on the
   sound (:mod:`onepeace.processing.activity`: band energy over the recording's own noise floor,
-  spectral flux, hysteresis, a minimum gap and duration, 50 ms of padding), a stretch longer than
-  ``window`` cut into windows as above. A stretch shorter than the processor's ``min_seconds`` is
+  spectral flux, hysteresis, a minimum gap and duration, 50 ms of padding), and one per louder
+  event inside a stretch (a word over a barking dog: segmented again against the stretch's own
+  level, two levels down), a stretch longer than ``window`` cut into windows as above. A stretch shorter than the processor's ``min_seconds`` is
   not widened with its surroundings: it is tiled, as a short clip is (a word is embedded as the
   model saw words in training, not with the silence around it). A recording with no activity has
   no such windows. ``segment="both"``: the union of the two sets (``kind`` says which each is).
@@ -194,7 +195,8 @@ def _activity_spans(segments: list[tuple[float, float]], total: int, w: int, h: 
                     per_second: float, slack: int) -> list[tuple[int, int, str]]:
     """Windows in integer units (``per_second`` a second) for the activity ``segments``: a stretch
     longer than the window is cut into windows of :func:`plan_windows`; with ``segment="both"``
-    the fixed windows of the whole file too. Sorted by start."""
+    the fixed windows of the whole file too. Sorted by start, each once (an inner segment's window
+    may be one of its stretch's)."""
     spans: list[tuple[int, int, str]] = []
     for s, e in segments:
         a, b = round(s * per_second), min(total, round(e * per_second))
@@ -202,7 +204,7 @@ def _activity_spans(segments: list[tuple[float, float]], total: int, w: int, h: 
             spans += [(a + x, a + y, "onsets") for x, y in plan_windows(b - a, w, h, slack=slack)]
     if segment == "both" and total > 0:
         spans += [(x, y, "fixed") for x, y in plan_windows(total, w, h, slack=slack)]
-    return sorted(spans)
+    return sorted(set(spans))
 
 
 def _audio_windows(model: Any, item: Any, window: float, hop: float, segment: str,
@@ -215,8 +217,8 @@ def _audio_windows(model: Any, item: Any, window: float, hop: float, segment: st
     spans = None
     if segment != "fixed":  # pass 1: the envelope (one row per 10 ms), then the windows it gives
         env = envelope(blocks, sr)
-        spans = [Span(a, b, k) for a, b, k in _activity_spans(detect_activity(env), blocks.samples, w, h,
-                                                               segment, sr, round(TAIL * sr))]
+        segs = detect_activity(env, nested=True)
+        spans = [Span(a, b, k) for a, b, k in _activity_spans(segs, blocks.samples, w, h, segment, sr, round(TAIL * sr))]
     for span, cut in cut_audio(blocks, w, h, spans, slack=round(TAIL * sr)):
         start, end = span.start / sr, span.end / sr
         if skip is not None and skip(start, end, span.kind):
@@ -244,8 +246,8 @@ def _video_activity(item: Any, sr: int, window: float, hop: float, segment: str,
                               f"segment={segment!r}")
         return None
     total = round(blocks.seconds * _US)
-    spans = _activity_spans(detect_activity(env), total, round(window * _US), round(hop * _US), segment, _US,
-                            round(TAIL * _US))
+    spans = _activity_spans(detect_activity(env, nested=True), total, round(window * _US), round(hop * _US), segment,
+                            _US, round(TAIL * _US))
     return [Span(a / _US, b / _US, k) for a, b, k in spans]
 
 

@@ -29,6 +29,13 @@ Two steps, so that a long file is read as a stream and only its small envelope i
      loudest.
    * Segments closer than ``min_gap`` are merged, shorter than ``min_duration`` dropped, then
      widened by ``pad`` on each side (within the recording).
+   * **Inner segments** (``nested=True``, as the moment windows use it): over a bed of real sound
+     (a dog, rain, a chainsaw) much of a recording is active, and a word inside seconds of bed is
+     one stretch with it. A stretch of at least ``nest_min`` is segmented again against its *own*
+     level: per row the level (the mean band power, dB) over the stretch's median level (in
+     ~``floor_block`` s pieces, interpolated); a run over ``nest_off_db`` that holds a row
+     ``nest_on_db`` over it is a segment too (merged, dropped and padded as above), and so on
+     ``nest_depth`` levels down. A steady stretch has none; the stretch stays a segment.
 
 Times are in seconds from the recording's start; a frame ``t`` covers ``[t * hop, t * hop +
 frame)`` and stands for its centre, so an onset or offset is placed within about ``frame / 2 +
@@ -69,6 +76,10 @@ class ActivityOptions:
     min_gap: float = 0.1  # seconds: closer segments merge
     min_duration: float = 0.05  # seconds: shorter segments are dropped
     pad: float = 0.05  # seconds added on each side
+    nest_min: float = 0.5  # seconds: a stretch this long is segmented again against its own level
+    nest_on_db: float = 8.0  # an inner segment holds a frame this far over its stretch's median level
+    nest_off_db: float = 4.0  # and ends where the level falls under its stretch's median plus this
+    nest_depth: int = 2  # levels of inner segments (inside a stretch, inside those)
 
 
 @dataclass
@@ -157,15 +168,15 @@ def _floor_points(db: np.ndarray, o: ActivityOptions, hop: float) -> tuple[np.nd
 CHUNK_ROWS = 6000
 
 
-def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per envelope row: the *broad* and *peak* scores, the spectral *flux* and whether a band is
-    ``band_on_db`` over its floor (see the module docstring), computed :data:`CHUNK_ROWS` rows at
+def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, ...]:
+    """Per envelope row: the *broad* and *peak* scores, the spectral *flux*, whether a band is
+    ``band_on_db`` over its floor (see the module docstring) and the level (dB of the mean band power), computed :data:`CHUNK_ROWS` rows at
     a time (an hour of envelope is 11 MB; its per-band floors, scores and differences in float64
     would be twenty times that)."""
     db, n = env.db, env.db.shape[0]
     centres, per, top = _floor_points(db, o, env.hop)
     lowest = top - o.floor_range
-    broad, peak, flux = np.zeros(n), np.zeros(n), np.zeros(n)
+    broad, peak, flux, level = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.float32)
     loud = np.zeros(n, bool)
     for a in range(0, n, CHUNK_ROWS):
         b = min(n, a + CHUNK_ROWS)
@@ -180,7 +191,8 @@ def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, np.ndarray, 
         loud[a:b] = excess.max(axis=1) >= o.band_on_db
         diff = np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)
         flux[b - diff.size : b] = diff  # row 0 has no row before it: 0
-    return broad, peak, flux, loud
+        level[a:b] = 10 * np.log10(np.mean(10 ** (s[s.shape[0] - (b - a) :] / 10), axis=1) + 1e-20)
+    return broad, peak, flux, loud, level
 
 
 def _thresholds(x: np.ndarray, on_db: float, off_db: float, o: ActivityOptions) -> tuple[float, float]:
@@ -198,49 +210,104 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
 
 
-def activity_frames(env: Envelope, options: ActivityOptions | None = None) -> list[tuple[int, int]]:
-    """The runs of active envelope rows ``[first, stop)`` (hysteresis, before merging and padding)."""
-    o = options or ActivityOptions()
-    if env.db.shape[0] == 0:
-        return []
-    broad, peak, flux, loud = _scores(env, o)
+def _frames(env: Envelope, o: ActivityOptions) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The active runs (see :func:`activity_frames`) and every row's level (dB, the mean band power)."""
+    broad, peak, flux, loud, level = _scores(env, o)
     b_on, b_off = _thresholds(broad, o.broad_on_db, o.broad_off_db, o)
     p_on, p_off = _thresholds(peak, o.peak_on, o.peak_off, o)
     f_on, _ = _thresholds(flux, o.flux_on_db, 0.0, o)
     sustain = (broad >= b_off) | (peak >= p_off)
     # ``loud``: a band far over its floor, however noisy the band
     core = (broad >= b_on) | (peak >= p_on) | ((loud | (flux >= f_on)) & sustain)
-    return [(a, b) for a, b in _runs(sustain) if core[a:b].any()]
+    return [(a, b) for a, b in _runs(sustain) if core[a:b].any()], level
 
 
-def detect_activity(env: Envelope, options: ActivityOptions | None = None, *,
-                    pad: float | None = None) -> list[tuple[float, float]]:
-    """Segments ``(start, end)`` in seconds where the recording is active, in order (see the module
-    docstring); ``pad`` overrides the options' padding."""
+def activity_frames(env: Envelope, options: ActivityOptions | None = None) -> list[tuple[int, int]]:
+    """The runs of active envelope rows ``[first, stop)`` (hysteresis, before merging and padding)."""
     o = options or ActivityOptions()
-    pad = o.pad if pad is None else pad
-    segs: list[list[float]] = []
-    for a, b in activity_frames(env, o):
+    if env.db.shape[0] == 0:
+        return []
+    return _frames(env, o)[0]
+
+
+def _stretch_level(level: np.ndarray, hop: float, o: ActivityOptions) -> np.ndarray:
+    """A stretch's own level per row: the median of its rows' levels in pieces of about
+    ``floor_block`` seconds, interpolated between their centres (a long stretch, a conversation
+    or an hour of traffic, has a level that changes)."""
+    n = level.size
+    count = max(1, int(round(n * hop / o.floor_block)))
+    edges = [i * (n // count) + min(i, n % count) for i in range(count + 1)]
+    centres = [(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    medians = [float(np.median(level[a:b])) for a, b in zip(edges[:-1], edges[1:])]
+    return np.interp(np.arange(n), centres, medians)
+
+
+def inner_frames(level: np.ndarray, a: int, b: int, hop: float,
+                 options: ActivityOptions | None = None) -> list[tuple[int, int]]:
+    """The louder events inside the active stretch ``[a, b)`` of rows: runs over the stretch's own
+    level (:func:`_stretch_level`) plus ``nest_off_db`` that hold a row ``nest_on_db`` over it,
+    so a word over a dog's barking or the rain is found apart from the stretch around it. None
+    in a stretch shorter than ``nest_min``; a run as long as the stretch is not repeated."""
+    o = options or ActivityOptions()
+    if (b - a) * hop < o.nest_min:
+        return []
+    x = level[a:b].astype(np.float64) - _stretch_level(level[a:b], hop, o)
+    on = x >= o.nest_on_db
+    runs = [(a + i, a + j) for i, j in _runs(x >= o.nest_off_db) if on[i:j].any()]
+    return [r for r in runs if r != (a, b)]
+
+
+def _merged(runs: list[tuple[int, int]], env: Envelope, o: ActivityOptions) -> list[tuple[int, int, float, float]]:
+    """Runs of rows merged when closer than ``min_gap``: ``(first, stop, start, end)``, rows and
+    seconds (a row stands for its frame's centre, see the module docstring)."""
+    segs: list[list] = []
+    for a, b in runs:
         start = max(0.0, a * env.hop + env.frame / 2 - env.hop / 2)
         end = min(env.duration, (b - 1) * env.hop + env.frame / 2 + env.hop / 2)
-        if segs and start - segs[-1][1] < o.min_gap:
-            segs[-1][1] = max(segs[-1][1], end)
+        if segs and start - segs[-1][3] < o.min_gap:
+            segs[-1][1], segs[-1][3] = b, max(segs[-1][3], end)
         else:
-            segs.append([start, end])
+            segs.append([a, b, start, end])
+    return [(a, b, s, e) for a, b, s, e in segs]
+
+
+def _nested(level: np.ndarray, stretch: tuple[int, int], env: Envelope, o: ActivityOptions,
+            depth: int) -> list[tuple[int, int, float, float]]:
+    """The merged inner segments of a stretch of rows, and theirs in turn, ``depth`` levels down."""
+    if depth < 1:
+        return []
     out = []
-    for start, end in segs:
-        if end - start >= o.min_duration:
-            out.append((max(0.0, start - pad), min(env.duration, end + pad)))
+    for seg in _merged(inner_frames(level, *stretch, env.hop, o), env, o):
+        out += [seg, *_nested(level, seg[:2], env, o, depth - 1)]
     return out
 
 
+def detect_activity(env: Envelope, options: ActivityOptions | None = None, *,
+                    pad: float | None = None, nested: bool = False) -> list[tuple[float, float]]:
+    """Segments ``(start, end)`` in seconds where the recording is active, in order (see the module
+    docstring); ``pad`` overrides the options' padding. ``nested``: besides each stretch, the
+    louder events inside it (:func:`inner_frames`, and inside those, ``nest_depth`` levels) as
+    segments of their own, sorted in with the stretches (a segment may then lie inside another)."""
+    o = options or ActivityOptions()
+    pad = o.pad if pad is None else pad
+    if env.db.shape[0] == 0:
+        return []
+    runs, level = _frames(env, o)
+    segs = _merged(runs, env, o)
+    if nested:
+        segs += [x for seg in segs for x in _nested(level, seg[:2], env, o, o.nest_depth)]
+    out = {(max(0.0, s - pad), min(env.duration, e + pad)) for _, _, s, e in segs if e - s >= o.min_duration}
+    return sorted(out)
+
+
 def find_activity(wave: np.ndarray, sample_rate: int, options: ActivityOptions | None = None, *,
-                  pad: float | None = None) -> list[tuple[float, float]]:
+                  pad: float | None = None, nested: bool = False) -> list[tuple[float, float]]:
     """:func:`detect_activity` of a waveform held in memory (mono float)."""
     a = np.asarray(wave, np.float32)
     if a.ndim != 1:
         raise InputError(f"find_activity takes a mono waveform [samples], got shape {a.shape}")
-    return detect_activity(envelope([a], sample_rate, options), options, pad=pad)
+    return detect_activity(envelope([a], sample_rate, options), options, pad=pad, nested=nested)
 
 
-__all__ = ["ActivityOptions", "Envelope", "activity_frames", "detect_activity", "envelope", "find_activity"]
+__all__ = ["ActivityOptions", "Envelope", "activity_frames", "detect_activity", "envelope", "find_activity",
+           "inner_frames"]
