@@ -39,7 +39,7 @@ def test_the_long_recording_is_seeded_and_its_words_are_where_it_says():
 
 
 def test_clock_and_overlap():
-    assert dm.clock(41.23) == "0:41.2" and dm.clock(3601.0) == "60:01.0" and dm.clock(-1) == "0:00.0"
+    assert dm.clock(41.23) == "0:41.2" and dm.clock(3601.0) == "1:00:01.0" and dm.clock(59.96) == "1:00.0" and dm.clock(-1) == "0:00.0"
     assert dm.overlap((0, 2), (1, 3)) == pytest.approx(1 / 3)
     assert dm.overlap((0, 1), (2, 3)) == 0.0 and dm.overlap((1, 2), (1, 2)) == 1.0
 
@@ -92,7 +92,8 @@ def test_the_moment_step_indexes_the_recording_and_answers(tmp_path, tiny_dir, c
     assert wav.stat().st_mtime_ns == mtime  # same bytes: not rewritten
     assert s2["build"]["unchanged"] == 1 and s2["build"]["added"] == 0 and s2["build"]["moment_windows"] == 0
     assert MomentTable.open(Index.open(str(run / "index"))).count() == windows
-    assert s2["top"] == pytest.approx(s["top"]) and s2["truth"] == s["truth"]
+    # the same best score (a random tiny model scores many windows alike: which of a tie comes first may vary)
+    assert s2["top"]["score"] == pytest.approx(s["top"]["score"], abs=1e-5) and s2["truth"] == s["truth"]
 
 
 def test_the_digit_precision_skips_an_unlabelled_long_recording(tmp_path):

@@ -16,7 +16,7 @@ pytest.importorskip("lancedb")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
 import onepeace  # noqa: E402
-from onepeace.cli.index import time_range  # noqa: E402
+from onepeace.search.moments import time_range  # noqa: E402
 from onepeace.serve.app import ServerThread, create_app  # noqa: E402
 from test_moments_index import SR, long_wav  # noqa: E402
 

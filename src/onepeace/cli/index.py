@@ -31,6 +31,7 @@ from ..search.moments import (
     MomentTable,
     has_moments,
     no_moments_message,
+    time_range,
 )
 from ..search.query import query_inputs, resolve_weights, search
 from ..search.store import Index, is_index, is_remote
@@ -319,23 +320,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         extra = f"  ({_short(h['text'], 50)})" if h["uri"] and h["text"] else ""
         print(f"{i:>3}  {h['score']:>6.3f}  {prob:>6}  {h['modality']:<8}  {what}{extra}")
     return 0
-
-
-def clock(seconds: float, tenths: bool | None = None) -> str:
-    """Seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole (``tenths``: always or
-    never): 41 -> 0:41, 3725.5 -> 1:02:05.5."""
-    count = int(round(float(seconds) * 10))
-    whole, frac = divmod(count, 10)
-    h, rest = divmod(whole, 3600)
-    m, sec = divmod(rest, 60)
-    text = f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-    return text + (f".{frac}" if (frac if tenths is None else tenths) else "")
-
-
-def time_range(start: float, end: float) -> str:
-    """A moment's range, both ends at one precision: 0:17.2–0:18.0, 0:16–0:19."""
-    tenths = any(int(round(float(x) * 10)) % 10 for x in (start, end))
-    return f"{clock(start, tenths)}–{clock(end, tenths)}"
 
 
 def _print_moments(hits: list[dict[str, Any]]) -> None:

@@ -277,6 +277,23 @@ def rank_moments(windows: Sequence[Mapping[str, Any]], k: int, *, per_file: int 
     return ranges[:k]
 
 
+def clock(seconds: float, tenths: bool | None = None) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour), tenths shown when not whole (``tenths``: always or
+    never): 41 -> 0:41, 3725.5 -> 1:02:05.5."""
+    count = int(round(float(seconds) * 10))
+    whole, frac = divmod(count, 10)
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    text = f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+    return text + (f".{frac}" if (frac if tenths is None else tenths) else "")
+
+
+def time_range(start: float, end: float) -> str:
+    """A moment's range, both ends at one precision: 0:17.2–0:18.0, 0:16–0:19."""
+    tenths = any(int(round(float(x) * 10)) % 10 for x in (start, end))
+    return f"{clock(start, tenths)}–{clock(end, tenths)}"
+
+
 # ---------------------------------------------------------------------------------- searching
 def check_per_file(per_file: Any) -> int:
     if isinstance(per_file, bool) or not isinstance(per_file, (int, np.integer)) or not 1 <= per_file <= MAX_PER_FILE:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from onepeace.checkpoints.format import write_bytes_atomic
+from onepeace.search.moments import clock as search_clock
 
 from .search import INDEX, MEDIA
 
@@ -96,9 +97,8 @@ def write_long_recording(run_dir: str, seed: int = 0) -> tuple[str, list[dict[st
 
 
 def clock(t: float) -> str:
-    """Seconds as ``m:ss.s`` (41.23 -> ``0:41.2``)."""
-    t = max(0.0, float(t))
-    return f"{int(t // 60)}:{t % 60:04.1f}"
+    """Seconds as ``m:ss.s`` (41.23 -> ``0:41.2``; ``h:mm:ss.s`` from an hour), as search prints moments."""
+    return search_clock(max(0.0, float(t)), tenths=True)
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
