@@ -1,7 +1,9 @@
 """Onset/offset detection (onepeace.processing.activity) on recordings with known answers: tone
 and noise bursts in silence and over steady beds (white and red noise, mains hum) at several
 signal-to-noise ratios, real spoken digits (the demo's FSDD clips) over a bed, and pure beds in
-which nothing may be found.
+which nothing may be found. Inner segments (``nested=True``): a short loud event (tone, noise, a
+recorded word) inside a longer quieter one (noise, hum, a real ESC-10 clip) 12 to 26 dB under it
+is a segment of its own besides the stretch; 3 dB louder, it is not.
 
 Tolerance (derived from the envelope, not tuned): a frame covers ``[t * hop, t * hop + frame)``
 and is placed at its centre, so the first frame that holds any of a burst starts up to one frame
@@ -11,6 +13,8 @@ allow 3 hops (30 ms), the hop being the envelope's resolution.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,11 +84,13 @@ def test_bursts_are_found_within_three_hops(kind, snr, bed_kind):
 def test_nothing_is_found_in_a_pure_bed(bed_kind):
     for seed in range(3):
         assert find_activity(bed(bed_kind, 60.0, seed=seed).astype(np.float32), SR) == []
+        assert find_activity(bed(bed_kind, 60.0, seed=seed).astype(np.float32), SR, nested=True) == []
     faint = (1e-4 * np.random.default_rng(0).standard_normal(30 * SR)).astype(np.float32)  # dither
     assert find_activity(faint, SR) == []
     t = np.arange(90 * SR) / SR
     swell = bed("white", 90.0) * (1 + 0.5 * np.sin(2 * np.pi * t / 45))  # a background that swells slowly
     assert find_activity(swell.astype(np.float32), SR) == []
+    assert find_activity(swell.astype(np.float32), SR, nested=True) == []
 
 
 def test_bursts_over_a_background_that_changes_along_the_recording():
@@ -149,17 +155,26 @@ def test_detection_holds_a_few_values_per_envelope_row_whatever_the_length(monke
     try:
         found = activity.activity_frames(env)
         peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        nested = activity.detect_activity(env, nested=True)  # and the stretches segmented again
+        peak = max(peak, tracemalloc.get_traced_memory()[1])
     finally:
         tracemalloc.stop()
+    assert len(nested) >= 12
     starts = [a for a, b in found if b - a >= 40]
     assert len(starts) == 12 and all(abs(a - k) <= 2 for a, k in zip(starts, range(10, rows, 30_000)))
     assert peak < 3 * db.nbytes, f"{peak / 1e6:.0f} MB for an envelope of {db.nbytes / 1e6:.0f} MB"
     x, _ = with_bursts("tone", 3, "red", n=8)
     short = envelope([x], SR)
     whole = activity.activity_frames(short)
+    x, _ = inside_a_quieter_event("noise", "white", 20)
+    inner = envelope([x], SR)
+    whole_nested = activity.detect_activity(inner, nested=True)
+    assert len(whole_nested) == 2
     for rows_at_a_time in (1, 7, 160):
         monkeypatch.setattr(activity, "CHUNK_ROWS", rows_at_a_time)
         assert activity.activity_frames(short) == whole
+        assert activity.detect_activity(inner, nested=True) == whole_nested
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +208,79 @@ def test_spoken_words_over_a_bed_are_found_where_they_were_placed(words, bed_kin
     assert len(found) == len(placed), (found, placed)
     for (s, e), (start, end, on, off) in zip(found, placed):
         assert start - TOL <= s <= on + TOL and off - TOL <= e <= end + TOL, ((s, e), (start, end, on, off))
+
+
+# ------------------------------------------------------------------ a loud event inside a quieter one
+ESC10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "esc10"
+QUIET = (1.0, 3.0)  # the quieter event, seconds
+LOUD = 1.7  # where the loud event starts
+
+
+def esc10_clip(category: str) -> np.ndarray:
+    from onepeace.processing.audio import load_audio
+
+    files = sorted((ESC10 / category).glob("*.ogg")) if ESC10.is_dir() else []
+    if not files:
+        pytest.skip(f"ESC-10 is not at {ESC10} (developer and CI machines only)")
+    return load_audio(str(files[0]), SR).astype(np.float64)
+
+
+def inside_a_quieter_event(kind, quiet_kind, diff_db, loud=None):
+    """5 s of dither (1e-5 RMS) holding a 2 s quieter event (RMS 0.02: noise, hum, or an ESC-10
+    clip) from 1 s, and inside it from 1.7 s a 0.3 s tone or noise burst (or ``loud``, a word)
+    ``diff_db`` over it (RMS over RMS): (recording, the loud event's (onset, offset))."""
+    rng = np.random.default_rng(int(diff_db))
+    x = bed("white", 5.0, rms=1e-5, seed=9)
+    n = int((QUIET[1] - QUIET[0]) * SR)
+    q = esc10_clip(quiet_kind)[SR : SR + n] if quiet_kind.startswith("0") else bed(quiet_kind, n / SR, seed=3)
+    x[int(QUIET[0] * SR) : int(QUIET[0] * SR) + n] += q * 0.02 / np.sqrt(np.mean(q**2))
+    amp = 0.02 * 10 ** (diff_db / 20)
+    if loud is None:
+        t = np.arange(int(0.3 * SR)) / SR
+        loud = np.sin(2 * np.pi * 1500 * t) if kind == "tone" else rng.standard_normal(t.size)
+    i = int(LOUD * SR)
+    x[i : i + loud.size] += loud * amp / np.sqrt(np.mean(loud**2))
+    return x.astype(np.float32), (i / SR, (i + loud.size) / SR)
+
+
+QUIETS = ["white", "red", "hum", "002 - Rain", "007 - Helicopter"]
+
+
+@pytest.mark.parametrize("diff_db", [12, 20, 26])
+@pytest.mark.parametrize("quiet_kind", QUIETS)
+@pytest.mark.parametrize("kind", ["tone", "noise"])
+def test_a_loud_burst_inside_a_quieter_event_is_a_segment_of_its_own(kind, quiet_kind, diff_db):
+    x, (on, off) = inside_a_quieter_event(kind, quiet_kind, diff_db)
+    outer = find_activity(x, SR, pad=0.0)
+    assert len(outer) == 1 and abs(outer[0][0] - QUIET[0]) <= TOL and abs(outer[0][1] - QUIET[1]) <= TOL, outer
+    found = find_activity(x, SR, pad=0.0, nested=True)
+    assert len(found) == 2 and found[0] == outer[0], found  # the stretch stays, the burst is added
+    assert abs(found[1][0] - on) <= TOL and abs(found[1][1] - off) <= TOL, (found, (on, off))
+
+
+@pytest.mark.parametrize("quiet_kind", QUIETS)
+@pytest.mark.parametrize("kind", ["tone", "noise"])
+def test_a_burst_hardly_louder_than_its_surroundings_is_not_split_off(kind, quiet_kind):
+    x, _ = inside_a_quieter_event(kind, quiet_kind, 3)
+    found = find_activity(x, SR, pad=0.0, nested=True)
+    assert len(found) == 1 and abs(found[0][0] - QUIET[0]) <= TOL and abs(found[0][1] - QUIET[1]) <= TOL, found
+
+
+@pytest.mark.parametrize("diff_db", [12, 20, 26])
+@pytest.mark.parametrize("quiet_kind", ["white", "002 - Rain", "007 - Helicopter"])
+def test_a_recorded_word_inside_a_quieter_event_is_a_segment_of_its_own(words, quiet_kind, diff_db):
+    """A recorded digit (its RMS ``diff_db`` over the quieter event's): an inner segment within
+    the clip that covers the word's core, where its 10 ms RMS is ``nest_on_db`` over the quieter
+    event's (the rows an inner segment must hold; a clip holds its speaker's room noise too,
+    which at 26 dB is louder than the quieter event, so the segment may reach the clip's ends)."""
+    for w in words[:60:12]:  # a digit of each of five takes of the speaker's
+        x, (start, end) = inside_a_quieter_event("word", quiet_kind, diff_db, loud=w.astype(np.float64))
+        scaled = w * 0.02 * 10 ** (diff_db / 20) / np.sqrt(np.mean(w**2))
+        rms = np.sqrt(np.convolve(scaled**2, np.ones(160) / 160, "same"))
+        core = np.flatnonzero(rms > 0.02 * 10 ** (OPTS.nest_on_db / 20))
+        on, off = start + core[0] / SR, start + core[-1] / SR
+        found = find_activity(x, SR, pad=0.0, nested=True)
+        inner = [(s, e) for s, e in found if s > QUIET[0] + TOL and e < QUIET[1] - TOL]
+        assert len(inner) >= 1, found
+        assert any(start - TOL <= s <= on + TOL and off - TOL <= e <= end + TOL for s, e in inner), (
+            found, (start, end, on, off))

@@ -32,7 +32,7 @@ Two steps, so that a long file is read as a stream and only its small envelope i
    * **Inner segments** (``nested=True``, as the moment windows use it): over a bed of real sound
      (a dog, rain, a chainsaw) much of a recording is active, and a word inside seconds of bed is
      one stretch with it. A stretch of at least ``nest_min`` is segmented again against its *own*
-     level: per row the level (the mean band power, dB) over the stretch's median level (in
+     level: per row the level (its power in dB) over the stretch's median level (in
      ~``floor_block`` s pieces, interpolated); a run over ``nest_off_db`` that holds a row
      ``nest_on_db`` over it is a segment too (merged, dropped and padded as above), and so on
      ``nest_depth`` levels down. A steady stretch has none; the stretch stays a segment.
@@ -90,6 +90,7 @@ class Envelope:
     hop: float
     frame: float
     duration: float  # seconds of sound the envelope was made from
+    widths: np.ndarray | None = None  # FFT bins per band (None: equal), to weigh a row's level by
 
 
 def _band_edges(n_fft: int, sample_rate: int, bands: int, low_hz: float) -> np.ndarray:
@@ -130,7 +131,7 @@ def envelope(blocks: Iterable[np.ndarray], sample_rate: int, options: ActivityOp
         power = np.add.reduceat(np.abs(np.fft.rfft(x, n_fft)) ** 2, edges[:-1]) / np.diff(edges)
         rows.append((10 * np.log10(power + 1e-20)).astype(np.float16)[None])
     db = np.concatenate(rows) if rows else np.zeros((0, o.bands), np.float16)
-    return Envelope(db, hop / sample_rate, frame / sample_rate, total / sample_rate)
+    return Envelope(db, hop / sample_rate, frame / sample_rate, total / sample_rate, np.diff(edges).astype(np.float64))
 
 
 def _smoothed_db(db: np.ndarray, a: int, b: int, size: int) -> np.ndarray:
@@ -170,12 +171,14 @@ CHUNK_ROWS = 6000
 
 def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, ...]:
     """Per envelope row: the *broad* and *peak* scores, the spectral *flux*, whether a band is
-    ``band_on_db`` over its floor (see the module docstring) and the level (dB of the mean band power), computed :data:`CHUNK_ROWS` rows at
+    ``band_on_db`` over its floor (see the module docstring) and the level (dB of the power, bands weighed by their widths), computed :data:`CHUNK_ROWS` rows at
     a time (an hour of envelope is 11 MB; its per-band floors, scores and differences in float64
     would be twenty times that)."""
     db, n = env.db, env.db.shape[0]
     centres, per, top = _floor_points(db, o, env.hop)
     lowest = top - o.floor_range
+    weights = np.ones(db.shape[1]) if env.widths is None else np.asarray(env.widths, np.float64)
+    weights = weights / weights.sum()  # a row's level: its power, the bands weighed by their widths
     broad, peak, flux, level = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.float32)
     loud = np.zeros(n, bool)
     for a in range(0, n, CHUNK_ROWS):
@@ -191,7 +194,7 @@ def _scores(env: Envelope, o: ActivityOptions) -> tuple[np.ndarray, ...]:
         loud[a:b] = excess.max(axis=1) >= o.band_on_db
         diff = np.maximum(np.diff(s, axis=0), 0.0).mean(axis=1)
         flux[b - diff.size : b] = diff  # row 0 has no row before it: 0
-        level[a:b] = 10 * np.log10(np.mean(10 ** (s[s.shape[0] - (b - a) :] / 10), axis=1) + 1e-20)
+        level[a:b] = 10 * np.log10(10 ** (s[s.shape[0] - (b - a) :] / 10) @ weights + 1e-20)
     return broad, peak, flux, loud, level
 
 
@@ -211,7 +214,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _frames(env: Envelope, o: ActivityOptions) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """The active runs (see :func:`activity_frames`) and every row's level (dB, the mean band power)."""
+    """The active runs (see :func:`activity_frames`) and every row's level (dB of its power)."""
     broad, peak, flux, loud, level = _scores(env, o)
     b_on, b_off = _thresholds(broad, o.broad_on_db, o.broad_off_db, o)
     p_on, p_off = _thresholds(peak, o.peak_on, o.peak_off, o)
