@@ -3,7 +3,9 @@ one_peace/models/one_peace/hub_interface.py of github.com/OFA-Sys/ONE-PEACE).
 
 Any format soundfile reads, any rate and channel count -> 16 kHz mono (channel mean, soxr HQ as
 librosa 0.10 does, length fixed to ceil(n * ratio)), whole-clip normalisation, *then* the length
-cap, clips under the minimum tiled. Arrays and tensors are taken as 16 kHz mono unless a rate is
+cap, clips under the minimum tiled. A file whose header gives no length (a WAV declaring 0 samples,
+a recording never finished; a FLAC of unknown length, as written to a pipe) is read to its end by
+FFmpeg (PyAV, the ``[video]`` extra) when installed, as :mod:`onepeace.processing.stream` reads it. Arrays and tensors are taken as 16 kHz mono unless a rate is
 given as ``(array, rate)``.
 
 Clips over the cap (15 s) are handled by one of :data:`LONG_AUDIO_MODES`:
@@ -19,6 +21,7 @@ Clips over the cap (15 s) are handled by one of :data:`LONG_AUDIO_MODES`:
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from typing import Any
@@ -29,7 +32,7 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-from ..errors import DecodeError, InputError, OnePeaceWarning, not_the_input
+from ..errors import DecodeError, InputError, MissingDependencyError, OnePeaceWarning, not_the_input
 from .inputs import describe, open_binary
 
 LONG_AUDIO_MODES = ("truncate", "chunk")
@@ -44,6 +47,39 @@ def check_long_audio(mode: str) -> str:
 
 #: file name extensions of the audio formats read (through libsndfile); folders are searched for these
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+#: libsndfile's frame count for a file whose length it does not know (SF_COUNT_MAX, e.g. a FLAC
+#: whose header leaves its total samples 0, as one written to a pipe does)
+_UNKNOWN_FRAMES = 1 << 62
+#: what is said of a WAV whose header declares no samples once FFmpeg has read it to its end
+_NO_SAMPLES_DECLARED = "its header declares no samples (a recording that was never finished?): read to the end of the file"
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError("decoding this file needs PyAV (FFmpeg): pip install 'onepeace[video]'") from None
+    return av
+
+
+def _has_av() -> bool:
+    try:
+        _av()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def _why(e: Exception) -> str:
+    msg = getattr(e, "strerror", None) or str(e)
+    return str(msg).split(": '")[0].rstrip(".")
+
+
+def _unsized(frames: int) -> bool:
+    """Whether libsndfile's frame count says nothing of a file's length: 0 (a header that declares
+    no samples, a recording never finished) or endless (a length the header leaves unknown; its
+    reads then fail part way). FFmpeg reads such a file to its end."""
+    return frames == 0 or frames >= _UNKNOWN_FRAMES
 
 
 def stem_frames(num_samples: int, stem: list[tuple[int, int, int]] | list[list[int]]) -> int:
@@ -88,21 +124,7 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
             raise InputError(f"audio array of shape {a.shape} is not [samples] or 2-D channels")
         wav = a.astype(np.float32)
     else:
-        stream = open_binary(item, "audio")
-        try:
-            with sf.SoundFile(stream) as f:
-                declared, rate, container = f.frames, f.samplerate, f.format
-                data = f.read(dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
-            if not_the_input(e):  # out of memory, a missing module: not the file's fault
-                raise
-            reason = str(e).removeprefix(f"Error opening {stream!r}: ").rstrip(".")
-            raise DecodeError(
-                f"cannot decode audio {describe(item)}: {reason}. Give a file in one of the formats "
-                f"{', '.join(x.lstrip('.') for x in AUDIO_EXTENSIONS)}"
-            ) from None
-        _warn_if_cut_short(item, stream.getvalue(), container, declared, len(data), rate)
-        wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+        wav, rate = _decode_file(item)
     if wav.size == 0:
         raise InputError(f"audio {describe(item)} has no samples")
     if not np.isfinite(wav).all():
@@ -110,13 +132,116 @@ def load_audio(item: Any, sample_rate: int = 16000) -> np.ndarray:
     return resample(np.ascontiguousarray(wav), int(rate), sample_rate)
 
 
-def _warn_if_cut_short(item: Any, raw: bytes, container: str, declared: int, read: int, rate: int) -> None:
-    """Warn (:class:`OnePeaceWarning`) when decoding stopped before the end the file declares: the
-    length in its header (libsndfile's frame count; a WAV's data chunk size, which libsndfile
-    clamps to the bytes present), or, for Ogg (no length in any header), the end-of-stream page
-    every complete Ogg stream ends with."""
+def _decode_file(item: Any) -> tuple[np.ndarray, int]:
+    """A path, bytes or binary file object -> (float32 mono waveform, its rate), through
+    libsndfile, or FFmpeg for a file whose header gives no length (:func:`_unsized`)."""
+    stream = open_binary(item, "audio")
+    try:
+        with sf.SoundFile(stream) as f:
+            declared, rate, container = f.frames, f.samplerate, f.format
+            by_av = _unsized(declared) and _has_av()
+            data = None if by_av else _read_all(f, item)
+    except Exception as e:  # noqa: BLE001 - libsndfile reports many kinds of bad files
+        if not_the_input(e):  # out of memory, a missing module: not the file's fault
+            raise
+        reason = str(e).removeprefix(f"Error opening {stream!r}: ").rstrip(".")
+        raise DecodeError(
+            f"cannot decode audio {describe(item)}: {reason}. Give a file in one of the formats "
+            f"{', '.join(x.lstrip('.') for x in AUDIO_EXTENSIONS)}"
+        ) from None
+    if data is None:
+        data, rate = _read_with_av(item, stream.getvalue())
+        if declared == 0 and data.size:
+            warnings.warn(f"audio {describe(item)}: {_NO_SAMPLES_DECLARED}", OnePeaceWarning, stacklevel=3)
+    else:
+        _warn_if_cut_short(item, stream.getvalue(), container, declared, len(data), rate)
+    return (data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]), rate
+
+
+def _read_all(f: sf.SoundFile, item: Any) -> np.ndarray:
+    """All of an open file, [frames, channels]. Of unknown length (without PyAV to read it whole):
+    block by block up to where libsndfile's reads fail, with a warning saying where."""
+    if f.frames < _UNKNOWN_FRAMES:
+        return f.read(dtype="float32", always_2d=True)
+    parts, block = [], 1 << 16
+    while True:
+        try:
+            parts.append(f.read(block, dtype="float32", always_2d=True))
+        except Exception as e:  # noqa: BLE001 - libsndfile's reads of a file of unknown length fail part way
+            if not_the_input(e):
+                raise
+            read = sum(len(p) for p in parts)
+            warnings.warn(f"audio {describe(item)}: libsndfile stopped at {read / f.samplerate:.1f} s of a file "
+                          f"of unknown length ({str(e).rstrip('.')}); to read all of it install PyAV: "
+                          "pip install 'onepeace[video]'", OnePeaceWarning, stacklevel=4)
+            break
+        if len(parts[-1]) < block:
+            break
+    return np.concatenate(parts) if parts else np.zeros((0, f.channels), np.float32)
+
+
+def _read_with_av(item: Any, raw: bytes) -> tuple[np.ndarray, int]:
+    """A whole file through FFmpeg at its own rate and channels: ([frames, channels] float32, rate).
+    Decoding that fails part way keeps what was decoded, with a warning."""
+    av = _av()
+    try:
+        container = av.open(io.BytesIO(raw), mode="r")
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"cannot decode audio {describe(item)}: its header gives no length and FFmpeg "
+                          f"cannot read it ({_why(e)})") from None
+    parts, rate = [], 0
+    with container:
+        if not container.streams.audio:
+            raise DecodeError(f"cannot decode audio {describe(item)}: FFmpeg finds no audio track in it")
+        resampler = av.AudioResampler(format="flt")  # packed float32, the file's own rate and channels
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    rate = out.sample_rate
+                    parts.append(out.to_ndarray().reshape(-1, len(out.layout.channels)))
+        except av.error.FFmpegError as e:
+            read = sum(len(p) for p in parts) / (rate or 1)
+            warnings.warn(f"audio {describe(item)}: decoding stopped at {read:.1f} s ({_why(e)}); the file is "
+                          "truncated or corrupt (only what was read is used)", OnePeaceWarning, stacklevel=4)
+        rate = rate or container.streams.audio[0].rate or 1
+    return (np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)), int(rate)
+
+
+def _declared_frames(container: str, frames: int, head: bytes) -> int:
+    """The length a file's header declares, in frames, where it is evidence of where decoding
+    should stop: libsndfile's frame count; a WAV's data chunk size (which libsndfile clamps to the
+    bytes present); 0 for an MP3 without a Xing/Info/VBRI header, whose count libsndfile guesses
+    from the file size and the first frame's bit rate, and for a length left unknown (endless).
+    ``head``: the file's first bytes."""
+    if frames >= _UNKNOWN_FRAMES:
+        return 0
     if container == "WAV":
-        declared = max(declared, _wav_declared_frames(raw) or 0)
+        frames = max(frames, _wav_declared_frames(head) or 0)
+    if container == "MP3" and not _mp3_tells_length(head):
+        frames = 0
+    return frames
+
+
+def _mp3_tells_length(head: bytes) -> bool:
+    """Whether an MP3 says how long it is: a Xing/Info (LAME) or VBRI header in its first frame,
+    after any ID3v2 tag (False when the tag is longer than ``head``)."""
+    i = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+        i = 10 + size + (10 if head[5] & 0x10 else 0)
+    while 0 <= i < len(head) - 1 and not (head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0):  # the frame sync
+        i = head.find(b"\xff", i + 1)
+    if i < 0 or i >= len(head) - 1:
+        return False
+    first = head[i : i + 200]  # the tag sits after the side information (at most 36 bytes in)
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def _warn_if_cut_short(item: Any, raw: bytes, container: str, declared: int, read: int, rate: int) -> None:
+    """Warn (:class:`OnePeaceWarning`) when decoding stopped before the end the file declares
+    (:func:`_declared_frames`), or, for Ogg (no length in any header), the end-of-stream page
+    every complete Ogg stream ends with."""
+    declared = _declared_frames(container, declared, raw)
     if read < declared:
         cut = f"decoding stopped at {read / rate:.1f} s of {declared / rate:.1f} s"
     elif container == "OGG" and read and not _ogg_ends_whole(raw):
@@ -124,7 +249,7 @@ def _warn_if_cut_short(item: Any, raw: bytes, container: str, declared: int, rea
     else:
         return
     warnings.warn(f"audio {describe(item)}: {cut}; the file is truncated or corrupt (only what was read is used)",
-                  OnePeaceWarning, stacklevel=3)
+                  OnePeaceWarning, stacklevel=4)
 
 
 def _wav_declared_frames(raw: bytes) -> int | None:

@@ -39,7 +39,16 @@ import torch
 from PIL import Image
 
 from ..errors import DecodeError, InputError, MissingDependencyError, not_the_input
-from .audio import AUDIO_EXTENSIONS, _ogg_ends_whole, _wav_declared_frames
+from .audio import (
+    _NO_SAMPLES_DECLARED,
+    AUDIO_EXTENSIONS,
+    _av,
+    _declared_frames,
+    _has_av,
+    _ogg_ends_whole,
+    _unsized,
+    _why,
+)
 from .image import load_image
 from .inputs import describe
 
@@ -48,30 +57,11 @@ BLOCK_SECONDS = 8.0
 #: bytes of a file's start read to find a WAV's declared length, and of its end for Ogg's last page
 HEADER_BYTES = 1 << 20
 OGG_TAIL_BYTES = 70_000
-#: libsndfile's frame count for a file whose length it does not know (SF_COUNT_MAX, e.g. a FLAC
-#: whose header leaves its total samples 0, as one written to a pipe does)
-_UNKNOWN_FRAMES = 1 << 62
 #: seconds of video past a window's end after which its sound is no longer waited for (a track that ended)
 SOUND_LAG = 2.0
 #: bytes of decoded video frames held for the windows in flight before the oldest are reduced to
 #: the model's size at once (a 4 s window of 640x480 at 30 fps holds 55 MB; of 1080p, 370 MB)
 RAW_BYTES = 256 << 20
-
-
-def _has_av() -> bool:
-    try:
-        _av()
-    except MissingDependencyError:
-        return False
-    return True
-
-
-def _av():
-    try:
-        import av
-    except ImportError:
-        raise MissingDependencyError("decoding this file needs PyAV (FFmpeg): pip install 'onepeace[video]'") from None
-    return av
 
 
 # --------------------------------------------------------------------------- window plans
@@ -207,8 +197,7 @@ class AudioBlocks:
             return
         with f:
             declared = f.frames
-            unsized = declared == 0 or declared >= _UNKNOWN_FRAMES
-            if not unsized or not _has_av():
+            if not _unsized(declared) or not _has_av():
                 yield from self._soundfile(f)
                 return
         # a header that declares no samples (a recording never finished) or an unknown length (a FLAC
@@ -218,8 +207,7 @@ class AudioBlocks:
             got += block.size
             yield block
         if got and declared == 0:
-            self.problems.insert(before, "its header declares no samples (a recording that was never finished?): "
-                                         "read to the end of the file")
+            self.problems.insert(before, _NO_SAMPLES_DECLARED)
 
     def _source(self) -> Any:
         item = self.item
@@ -262,10 +250,7 @@ class AudioBlocks:
         """A problem line when decoding stopped before the end the file declares (as
         :func:`~onepeace.processing.audio.load_audio` warns)."""
         head, tail = self._ends()
-        if container == "WAV":
-            declared = max(declared, _wav_declared_frames(head) or 0)
-        if container == "MP3" and not _mp3_tells_length(head):
-            declared = 0  # libsndfile's length is a guess from the size and the first frame's bit rate
+        declared = _declared_frames(container, declared, head)
         if read < declared:
             self.problems.append(f"decoding stopped at {read / rate:.1f} s of {declared / rate:.1f} s: "
                                  "the file is truncated or corrupt")
@@ -348,26 +333,6 @@ def _av_sound(av, container, rate: int, problems: list[str], origin: float | Non
     declared = (container.duration or 0) / 1e6
     if declared > 0 and done / rate < 0.9 * declared - 0.1:
         problems.append(f"decoding stopped at {done / rate:.1f} s of {declared:.1f} s: the file is truncated or corrupt")
-
-
-def _mp3_tells_length(head: bytes) -> bool:
-    """Whether an MP3 says how long it is: a Xing/Info (LAME) or VBRI header in its first frame,
-    after any ID3v2 tag (False when the tag is longer than ``head``)."""
-    i = 0
-    if head[:3] == b"ID3" and len(head) >= 10:
-        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
-        i = 10 + size + (10 if head[5] & 0x10 else 0)
-    while 0 <= i < len(head) - 1 and not (head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0):  # the frame sync
-        i = head.find(b"\xff", i + 1)
-    if i < 0 or i >= len(head) - 1:
-        return False
-    first = head[i : i + 200]  # the tag sits after the side information (at most 36 bytes in)
-    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
-
-
-def _why(e: Exception) -> str:
-    msg = getattr(e, "strerror", None) or str(e)
-    return str(msg).split(": '")[0].rstrip(".")
 
 
 def _is_pair(item: Any) -> bool:
