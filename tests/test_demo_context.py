@@ -127,6 +127,22 @@ def test_context_options_are_off_unless_asked_and_cost_no_draws_then():
         assert np.array_equal(old(x, random.Random(seed)), off(x, random.Random(seed)))
 
 
+# ---- the demo's recipe ------------------------------------------------------------------------------
+
+def test_demo_stage2_trains_with_context_by_default_and_plain_without():
+    from onepeace_train.demo.run import _NO_DATA, stage_config
+
+    ops = parse_augment(stage_config(2, "out", _NO_DATA).data.augment)["audio"].ops
+    assert {"silence", "bed"} <= set(ops)
+    p_sil, lo, hi = ops["silence"]
+    assert 0 < lo <= hi <= 2.0  # seconds in all, around a word under a second
+    p_bed, snr_lo, snr_hi = ops["bed"]
+    assert snr_lo >= 0 and snr_hi <= 40
+    assert (1 - p_sil) * (1 - p_bed) >= 0.4  # tightly cut, clean words still a good share
+    assert stage_config(2, "out", _NO_DATA, plain=True).data.augment == {}
+    assert stage_config(1, "out", _NO_DATA).data.augment == {}  # images: unchanged
+
+
 # ---- onepeace try without the trim ------------------------------------------------------------------
 
 def test_prepare_audio_without_trim_keeps_the_recording_whole():

@@ -102,7 +102,7 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
 
 
 #: ``plain=True`` (``onepeace demo --plain``): the earlier recipe, stage 2 for this many steps
-#: (the recipe's default is 250) and no augmentation; kept for comparisons (the ablation's ``plain`` arm)
+#: (the recipe's default is 400) and no augmentation; kept for comparisons (the ablation's ``plain`` arm)
 PLAIN_STAGE2_STEPS = 150
 #: ``augment=True`` (``onepeace demo --augment``): much heavier augmentation in place of the recipes'
 #: own (stage 1: images, stage 2: audio). At the demo's step budget it costs accuracy everywhere
@@ -125,7 +125,8 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
                  progress: bool = True, init: str | None = None, augment: bool = False, plain: bool = False):
     """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
     sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model).
-    The recipes' own settings by default (stage 2: 250 steps, mild audio augmentation); ``plain``:
+    The recipes' own settings by default (stage 2: 400 steps, mild tempo and noise augmentation and
+    the word in context: silence around it, a procedural background bed under it); ``plain``:
     stage 2 as the earlier recipe (:data:`PLAIN_STAGE2_STEPS`, no augmentation); ``augment``:
     :data:`HEAVY_AUGMENT` in place of the recipes' augmentation (with ``plain``: at its step count)."""
     from onepeace_train.recipe import load_config
