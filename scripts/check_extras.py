@@ -14,7 +14,7 @@ git ignores), as a user would get it. Every install step takes constraints.txt, 
 checked are the pinned, documented ones; pip's cache is reused. Checks (each on a seeded tiny model
 made in its venv, the bundled samples in src/onepeace/assets/samples):
 
-    search  onepeace index build + onepeace search --json
+    search  onepeace index build + onepeace search --json; a 30 s recording's moments (search --moments)
     serve   onepeace serve --model on 127.0.0.1, a free port; one POST /v1/embeddings; stop it
     video   onepeace embed --video on a generated clip
     export  onepeace export onnx
@@ -221,7 +221,28 @@ def check_search(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
     hits = json.loads(out[out.index("{"):])["hits"]
     if len(hits) != 3:
         raise CheckFailed(f"onepeace search --json gave {len(hits)} hits, expected 3 (the index holds 6 files)")
-    return f"indexed {len(list(media.iterdir()))} files, 3 hits"
+    return f"indexed {len(list(media.iterdir()))} files, 3 hits; " + _check_moments(bin_, cwd, env)
+
+
+#: a 30 s recording (noise, a tone from 12 s to 13 s) for the moment check
+MAKE_LONG_WAV = ("import numpy as np, soundfile as sf, sys; r = np.random.default_rng(0); "
+                 "w = (r.standard_normal(480000) * 0.01).astype('float32'); "
+                 "w[192000:208000] += 0.5 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000); "
+                 "sf.write(sys.argv[1], w, 16000)")
+
+
+def _check_moments(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
+    """A long recording gets windows (moments) and a moment search answers time ranges."""
+    (cwd / "long").mkdir()
+    run([str(bin_ / "python"), "-c", MAKE_LONG_WAV, "long/rec.wav"], cwd, env)
+    run([str(bin_ / "onepeace"), "index", "build", "momidx", "long", "--model", "model", "--workers", "0",
+         "--segment", "both", "--dtype", "fp32"], cwd, env)
+    out = run([str(bin_ / "onepeace"), "search", "momidx", "--audio", "media/tone_440hz.wav", "--moments",
+               "--json", "--dtype", "fp32"], cwd, env)
+    hits = json.loads(out[out.index("{"):])["hits"]
+    if not hits or not all(0 <= h["start"] < h["end"] <= 30.0 + 1e-6 for h in hits):
+        raise CheckFailed(f"onepeace search --moments --json gave no time ranges within the 30 s recording: {hits}")
+    return f"moments: {hits[0]['start']:.1f}-{hits[0]['end']:.1f} s"
 
 
 def check_scale(bin_: Path, cwd: Path, env: dict[str, str]) -> str:
