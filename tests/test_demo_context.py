@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from onepeace.data.augment import AUDIO_OPS, BED_KINDS, parse_augment, procedural_bed, surround_with_silence
+from onepeace.errors import ConfigError
 
 SR = 16000
 
@@ -141,6 +142,21 @@ def test_demo_stage2_trains_with_context_by_default_and_plain_without():
     assert (1 - p_sil) * (1 - p_bed) >= 0.4  # tightly cut, clean words still a good share
     assert stage_config(2, "out", _NO_DATA, plain=True).data.augment == {}
     assert stage_config(1, "out", _NO_DATA).data.augment == {}  # images: unchanged
+
+
+def test_demo_no_context_is_the_recipe_before_the_context_ops():
+    from onepeace_train.demo.run import _NO_DATA, CONTEXT_OPS, NO_CONTEXT_STAGE2_STEPS, run_demo, stage_config
+
+    full = stage_config(2, "out", _NO_DATA)
+    before = stage_config(2, "out", _NO_DATA, context=False)
+    kept = {k: v for k, v in full.data.augment["audio"].items() if k not in CONTEXT_OPS}
+    assert before.data.augment == {"audio": kept} and kept  # tempo and noise stay
+    assert before.optim.max_steps == NO_CONTEXT_STAGE2_STEPS < full.optim.max_steps
+    assert stage_config(2, "out", _NO_DATA, context=False, steps=7).optim.max_steps == 7  # --stage2-steps wins
+    assert stage_config(1, "out", _NO_DATA, context=False).optim.max_steps == stage_config(1, "out", _NO_DATA).optim.max_steps
+    assert full.data.augment["audio"].keys() >= set(CONTEXT_OPS)  # the default is not changed by the call
+    with pytest.raises(ConfigError, match="--plain already trains without the word in context"):
+        run_demo("never-made", plain=True, context=False)
 
 
 # ---- onepeace try without the trim ------------------------------------------------------------------

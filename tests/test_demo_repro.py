@@ -192,6 +192,9 @@ def _one_line_error(capsys, *parts):
     (["--stage1-steps", "0"], ["--stage1-steps must be a positive number of steps, got 0"]),
     (["--samples", "--plain"], ["--plain is an option of the training demo"]),
     (["--plain", "--robust"], ["--robust is the default recipe and --plain the earlier one; choose one"]),
+    (["--no-context", "--robust"], ["--no-context the one before the word in context; choose one"]),
+    (["--no-context", "--plain"], ["--plain already trains without the word in context", "drop --no-context"]),
+    (["--samples", "--no-context"], ["--no-context is an option of the training demo"]),
 ])
 def test_demo_options_of_the_other_mode_are_refused(tmp_path, capsys, monkeypatch, argv, parts):
     monkeypatch.chdir(tmp_path)

@@ -46,9 +46,11 @@ def _demo_options(args: argparse.Namespace) -> None:
     training_only = {"--out": args.out, "--stage1-steps": args.stage1_steps, "--stage2-steps": args.stage2_steps,
                      "--keep-checkpoints": args.keep_checkpoints or None,
                      "--extra-voices": args.extra_voices or None, "--augment": args.augment or None,
-                     "--plain": args.plain or None, "--robust": args.robust or None}
-    if args.plain and args.robust:
-        raise ConfigError("--robust is the default recipe and --plain the earlier one; choose one")
+                     "--plain": args.plain or None, "--no-context": args.no_context or None,
+                     "--robust": args.robust or None}
+    if args.robust and (args.plain or args.no_context):
+        other = "--plain the earlier one" if args.plain else "--no-context the one before the word in context"
+        raise ConfigError(f"--robust is the default recipe and {other}; choose one")
     if args.samples:
         given = [k for k, v in training_only.items() if v is not None]
         if given:
@@ -99,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("spoken digits (stage 2, audio-text); audio and images never meet in training.\n")
     m = run_demo(args.out, seed=args.seed, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                  force=args.force, keep_checkpoints=args.keep_checkpoints, extra_voices=args.extra_voices,
-                 augment=args.augment, plain=args.plain)
+                 augment=args.augment, plain=args.plain, context=not args.no_context)
     _print_demo_results(args, m, PAIRS)
     demo_search_step(args.out, m["model"])  # index the held-out digits, one composed query
     demo_moment_step(args.out, m["model"])  # last: a long recording of held-out words, one moment query
@@ -141,9 +143,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--plain", action="store_true",
                    help="the earlier recipe: stage 2 for 150 steps without augmentation (about a minute "
                         "shorter, worse on unseen voices; for comparisons)")
+    d.add_argument("--no-context", action="store_true",
+                   help="stage 2 as before the word in context: 250 steps with tempo and noise augmentation only, "
+                        "no silence around the word nor bed under it (for comparisons)")
     d.add_argument("--robust", action="store_true",
-                   help="the default recipe (stage 2 for 250 steps with mild audio augmentation); the flag is "
-                        "kept so earlier commands still run")
+                   help="the default recipe (stage 2 for 400 steps with mild audio augmentation and the word in "
+                        "context); the flag is kept so earlier commands still run")
     d.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the stages' checkpoints, models and shards (default: removed once the demo finished)")
     d.add_argument("--samples", action="store_true", help="instead: embed the bundled samples with an untrained model")

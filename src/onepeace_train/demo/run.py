@@ -104,6 +104,12 @@ def build_data(root: str, seed: int = 0, extra_voices: bool = False) -> dict[str
 #: ``plain=True`` (``onepeace demo --plain``): the earlier recipe, stage 2 for this many steps
 #: (the recipe's default is 400) and no augmentation; kept for comparisons (the ablation's ``plain`` arm)
 PLAIN_STAGE2_STEPS = 150
+#: ``context=False`` (``onepeace demo --no-context``): the recipe before the word in context, stage 2
+#: for this many steps with the tempo and noise augmentation only (no silence around the word, no bed
+#: under it); kept to measure what the context adds (benchmarks/demo_robustness.py)
+NO_CONTEXT_STAGE2_STEPS = 250
+#: the audio augmentation ops that put the word in context (dropped by ``context=False``)
+CONTEXT_OPS = ("silence", "bed")
 #: ``augment=True`` (``onepeace demo --augment``): much heavier augmentation in place of the recipes'
 #: own (stage 1: images, stage 2: audio). At the demo's step budget it costs accuracy everywhere
 #: (benchmarks/results/demo-ablation.json, arm ``full``); an example of every option for longer runs.
@@ -122,13 +128,16 @@ HEAVY_AUGMENT = {
 
 
 def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, steps: int | None = None,
-                 progress: bool = True, init: str | None = None, augment: bool = False, plain: bool = False):
+                 progress: bool = True, init: str | None = None, augment: bool = False, plain: bool = False,
+                 context: bool = True):
     """The training config of demo stage 1 (image-text) or 2 (audio-text, evaluated on the test
     sets), writing to ``out/stage{stage}``; stage 2 starts from ``init`` (default: stage 1's model).
     The recipes' own settings by default (stage 2: 400 steps, mild tempo and noise augmentation and
     the word in context: silence around it, a procedural background bed under it); ``plain``:
-    stage 2 as the earlier recipe (:data:`PLAIN_STAGE2_STEPS`, no augmentation); ``augment``:
-    :data:`HEAVY_AUGMENT` in place of the recipes' augmentation (with ``plain``: at its step count)."""
+    stage 2 as the earlier recipe (:data:`PLAIN_STAGE2_STEPS`, no augmentation); ``context=False``:
+    stage 2 as before the word in context (:data:`NO_CONTEXT_STAGE2_STEPS`, without the
+    :data:`CONTEXT_OPS`); ``augment``: :data:`HEAVY_AUGMENT` in place of the recipes' augmentation
+    (with ``plain``: at its step count)."""
     from onepeace_train.recipe import load_config
 
     if stage not in (1, 2):
@@ -144,6 +153,10 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
     if plain and stage == 2:
         cfg.optim.max_steps = PLAIN_STAGE2_STEPS
         cfg.data.augment = {}
+    if not context and stage == 2:
+        cfg.optim.max_steps = NO_CONTEXT_STAGE2_STEPS
+        cfg.data.augment = {m: {k: v for k, v in ops.items() if k not in CONTEXT_OPS}
+                            for m, ops in (cfg.data.augment or {}).items()}
     if augment:
         m = "image" if stage == 1 else "audio"
         cfg.data.augment = {m: json.loads(json.dumps(HEAVY_AUGMENT[m]))}  # a copy: configs are edited in place
@@ -159,22 +172,27 @@ def stage_config(stage: int, out: str, data: dict[str, str], *, seed: int = 0, s
 def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_steps: int | None = None,
              seed: int = 0, progress: bool = True, force: bool = False,
              keep_checkpoints: bool = False, extra_voices: bool = False, augment: bool = False,
-             plain: bool = False) -> dict[str, Any]:
+             plain: bool = False, context: bool = True) -> dict[str, Any]:
     """Run (or resume) the demo in ``out``; returns what ``metrics.json`` holds, plus ``plot``
     and ``kept`` (the intermediate paths left, with their sizes in bytes). ``extra_voices``: train
     stage 2 on the added voices too (more espeak-ng variants, flite); ``augment``: the much heavier
-    :data:`HEAVY_AUGMENT`; ``plain``: the earlier recipe (stage 2 shorter, no augmentation). All
+    :data:`HEAVY_AUGMENT`; ``plain``: the earlier recipe (stage 2 shorter, no augmentation);
+    ``context=False``: stage 2 without the word in context (as before it was added). All
     are off by default (benchmarks/results/demo-ablation.json measures each; see ``stage_config``)."""
     from onepeace_train.demo.data import demo_data_dir
     from onepeace_train.trainer import Trainer
 
     demo_data_dir()  # the demo data set is in the source tree, not the wheel: say so before any work
     # the settings are checked against the directory before any work
-    recipe_cfgs = [stage_config(k, out, _NO_DATA, steps=n, augment=augment, plain=plain)
+    if plain and not context:
+        raise ConfigError("--plain already trains without the word in context (no augmentation); drop --no-context")
+    recipe_cfgs = [stage_config(k, out, _NO_DATA, steps=n, augment=augment, plain=plain, context=context)
                    for k, n in ((1, stage1_steps), (2, stage2_steps))]
     settings = {"seed": int(seed), "stage1_steps": recipe_cfgs[0].optim.max_steps,
                 "stage2_steps": recipe_cfgs[1].optim.max_steps,
                 "extra_voices": bool(extra_voices), "augment": bool(augment), "plain": bool(plain)}
+    if not context:
+        settings["no_context"] = True  # only when set: runs from before the flag resume as they were
     state = _open_run(out, settings, force)
     data = build_data(os.path.join(out, "data"), seed, extra_voices=extra_voices)
     if not state.get("stage1"):
@@ -186,7 +204,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
     model_dir = os.path.join(out, "model")
     if "retrieval" not in state:
         result = Trainer(stage_config(2, out, data, seed=seed, steps=stage2_steps, progress=progress,
-                                      augment=augment, plain=plain),
+                                      augment=augment, plain=plain, context=context),
                          existing="resume").fit()
         _replace_dir(os.path.join(out, "stage2", "model"), model_dir)
         state["retrieval"] = result["retrieval"]
@@ -203,7 +221,7 @@ def run_demo(out: str = "runs/demo", *, stage1_steps: int | None = None, stage2_
                "train": {"seed": settings["seed"], "stage1_steps": settings["stage1_steps"],
                          "stage2_steps": settings["stage2_steps"], "extra_voices": settings["extra_voices"],
                          "augment": settings["augment"], "plain": settings["plain"],
-                         "augmentation": {f"stage{k + 1}": c.data.augment for k, c in enumerate(recipe_cfgs)}},
+                         "context": bool(context), "augmentation": {f"stage{k + 1}": c.data.augment for k, c in enumerate(recipe_cfgs)}},
                "environment": environment()}
     write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     from onepeace.checkpoints.hub import (
@@ -305,7 +323,8 @@ def _augmentation_words(cfgs) -> str:
 
 def _describe(s: dict[str, Any]) -> str:
     extra = "".join(f", {name}" for key, name in (("extra_voices", "--extra-voices"), ("augment", "--augment"),
-                                                  ("plain", "--plain"), ("robust", "--robust"))
+                                                  ("plain", "--plain"), ("no_context", "--no-context"),
+                                                  ("robust", "--robust"))
                     if s.get(key))
     return f"seed {s['seed']}, {s['stage1_steps']} + {s['stage2_steps']} steps{extra}"
 
