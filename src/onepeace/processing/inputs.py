@@ -36,6 +36,19 @@ class NamedBytes(io.BytesIO):
         return repr(self.name)
 
 
+def check_file(item: str | os.PathLike, kind: str) -> str:
+    """``item`` as a path to an existing, non-empty file; one clear error naming it otherwise (a
+    missing file or a folder: :class:`InputError`; 0 bytes: :class:`DecodeError`)."""
+    path = os.fspath(item)
+    if not os.path.exists(path):
+        raise InputError(f"{kind} file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{kind} input is a directory, not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(f"{kind} file is empty: {path}")
+    return path
+
+
 def open_binary(item: Any, kind: str) -> io.BytesIO:
     """A readable in-memory binary stream, named after the input, for a path, bytes or file
     object; clear error otherwise."""

@@ -50,7 +50,7 @@ from .audio import (
     _why,
 )
 from .image import load_image
-from .inputs import describe
+from .inputs import check_file, describe
 
 #: seconds of audio read per block
 BLOCK_SECONDS = 8.0
@@ -154,13 +154,7 @@ class AudioBlocks:
         if isinstance(item, (bytes, bytearray, memoryview)) and not len(item):
             raise InputError("audio input is empty (0 bytes)")
         if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            if not os.path.exists(path):
-                raise InputError(f"audio file not found: {path}")
-            if os.path.isdir(path):
-                raise InputError(f"audio input is a directory, not a file: {path}")
-            if os.path.getsize(path) == 0:
-                raise DecodeError(f"audio file is empty: {path}")
+            check_file(item, "audio")
         elif not (_is_pair(item) or isinstance(item, (np.ndarray, torch.Tensor, bytes, bytearray, memoryview))
                   or hasattr(item, "read")):
             raise InputError(f"unsupported audio input {self.name}: give a path, bytes, a binary file object, "
@@ -436,13 +430,7 @@ class VideoFrames:
         self.duration = 0.0
         self.has_audio = False
         if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            if not os.path.exists(path):
-                raise InputError(f"video file not found: {path}")
-            if os.path.isdir(path):
-                raise InputError(f"video input is a directory, not a file: {path}")
-            if os.path.getsize(path) == 0:
-                raise DecodeError(f"video file is empty: {path}")
+            check_file(item, "video")
         elif isinstance(item, (bytes, bytearray, memoryview)) and not len(item):
             raise InputError("video input is empty (0 bytes)")
 

@@ -46,6 +46,7 @@ from .store import (
     compile_filter,
     table_ensure_ann,
     table_vector_index,
+    table_write,
 )
 
 MOMENTS = MOMENTS_TABLE
@@ -154,15 +155,7 @@ class MomentTable:
         """Add window rows in one commit (``replace``: upsert by id, else a plain append)."""
         if not rows:
             return
-        data = self._arrow(rows)
-        try:
-            if replace:
-                (self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-                 .execute(data))
-            else:
-                self._table.add(data)
-        except OSError as e:
-            raise SearchIndexError(f"cannot write to the index {self.index.path}: {e}") from None
+        table_write(self._table, self._arrow(rows), replace=bool(replace), where=self.index.path)
 
     def delete_where(self, where: str) -> int:
         """Delete the windows matching SQL ``where``; returns how many there were."""

@@ -485,14 +485,7 @@ class Index:
         data = self._arrow(rows)
         if replace is None:
             replace = self._any_exists([r for r in data.column("id").to_pylist()])
-        try:
-            if replace:
-                (self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-                 .execute(data))
-            else:
-                self._table.add(data)
-        except OSError as e:
-            raise SearchIndexError(f"cannot write to the index {self.path}: {e}") from None
+        table_write(self._table, data, replace=replace, where=self.path)
 
     def _any_exists(self, ids: list[str]) -> bool:
         return any(self._count_where(self._in("id", chunk)) for chunk in _chunks(ids, 500))
@@ -645,6 +638,18 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.path!r}, model={self.model_name!r}, dim={self.dim})"
+
+
+def table_write(table: Any, data: Any, *, replace: bool, where: str) -> None:
+    """Write Arrow ``data`` to a Lance ``table`` in one commit: upserted by ``id`` (``replace``)
+    or appended; a failing disk or store is one :class:`SearchIndexError` naming the index ``where``."""
+    try:
+        if replace:
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        else:
+            table.add(data)
+    except OSError as e:
+        raise SearchIndexError(f"cannot write to the index {where}: {e}") from None
 
 
 def table_vector_index(table: Any) -> dict[str, Any] | None:
