@@ -221,7 +221,8 @@ def _add_try_and_demo_video(sub: argparse._SubParsersAction) -> None:
                     help="a photo or scan of one handwritten digit (centred and contrast-normalised like the "
                          "training digits); repeatable")
     tr.add_argument("--trim", action=argparse.BooleanOptionalAction, default=None,
-                    help="trim the silence before and after the word (default: onepeace_train.demo.try_it.TRIM)")
+                    help="trim the silence before and after the word (default: --trim; --no-trim hears the "
+                         "recording as it is)")
     tr.add_argument("--model", default="runs/demo/model", help="the demo model (default runs/demo/model)")
     add_adapter_option(tr)
     add_runtime_options(tr)
