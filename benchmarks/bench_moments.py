@@ -719,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (OUT if not args.quick else HERE / "results" / "moments-quick.json")
     size = SIZES["quick" if args.quick else "full"]
     res: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    models = {"audio": model_facts(args.audio_model), "video": model_facts(args.video_model)}
+    needed = {k for part in args.parts for k in PART_MODELS[part]}  # a part runs without the other's model
+    models = {k: model_facts(p) for k, p in (("audio", args.audio_model), ("video", args.video_model)) if k in needed}
     facts = machine_facts()
     facts["threads"] = args.threads
     res.update({"benchmark": "benchmarks/bench_moments.py", "quick": args.quick, "seed": args.seed, "sizes": size,
