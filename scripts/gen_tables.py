@@ -389,7 +389,7 @@ ABLATION_SETS = {"retrieval": "in-distribution", "heldout_engine": "held-out eng
 ABLATION_ROWS = ["retrieval/audio->text", "retrieval/audio->image", "retrieval/image->text",
                  "heldout_engine/audio->text", "heldout_engine/audio->image",
                  "heldout_source/image->text", "heldout_source/audio->image"]
-ARM_NOTES = {"default": "the demo as shipped", "plain": "the earlier recipe"}
+ARM_NOTES = {"default": "the demo before the word in context, now `--no-context`", "plain": "the earlier recipe"}
 
 
 def _spread(s: dict, bold: bool = False) -> str:
@@ -422,7 +422,7 @@ def ablation() -> str:
 
 #: the stage-2 recipes of demo-ablation.json's explored.stage2_variants, in the order tried
 STAGE2_RUNS = {
-    "robust250": "the default (250 steps, tempo ±5%, faint noise)",
+    "robust250": "250 steps, tempo ±5%, faint noise (the default before the word in context)",
     "r400": "400 steps",
     "ev400": "400 steps with the added voices",
     "ev400med": "400 steps, added voices, tempo ±10%, pitch ±1.5 semitones, noise at 20–40 dB, up to 0.3 s of silence",
@@ -463,27 +463,67 @@ IMAGE_CORRUPTIONS = {"none": "none", "blur 1.5": "blur (radius 1.5)", "thicker (
 ROBUSTNESS_BOLD = "0.5 s silence each side"
 
 
+def _robustness_models(res: dict, group: str) -> list[dict]:
+    """The models of one group of demo-robustness.json: those whose label's first word is ``group``."""
+    return [res["models"][p] for p, label in res["labels"].items() if label.split()[0] == group]
+
+
+def _median_cells(models: list[dict], pair: str, key: str, bold: bool = False, spread: bool = True) -> str:
+    xs = [m[pair][key] for m in models]
+    if not spread:
+        return _r(statistics.median(xs))
+    return _spread({"median": statistics.median(xs), "min": min(xs), "max": max(xs)}, bold)
+
+
 def robustness() -> str:
     """Zero-shot accuracy under one corruption at a time, the default models (median, min – max of
-    their seeds) and the plain ones (median): benchmarks/results/demo-robustness.json
+    their seeds), the ``--no-context`` and the plain ones (median): benchmarks/results/demo-robustness.json
     (benchmarks/demo_robustness.py)."""
     res = _load("demo-robustness.json")
-    default = [res["models"][p] for p, label in res["labels"].items() if label == "default"]
-    plain = [res["models"][p] for p, label in res["labels"].items() if label.startswith("plain s")]
-
-    def cells(pair: str, key: str, label: str, bold: bool) -> list[str]:
-        xs = [m[pair][key] for m in default]
-        s = {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-        return [_b(label, bold), _b(_spread(s), bold), _r(statistics.median(m[pair][key] for m in plain))]
-
-    first = res["models"][next(iter(res["models"]))]
+    default, plain = _robustness_models(res, "default"), _robustness_models(res, "plain")
+    before = _robustness_models(res, "no-context")
     for pair, labels in (("audio->text", AUDIO_CORRUPTIONS), ("image->text", IMAGE_CORRUPTIONS)):
-        assert list(first[pair]) == list(labels), f"{pair} corruptions {list(first[pair])}: label them here"
-    rows = [cells("audio->text", a, AUDIO_CORRUPTIONS[a], a == ROBUSTNESS_BOLD)
-            + cells("image->text", i, IMAGE_CORRUPTIONS[i], False)
+        for m in default + plain + before:
+            missing = [k for k in labels if k not in m[pair]]
+            assert not missing, f"{pair}: a model lacks the corruptions {missing}; run benchmarks/demo_robustness.py"
+
+    def cells(pair: str, key: str, label: str, bold: bool, others: tuple[list[dict], ...]) -> list[str]:
+        return [_b(label, bold), _median_cells(default, pair, key, bold),
+                *(_median_cells(ms, pair, key, spread=False) for ms in others)]
+
+    rows = [cells("audio->text", a, AUDIO_CORRUPTIONS[a], a == ROBUSTNESS_BOLD, (before, plain))
+            + cells("image->text", i, IMAGE_CORRUPTIONS[i], False, (plain,))
             for a, i in zip(AUDIO_CORRUPTIONS, IMAGE_CORRUPTIONS, strict=True)]
-    return _table(["corruption of the test clips", "audio→text %, default", "plain", "corruption of the test digits",
-                   "image→text %, default", "plain"], "lrrlrr", rows)
+    return _table(["corruption of the test clips", "audio→text %, default", "`--no-context`", "plain",
+                   "corruption of the test digits", "image→text %, default", "plain"], "lrrrlrr", rows)
+
+
+#: the word in context (demo_robustness.py's context cases), as the demo page names them
+CONTEXT_CASES = {"none": "tightly cut (as trained)", "0.5 s silence each side": "0.5 s of silence before and after",
+                 "ESC-10 bed at 1/20 peak": "over ESC-10 sound at 1/20 of the word's peak",
+                 "ESC-10 bed, 20 dB SNR": "over ESC-10 sound, 20 dB SNR",
+                 "ESC-10 bed, 10 dB SNR": "over ESC-10 sound, 10 dB SNR",
+                 "0.5 s silence + ESC-10 bed at 1/20 peak": "0.5 s of silence and ESC-10 sound at 1/20 peak"}
+
+
+def context() -> str:
+    """The word in context before (``--no-context`` models) and after (the default ones): audio→text
+    zero-shot accuracy, median (min – max) of their seeds, and ``onepeace try``'s own path with its
+    trim on and off (median of the default models measured with ``--try``):
+    benchmarks/results/demo-robustness.json (benchmarks/demo_robustness.py)."""
+    res = _load("demo-robustness.json")
+    before, after = _robustness_models(res, "no-context"), _robustness_models(res, "default")
+    tried = [m for m in after if "try" in m]
+    assert before and after and tried, "demo-robustness.json lacks the no-context models or the default ones with --try"
+    rows = []
+    for key, label in CONTEXT_CASES.items():
+        row = [label, _median_cells(before, "audio->text", key), _median_cells(after, "audio->text", key, True)]
+        t = [m["try"][key] for m in tried if key in m["try"]]
+        row.append(" / ".join(_r(statistics.median(r[k] for r in t)) for k in ("trim", "no trim")) if t else "–")
+        rows.append(row)
+    return _table(["the unseen test voices, audio→text %", f"before: `--no-context` ({len(before)} seeds)",
+                   f"after: the default ({len(after)} seeds)", f"`onepeace try`, trim / no trim ({len(tried)} after)"],
+                  "lrrr", rows)
 
 
 # ------------------------------------------------------------------------------------ adapting
@@ -630,7 +670,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "downstream": downstream, "harness": harness,
     "peak": peak, "load": load, "memory": memory, "train": train, "video": video, "int8": int8, "padding": padding,
     "search": search, "index": index, "search-ray": search_ray, "serve": serve, "serve-load": serve_load,
-    "ablation": ablation, "stage2": stage2, "robustness": robustness,
+    "ablation": ablation, "stage2": stage2, "robustness": robustness, "context": context,
     "demo-adapt": demo_adapt, "adapt-step": adapt_step, "adapt-compare": adapt_compare, "parity": parity,
     "moments-audio": moments_audio, "moments-video": moments_video, "moments-cost": moments_cost,
     "moments-latency": moments_latency,
