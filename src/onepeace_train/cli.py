@@ -130,7 +130,7 @@ def _demo_samples(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="the laptop demo: tri-modal pretraining on bundled digits (~5 min)")
+    d = sub.add_parser("demo", help="the laptop demo: tri-modal pretraining on bundled digits (~10 min)")
     d.add_argument("--out", help="run directory (default runs/demo); an unfinished demo there is resumed")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--stage1-steps", type=int, help="override stage 1's step count")
