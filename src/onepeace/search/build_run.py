@@ -272,11 +272,15 @@ class BuildRun:
     def _is_long(self, item: Item, old: tuple[str, int, int, str] | None) -> bool:
         """Whether a file gets moments (audio or video over ``moments.over`` seconds) and needs
         its windows built: new, changed, or indexed with other window settings. Its duration is
-        probed from its header, and recorded in its row."""
-        if self.moments is None or not item.uri or item.modality not in MOMENT_MODALITIES or item.error:
+        probed from its header, and recorded in its row: in every build of a new or changed audio
+        or video file, moments or none, so that both engines and every moment setting give the same
+        file rows."""
+        if not item.uri or item.modality not in MOMENT_MODALITIES or item.error:
             return False
         mark = self.marks.get(item.id, {})
         if old is not None and self._unchanged(item, old):
+            if self.moments is None:
+                return False
             if "moments" in mark:  # rebuilt only when the window settings changed
                 settings = self.moments.settings(item.modality)
                 return {k: mark["moments"].get(k) for k in settings} != settings
@@ -286,7 +290,7 @@ class BuildRun:
         if duration is None:
             return False  # unreadable: the decoding workers say why, as for any file
         item.metadata["duration"] = round(duration, 3)
-        return duration > self.moments.over
+        return self.moments is not None and duration > self.moments.over
 
     @staticmethod
     def _unchanged(item: Item, old: tuple[str, int, int, str]) -> bool:
