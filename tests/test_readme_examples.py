@@ -575,7 +575,7 @@ def run_python(b: Block, ws: Path, subst: dict[str, str] | None = None, **names)
 @runs("README.md: make demo   # installs into .venv (torch pinned to 2.13.0), then runs the main job o",
       "docs/install.md: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # then: p",
       "docs/install.md: make demo   # installs into .venv (torch pinned to 2.13.0), then runs the main job o",
-      "docs/demo.md: make demo   # installs into .venv, then runs the demo: about 5 minutes on 2 CPU cores")
+      "docs/demo.md: make demo   # installs into .venv, then runs the demo: about 10 minutes on 2 CPU cores")
 def test_setup_commands():
     """``make`` lines as a dry run (``make -n -B``: every step printed, nothing run); ``pip`` lines
     need the network and are not run. The README's claims: torch pinned to 2.13.0, ``TORCH_INDEX``
