@@ -14,7 +14,8 @@ per retrieval pair. ``--table`` prints the README's markdown table from that fil
 ``default``: the demo as shipped; ``plain``: ``--plain``, the earlier recipe, stage 2 for 150
 steps without augmentation; ``full``: ``--extra-voices --augment --plain``, the added voices and
 the heavy augmentation at the earlier step counts; ``--arms`` adds ``voices`` = ``--extra-voices
---plain`` and ``augment`` = ``--augment --plain``), one run directory per arm and seed under
+--plain``, ``augment`` = ``--augment --plain`` and ``no-context`` = ``--no-context``, the recipe
+before the word in context), one run directory per arm and seed under
 ``runs/demo-ablation``, and writes ``benchmarks/results/demo-ablation.json``: in-distribution,
 held-out-engine and held-out-image-source R@1 per arm, median and range over the seeds.
 ``--plain-from DIR`` takes the plain arm's models from finished demos of the earlier recipe in
@@ -53,7 +54,8 @@ RESULTS = HERE / "results"
 
 #: the ablation's arms: the demo's flags for each
 ARMS = {"default": [], "plain": ["--plain"], "full": ["--extra-voices", "--augment", "--plain"],
-        "voices": ["--extra-voices", "--plain"], "augment": ["--augment", "--plain"]}
+        "voices": ["--extra-voices", "--plain"], "augment": ["--augment", "--plain"],
+        "no-context": ["--no-context"]}
 #: the ablation's figures: (section of metrics.json, pair)
 ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout_source")
                  for pair in ("audio->text", "audio->image", "image->text") if (sec, pair) != ("heldout_engine", "image->text")
@@ -61,7 +63,8 @@ ABLATION_ROWS = [(sec, pair) for sec in ("retrieval", "heldout_engine", "heldout
 
 
 def _flags_settings(flags: list[str]) -> dict[str, bool]:
-    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags, "plain": "--plain" in flags}
+    return {"extra_voices": "--extra-voices" in flags, "augment": "--augment" in flags, "plain": "--plain" in flags,
+            "no_context": "--no-context" in flags}
 
 
 def run_seed(seed: int, out: Path, steps: dict[str, int | None], reuse: bool, flags: list[str] | None = None) -> dict:
