@@ -141,7 +141,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="train with much heavier audio and image augmentation (onepeace_train.demo.run.HEAVY_AUGMENT; at "
                         "the demo's step budget it costs accuracy, see docs/research.md)")
     d.add_argument("--plain", action="store_true",
-                   help="the earlier recipe: stage 2 for 150 steps without augmentation (about a minute "
+                   help="the earlier recipe: stage 2 for 150 steps without augmentation (a few minutes "
                         "shorter, worse on unseen voices; for comparisons)")
     d.add_argument("--no-context", action="store_true",
                    help="stage 2 as before the word in context: 250 steps with tempo and noise augmentation only, "
