@@ -522,7 +522,7 @@ def context() -> str:
         row.append(" / ".join(_r(statistics.median(r[k] for r in t)) for k in ("trim", "no trim")) if t else "–")
         rows.append(row)
     return _table(["the unseen test voices, audio→text %", f"before: `--no-context` ({len(before)} seeds)",
-                   f"after: the default ({len(after)} seeds)", f"`onepeace try`, trim / no trim ({len(tried)} after)"],
+                   f"after: the default ({len(after)} seeds)", f"`onepeace try` after, trim / no trim ({len(tried)} seeds)"],
                   "lrrr", rows)
 
 
