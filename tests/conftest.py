@@ -225,6 +225,60 @@ from onepeace.model import precision as _precision  # noqa: E402
 _REAL_CPU_FEATURES = _precision.cpu_features  # unpatched, for auto_dtype_as_users_get_it
 
 
+def write_mp3(path: Path, x: np.ndarray, rate: int, *, xing: bool) -> None:
+    """An MP3 (LAME, mono) of ``x`` at ``rate``, with or without the Xing/Info header that tells
+    its length (skips the test where PyAV or its MP3 encoder is missing)."""
+    av = pytest.importorskip("av", reason="writing an MP3 needs PyAV")
+    if "libmp3lame" not in av.codecs_available:
+        pytest.skip("this FFmpeg has no MP3 encoder (libmp3lame)")
+    with av.open(str(path), "w", options={} if xing else {"write_xing": "0"}) as out:
+        s = out.add_stream("libmp3lame", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for p in [*s.encode(frame), *s.encode(None)]:
+            out.mux(p)
+
+
+def unfinished_wav(path: Path, x: np.ndarray, rate: int) -> None:
+    """A float WAV whose data chunk size is 0: a recorder stopped before writing it."""
+    import struct
+
+    import soundfile as sf
+
+    sf.write(path, x, rate, subtype="FLOAT")
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"data")
+    raw[at + 4 : at + 8] = struct.pack("<I", 0)
+    path.write_bytes(bytes(raw))
+    assert sf.info(path).frames == 0
+
+
+def mp3_files(folder: Path, x: np.ndarray, rate: int) -> tuple[Path, Path, Path]:
+    """``x`` as three MP3s in ``folder``: without the length header (``plain.mp3``, whose length
+    libsndfile guesses), with it (``tagged.mp3``), and the tagged one cut in half (``cut.mp3``)."""
+    import soundfile as sf
+
+    plain, tagged, cut = folder / "plain.mp3", folder / "tagged.mp3", folder / "cut.mp3"
+    write_mp3(plain, x, rate, xing=False)
+    write_mp3(tagged, x, rate, xing=True)
+    raw = tagged.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    assert sf.info(plain).frames != sf.info(tagged).frames  # a guess
+    return plain, tagged, cut
+
+
+def piped_flac(path: Path, x: np.ndarray, rate: int) -> None:
+    """A FLAC as written to a pipe: STREAMINFO's total samples 0, 'unknown' (allowed by the format)."""
+    import soundfile as sf
+
+    sf.write(path, x, rate)
+    raw = bytearray(path.read_bytes())
+    raw[8 + 13] &= 0xF0  # total samples: 36 bits from the low half of STREAMINFO's 13th byte
+    raw[8 + 14 : 8 + 18] = bytes(4)
+    path.write_bytes(bytes(raw))
+    assert sf.info(path).frames > 2**62
+
+
 @pytest.fixture
 def auto_dtype_as_users_get_it(monkeypatch, _auto_dtype_is_fp32):
     """Undo the fp32 pin below for one test: ``dtype="auto"`` picks from this CPU's real flags, as it

@@ -4,13 +4,13 @@ an MP3 without a length header, a FLAC of unknown length, a WAV whose header dec
 
 from __future__ import annotations
 
-import struct
 import warnings
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import mp3_files, piped_flac, unfinished_wav
 from onepeace.errors import InputError, OnePeaceWarning
 from onepeace.processing import audio
 from onepeace.processing.audio import load_audio
@@ -31,44 +31,17 @@ def load(item) -> tuple[np.ndarray, list[str]]:
     return wav, [str(m.message) for m in w if issubclass(m.category, OnePeaceWarning)]
 
 
-def write_mp3(path, x: np.ndarray, xing: bool) -> None:
-    """An MP3 (LAME) with or without the Xing/Info header that tells its length."""
-    av = pytest.importorskip("av", reason="writing an MP3 needs PyAV")
-    if "libmp3lame" not in av.codecs_available:
-        pytest.skip("this FFmpeg has no MP3 encoder (libmp3lame)")
-    with av.open(str(path), "w", options={} if xing else {"write_xing": "0"}) as out:
-        s = out.add_stream("libmp3lame", rate=SR, layout="mono")
-        frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="fltp", layout="mono")
-        frame.sample_rate = SR
-        for p in [*s.encode(frame), *s.encode(None)]:
-            out.mux(p)
-
-
 def test_an_mp3_without_a_length_header_is_not_reported_cut_short(tmp_path):
     """libsndfile's length for an MP3 without a Xing/Info/VBRI header is a guess from the file size
     and the first frame's bit rate: no evidence of damage ('decoding stopped at 10.1 s of 10.1 s'
     was warned for a whole file). With the header, a cut file is still reported."""
     x = np.concatenate([np.zeros(4 * SR, np.float32), wave(6.0)])
-    write_mp3(tmp_path / "plain.mp3", x, xing=False)
-    write_mp3(tmp_path / "tagged.mp3", x, xing=True)
-    raw = (tmp_path / "tagged.mp3").read_bytes()
-    (tmp_path / "cut.mp3").write_bytes(raw[: len(raw) // 2])
-    assert sf.info(tmp_path / "plain.mp3").frames != sf.info(tmp_path / "tagged.mp3").frames  # a guess
+    mp3_files(tmp_path, x, SR)
     for item in (tmp_path / "plain.mp3", (tmp_path / "plain.mp3").read_bytes(), tmp_path / "tagged.mp3"):
         wav, caught = load(item)
         assert caught == [] and len(wav) / SR == pytest.approx(10.0, abs=0.1)
     wav, caught = load(tmp_path / "cut.mp3")
     assert len(caught) == 1 and "truncated or corrupt" in caught[0] and len(wav) < 6 * SR
-
-
-def piped_flac(path, x: np.ndarray, rate: int) -> None:
-    """A FLAC as written to a pipe: STREAMINFO's total samples 0, 'unknown' (allowed by the format)."""
-    sf.write(path, x, rate)
-    raw = bytearray(path.read_bytes())
-    raw[8 + 13] &= 0xF0  # total samples: 36 bits from the low half of STREAMINFO's 13th byte
-    raw[8 + 14 : 8 + 18] = bytes(4)
-    path.write_bytes(bytes(raw))
-    assert sf.info(path).frames > 2**62
 
 
 def test_a_flac_of_unknown_length_is_read_whole(tmp_path):
@@ -101,22 +74,12 @@ def test_a_flac_of_unknown_length_without_pyav_keeps_what_libsndfile_reads(tmp_p
         assert f"stopped at {len(wav) / SR:.1f} s" in caught[0]
 
 
-def unfinished_wav(path, x: np.ndarray) -> None:
-    """A WAV whose data chunk size is 0: a recorder stopped before writing it."""
-    sf.write(path, x, SR, subtype="FLOAT")
-    raw = bytearray(path.read_bytes())
-    at = raw.find(b"data")
-    raw[at + 4 : at + 8] = struct.pack("<I", 0)
-    path.write_bytes(bytes(raw))
-    assert sf.info(path).frames == 0
-
-
 def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(tmp_path):
     """It was 'has no samples' though its sound is all there: FFmpeg reads it to the end of the
     file, and one warning line says why (as the streamed windows' problem line does)."""
     pytest.importorskip("av", reason="reading a WAV that declares no samples needs PyAV")
     x = wave(6.5)
-    unfinished_wav(tmp_path / "rec.wav", x)
+    unfinished_wav(tmp_path / "rec.wav", x, SR)
     for item in (tmp_path / "rec.wav", (tmp_path / "rec.wav").read_bytes()):
         wav, caught = load(item)
         np.testing.assert_array_equal(wav, x)
@@ -124,7 +87,7 @@ def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(t
 
 
 def test_an_unfinished_wav_without_pyav_has_no_samples_as_before(tmp_path, monkeypatch):
-    unfinished_wav(tmp_path / "rec.wav", wave(1.5))
+    unfinished_wav(tmp_path / "rec.wav", wave(1.5, SR), SR)
     monkeypatch.setattr(audio, "_has_av", lambda: False)
     with pytest.raises(InputError, match="has no samples"):
         load_audio(tmp_path / "rec.wav")

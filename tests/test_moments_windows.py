@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 import onepeace
+from conftest import mp3_files, piped_flac, unfinished_wav
 from onepeace.config import OFFICIAL_AUDIO_STEM
 from onepeace.errors import DecodeError, InputError
 from onepeace.inference import moments
@@ -481,16 +482,9 @@ def test_a_truncated_long_wav_keeps_its_windows_up_to_the_damage(model, tmp_path
 def test_an_unfinished_wav_whose_header_declares_no_samples_is_read_to_its_end(model, tmp_path):
     """A recorder stopped before it wrote the data size (0) leaves a WAV libsndfile reads as empty:
     FFmpeg reads it to the end of the file, and a problem line says why."""
-    import struct
-
     path = tmp_path / "rec.wav"
     x = wave(6.5)
-    sf.write(path, x, SR, subtype="FLOAT")
-    raw = bytearray(path.read_bytes())
-    at = raw.find(b"data")
-    raw[at + 4 : at + 8] = struct.pack("<I", 0)
-    path.write_bytes(bytes(raw))
-    assert sf.info(path).frames == 0
+    unfinished_wav(path, x, SR)
     w = model.embed_windows(audio=path, window=2.0, hop=1.0)["audio"][0]
     assert w.duration == pytest.approx(6.5) and w.end[-1] == pytest.approx(6.5) and len(w) == 6
     assert len(w.problems) == 1 and "declares no samples" in w.problems[0]
@@ -504,26 +498,11 @@ def test_a_flac_of_unknown_length_is_read_whole(model, tmp_path):
     30 s file, reported as damage); FFmpeg reads it whole, and nothing is wrong with it."""
     x = wave(30.0)
     path = tmp_path / "piped.flac"
-    sf.write(path, x, SR)
-    raw = bytearray(path.read_bytes())
-    raw[8 + 13] &= 0xF0  # STREAMINFO's total samples (36 bits from its 13th byte's low half): 0
-    raw[8 + 14 : 8 + 18] = bytes(4)
-    path.write_bytes(bytes(raw))
-    assert sf.info(path).frames > 2**62
+    piped_flac(path, x, SR)
     w = model.embed_windows(audio=path, window=2.0, hop=2.0)["audio"][0]
     assert w.duration == pytest.approx(30.0) and len(w) == 15 and w.problems == []
     ref = model.embed(audio=[(x[round(s * SR) : round(e * SR)], SR) for s, e in zip(w.start, w.end)])["audio"]
     assert (w.embeddings - ref).abs().max() <= 1e-3  # FLAC is 16-bit: x as decoded differs by its rounding
-
-
-def write_mp3(path, x: np.ndarray, xing: bool) -> None:
-    """An MP3 (LAME) with or without the Xing/Info header that tells its length."""
-    with av.open(str(path), "w", options={} if xing else {"write_xing": "0"}) as out:
-        s = out.add_stream("libmp3lame", rate=SR, layout="mono")
-        frame = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="fltp", layout="mono")
-        frame.sample_rate = SR
-        for p in [*s.encode(frame), *s.encode(None)]:
-            out.mux(p)
 
 
 def test_an_mp3_without_a_length_header_is_not_reported_cut_short(model, tmp_path):
@@ -531,11 +510,7 @@ def test_an_mp3_without_a_length_header_is_not_reported_cut_short(model, tmp_pat
     frame's bit rate (30.4 s for 30.3, or four times too long for variable bit rates): that guess
     is no evidence of damage. With the header, a cut file is still reported."""
     x = np.concatenate([np.zeros(4 * SR, np.float32), wave(6.0)])
-    write_mp3(tmp_path / "plain.mp3", x, xing=False)
-    write_mp3(tmp_path / "tagged.mp3", x, xing=True)
-    raw = (tmp_path / "tagged.mp3").read_bytes()
-    (tmp_path / "cut.mp3").write_bytes(raw[: len(raw) // 2])
-    assert sf.info(tmp_path / "plain.mp3").frames != sf.info(tmp_path / "tagged.mp3").frames  # a guess
+    mp3_files(tmp_path, x, SR)
     for name, damaged in (("plain.mp3", False), ("tagged.mp3", False), ("cut.mp3", True)):
         w = model.embed_windows(audio=tmp_path / name, window=2.0, hop=2.0)["audio"][0]
         assert bool(w.problems) == damaged, (name, w.problems)
